@@ -1,0 +1,174 @@
+/*
+ * ggzip.h -- the one public header of the ggzip codec library.
+ *
+ * ggzip codes the bytes of a tensor with a 32-way interleaved rANS coder.
+ * A tensor becomes one self-describing *frame*: header, frequency tables (one
+ * set per tensor, shared by its chunks), a chunk index with a CRC32C per chunk,
+ * then the chunks.  Chunks hold whole rows and decode independently, so a
+ * tensor decodes on many threads and a single chunk can be decoded alone.
+ * The byte layout is specified in native/FORMAT.md; the constants below are
+ * the only C copy of it (python/ggzip/constants.py mirrors them, a test
+ * checks that the two agree).
+ *
+ * Conventions (after zstd): functions that produce data take (dst, dstCapacity)
+ * and return a size_t that is either a byte count or an error code; test it
+ * with ggz_is_error() and name it with ggz_error_name().
+ */
+#ifndef GGZIP_H
+#define GGZIP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define GGZ_VERSION_MAJOR 0
+#define GGZ_VERSION_MINOR 1
+#define GGZ_VERSION_PATCH 0
+#define GGZ_VERSION_NUMBER (GGZ_VERSION_MAJOR * 10000 + GGZ_VERSION_MINOR * 100 + GGZ_VERSION_PATCH)
+
+/* ---- format constants (FORMAT.md) ------------------------------------ */
+#define GGZ_FRAME_MAGIC      0x315A4747u /* "GGZ1" little endian */
+#define GGZ_FORMAT_VERSION   1
+#define GGZ_LANES            32          /* interleaved rANS states, part of the format */
+#define GGZ_PROB_BITS        12          /* frequencies sum to 1 << GGZ_PROB_BITS */
+#define GGZ_RANS_L           (1u << 16)  /* lower bound of a state; renormalise by 16 bits */
+#define GGZ_FRAME_HEADER_SIZE 32
+#define GGZ_DEFAULT_CHUNK    (256u * 1024u)
+#define GGZ_MAX_STREAMS      2
+
+/* How the bytes of a tensor are split into streams (FORMAT.md, "layouts"). */
+typedef enum {
+    GGZ_LAYOUT_BYTES   = 0, /* one stream, one table                                      */
+    GGZ_LAYOUT_Q8_0    = 1, /* 34-byte blocks: int8 symbols (1 table) + f16 scales (2)    */
+    GGZ_LAYOUT_PLANE16 = 2, /* 16-bit words (F16, BF16): low and high byte, a table each  */
+    GGZ_LAYOUT_PLANE32 = 3, /* 32-bit words (F32): four byte planes, a table each         */
+    GGZ_LAYOUT_COUNT
+} ggz_layout;
+
+/* ---- errors ------------------------------------------------------------ */
+typedef enum {
+    GGZ_OK = 0,
+    GGZ_ERR_GENERIC,
+    GGZ_ERR_DST_TOO_SMALL,   /* dstCapacity too small                               */
+    GGZ_ERR_SRC_TRUNCATED,   /* the frame ends before its declared end              */
+    GGZ_ERR_BAD_MAGIC,       /* not a ggzip frame                                   */
+    GGZ_ERR_VERSION,         /* frame from a newer format version                   */
+    GGZ_ERR_HEADER,          /* header or tables inconsistent (bad sizes, counts)   */
+    GGZ_ERR_CHECKSUM,        /* a CRC32C did not match                              */
+    GGZ_ERR_CORRUPT,         /* rANS stream inconsistent (final state, overrun)     */
+    GGZ_ERR_PARAM,           /* invalid argument                                    */
+    GGZ_ERR_ALLOC,           /* out of memory                                       */
+    GGZ_ERR_KERNEL,          /* unknown or unavailable kernel name                  */
+    GGZ_ERR_THREAD,          /* a worker thread could not be started                */
+    GGZ_ERR_MAX
+} ggz_error;
+
+/*! ggz_is_error() : @return 1 if `code` (a size_t result) is an error code, else 0 */
+int ggz_is_error(size_t code);
+/*! ggz_error_code() : @return the ggz_error of an error result, GGZ_OK for a size */
+ggz_error ggz_error_code(size_t code);
+/*! ggz_error_name() : @return a static readable string for an error result */
+const char * ggz_error_name(size_t code);
+
+/*! ggz_version_number() : @return GGZ_VERSION_NUMBER of the compiled library
+ *  (bindings compare it with the version they were built for) */
+unsigned ggz_version_number(void);
+
+/* ---- kernels ------------------------------------------------------------ */
+/* A kernel is one implementation of the rANS hot loops: "scalar", "avx2",
+ * "avx512", "neon".  All produce and accept the same bytes.  The best kernel
+ * the CPU and OS support is chosen on first use; GGZIP_KERNEL=<name> in the
+ * environment forces one (an unavailable forced kernel falls back to the best
+ * and ggz_kernel_forced_error() says why). */
+
+/*! ggz_kernel_name() : @return the name of the decode kernel in use */
+const char * ggz_kernel_name(void);
+/*! ggz_encoder_kernel_name() : @return the name of the encode kernel in use */
+const char * ggz_encoder_kernel_name(void);
+/*! ggz_kernel_count() : @return number of kernels compiled into this library */
+int ggz_kernel_count(void);
+/*! ggz_kernel_info() : name of compiled kernel `i`; *available set to 1 if the
+ *  host can run it; *has_encoder to 1 if it has its own encoder.
+ *  @return NULL if i is out of range */
+const char * ggz_kernel_info(int i, int * available, int * has_encoder);
+/*! ggz_set_kernel() : use kernel `name` for decode and, if it has one, encode
+ *  (the scalar encoder otherwise).  Not thread-safe against running codecs.
+ *  @return 0, or an error code (GGZ_ERR_KERNEL) */
+size_t ggz_set_kernel(const char * name);
+/*! ggz_kernel_forced_error() : @return NULL, or why GGZIP_KERNEL was ignored */
+const char * ggz_kernel_forced_error(void);
+
+/* ---- tensor frames ----------------------------------------------------- */
+typedef struct {
+    int      layout;       /* ggz_layout                                                  */
+    size_t   row_size;     /* bytes of one row; chunks hold whole rows (0 = whole tensor) */
+    size_t   chunk_size;   /* target raw bytes per chunk (0 = GGZ_DEFAULT_CHUNK)          */
+    int      n_threads;    /* encoder threads (<=0: 1)                                     */
+} ggz_params;
+
+/*! ggz_frame_bound() : @return the largest frame ggz_encode_tensor() can produce
+ *  for `raw_size` bytes with these params (use it to size dst) */
+size_t ggz_frame_bound(size_t raw_size, const ggz_params * params);
+
+/*! ggz_encode_tensor() : code `src` (raw_size bytes) into one frame in dst.
+ *  raw_size must be a multiple of row_size, row_size a multiple of the layout's
+ *  unit (34 for Q8_0, 2 for PLANE16, 4 for PLANE32).
+ *  @return frame size, or an error code */
+size_t ggz_encode_tensor(void * dst, size_t dstCapacity,
+                         const void * src, size_t raw_size,
+                         const ggz_params * params);
+
+typedef struct {
+    int      version;
+    int      layout;
+    uint64_t raw_size;        /* decoded bytes                    */
+    uint64_t frame_size;      /* bytes of the whole frame         */
+    uint32_t row_size;
+    uint32_t rows_per_chunk;
+    uint32_t n_chunks;
+    uint32_t n_streams;
+    uint64_t chunk_raw_size;  /* raw bytes of every chunk but the last */
+} ggz_frame_info;
+
+/*! ggz_frame_info_get() : parse and check header, tables and index (header CRC).
+ *  @return frame size, or an error code (GGZ_ERR_SRC_TRUNCATED if srcSize is
+ *  shorter than the header says) */
+size_t ggz_frame_info_get(const void * src, size_t srcSize, ggz_frame_info * info);
+
+/*! ggz_decode_tensor() : decode a whole frame into dst (dstCapacity >= raw_size),
+ *  chunks spread over n_threads threads (<=1: the calling thread only).
+ *  Every chunk's CRC32C is checked before it is decoded.
+ *  @return raw_size, or an error code; *bad_chunk (if not NULL) gets the index
+ *  of the failing chunk, or -1 */
+size_t ggz_decode_tensor(void * dst, size_t dstCapacity,
+                         const void * src, size_t srcSize,
+                         int n_threads, int64_t * bad_chunk);
+
+/*! ggz_decode_chunk() : decode chunk `index` alone into dst, which receives the
+ *  raw bytes [index * chunk_raw_size, ...) of the tensor.
+ *  @return the chunk's raw size, or an error code */
+size_t ggz_decode_chunk(void * dst, size_t dstCapacity,
+                        const void * src, size_t srcSize, uint32_t index);
+
+/*! ggz_verify_tensor() : check header, every CRC and decode every chunk into a
+ *  scratch buffer of one chunk (no full-size output needed).
+ *  @return raw_size, or an error code */
+size_t ggz_verify_tensor(const void * src, size_t srcSize, int64_t * bad_chunk);
+
+/* ---- helpers ------------------------------------------------------------ */
+/*! ggz_crc32c() : CRC-32C (Castagnoli) of buf, continuing from crc (0 to start) */
+uint32_t ggz_crc32c(uint32_t crc, const void * buf, size_t size);
+
+/*! ggz_entropy_bound() : the order-0 entropy bound, in bytes, of `src` under
+ *  `layout`: the sum over the layout's streams and tables of n * H0 (for Q8_0:
+ *  the int8 symbols, and the low and high bytes of the scales, each with its
+ *  own histogram).  @return the bound (a double) */
+double ggz_entropy_bound(const void * src, size_t raw_size, int layout);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* GGZIP_H */
