@@ -1,0 +1,186 @@
+/* Internal declarations shared by the codec's source files (not installed). */
+#ifndef GGZIP_INTERNAL_H
+#define GGZIP_INTERNAL_H
+
+#include "ggzip.h"
+
+#include <string.h>
+
+#define GGZ_PROB_SCALE  (1u << GGZ_PROB_BITS)
+#define GGZ_PROB_MASK   (GGZ_PROB_SCALE - 1)
+#define GGZ_MAX_PERIOD  4
+/* an rANS stream starts with the 32 final encoder states */
+#define GGZ_STATE_BYTES (GGZ_LANES * 4)
+
+#define GGZ_ERROR(e) ((size_t) - (ptrdiff_t)(GGZ_ERR_##e))
+
+#if defined(__GNUC__)
+#  define GGZ_LIKELY(x)   __builtin_expect(!!(x), 1)
+#  define GGZ_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#  define GGZ_INLINE      static inline __attribute__((always_inline))
+#else
+#  define GGZ_LIKELY(x)   (x)
+#  define GGZ_UNLIKELY(x) (x)
+#  define GGZ_INLINE      static inline
+#endif
+
+/* Little-endian loads and stores; memcpy keeps them legal on any alignment and
+ * compiles to a single move on the targets we support (all little endian). */
+GGZ_INLINE uint16_t ggz_rd16(const uint8_t * p) { uint16_t v; memcpy(&v, p, 2); return v; }
+GGZ_INLINE uint32_t ggz_rd32(const uint8_t * p) { uint32_t v; memcpy(&v, p, 4); return v; }
+GGZ_INLINE uint64_t ggz_rd64(const uint8_t * p) { uint64_t v; memcpy(&v, p, 8); return v; }
+GGZ_INLINE void ggz_wr16(uint8_t * p, uint16_t v) { memcpy(p, &v, 2); }
+GGZ_INLINE void ggz_wr32(uint8_t * p, uint32_t v) { memcpy(p, &v, 4); }
+GGZ_INLINE void ggz_wr64(uint8_t * p, uint64_t v) { memcpy(p, &v, 8); }
+
+/* ---- frequency tables (table.c) ----------------------------------------- */
+
+/* Decode table: one packed uint32 per slot of [0, 4096):
+ *   bits 0-7 symbol, bits 8-19 bias = slot - cum[s], bits 20-31 f[s] (1..4095)
+ * so that one load gives x' = f * (x >> 12) + bias.  f never reaches 4096
+ * (FORMAT.md), which is what lets it fit in 12 bits. */
+typedef struct {
+    uint32_t slot[GGZ_MAX_PERIOD][GGZ_PROB_SCALE];
+} ggz_dtab;
+
+/* Encode entry of one symbol: x' = x + cum + q * (4096 - f), q = x / f computed
+ * as mulhi64(x + 1, rcp) with rcp = floor((2^64 - 1) / f).  That is exact for
+ * every x < 2^32 and f in [1, 4096]: (x+1)*rcp/2^64 = q + (r+1)/f - d with
+ * 0 < d < 2^-32 < 1/f, r = x mod f.  A state is renormalised first while
+ * x >= xmax = f << 20, which keeps x' < 2^32. */
+typedef struct {
+    uint64_t rcp;
+    uint32_t xmax;
+    uint16_t cum;
+    uint16_t cmpl;  /* 4096 - f */
+} ggz_esym;
+
+typedef struct {
+    ggz_esym sym[GGZ_MAX_PERIOD][256];
+} ggz_etab;
+
+typedef struct {
+    uint16_t f[256];
+} ggz_freqs;
+
+/* counts -> frequencies summing to 4096, each present symbol >= 1, max 4095 */
+void   ggz_normalize(const uint64_t counts[256], ggz_freqs * out);
+/* cost in bits of coding `counts` with `freqs` */
+double ggz_cost_bits(const uint64_t counts[256], const ggz_freqs * freqs);
+double ggz_entropy_bits(const uint64_t counts[256]);
+size_t ggz_table_write(uint8_t * dst, size_t cap, const ggz_freqs * freqs);
+/* parse and validate; @return bytes read or an error code */
+size_t ggz_table_read(const uint8_t * src, size_t size, ggz_freqs * freqs);
+void   ggz_dtab_build(uint32_t * slots, const ggz_freqs * freqs);
+void   ggz_etab_build(ggz_esym * syms, const ggz_freqs * freqs);
+
+/* CRC-32C by table, whatever the CPU (tests compare it with the hardware path) */
+uint32_t ggz_crc32c_portable(uint32_t crc, const void * buf, size_t size);
+
+/* ---- kernels ------------------------------------------------------------- */
+
+/* Decode one rANS stream of n symbols.  Symbol i is written to
+ * dst[(i / 32) * dst_stride + i % 32] (dst_stride >= 32: 32 for contiguous
+ * bytes, 34 for the int8 part of Q8_0 blocks) using table (i % period) of
+ * `tabs`.  @return GGZ_OK or a ggz_error. */
+typedef int (*ggz_decode_fn)(const uint8_t * src, size_t src_size,
+                             uint8_t * dst, size_t n, size_t dst_stride,
+                             const ggz_dtab * tabs, unsigned period);
+
+/* Encode n symbols read from src[(i / 32) * src_stride + i % 32] into dst,
+ * which must hold ggz_stream_bound(n) bytes.  @return bytes written. */
+typedef size_t (*ggz_encode_fn)(const uint8_t * src, size_t n, size_t src_stride,
+                                const ggz_etab * tabs, unsigned period,
+                                uint8_t * dst, size_t dst_capacity);
+
+/* One rANS stream to decode (arguments of ggz_decode_fn). */
+typedef struct {
+    const uint8_t *  src;
+    size_t           size;
+    uint8_t *        dst;
+    size_t           n;
+    size_t           stride;
+    const ggz_dtab * tabs;
+    unsigned         period;
+} ggz_stream;
+
+/* Decode two independent streams at once: interleaving two dependency chains
+ * hides the latency of the table gather.  err[0], err[1] receive each
+ * stream's result. */
+typedef void (*ggz_decode2_fn)(const ggz_stream * a, const ggz_stream * b, int err[2]);
+
+static inline size_t ggz_stream_bound(size_t n) { return n ? GGZ_STATE_BYTES + 2 * n + 2 : 0; }
+
+typedef struct {
+    const char *  name;
+    int           (*available)(void);
+    ggz_decode_fn decode;
+    ggz_encode_fn encode;   /* NULL: uses the scalar encoder */
+    ggz_decode2_fn decode2; /* NULL: two calls of decode */
+} ggz_kernel;
+
+int    ggz_decode_scalar(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned);
+size_t ggz_encode_scalar(const uint8_t *, size_t, size_t, const ggz_etab *, unsigned, uint8_t *, size_t);
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+int    ggz_decode_avx2(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned);
+int    ggz_decode_avx512(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned);
+void   ggz_decode2_avx512(const ggz_stream *, const ggz_stream *, int[2]);
+#define GGZ_HAVE_X86 1
+#endif
+#if defined(__aarch64__) || defined(_M_ARM64)
+int    ggz_decode_neon(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned);
+#define GGZ_HAVE_NEON 1
+#endif
+
+/* the kernels in use (dispatch.c); chosen once, thread-safe */
+const ggz_kernel * ggz_decoder(void);
+const ggz_kernel * ggz_encoder(void);
+
+/* Shared scalar decode of one step of lanes [l0, l1) with bounds checks; used
+ * by every kernel for the tail and for the last words of a stream.  Returns 0,
+ * or 1 when the stream runs out. */
+GGZ_INLINE int ggz_decode_lanes_checked(uint32_t * x, const uint8_t ** pp, const uint8_t * end,
+                                        uint8_t * out, unsigned l0, unsigned l1,
+                                        const ggz_dtab * tabs, unsigned period)
+{
+    const uint8_t * p = *pp;
+    for (unsigned l = l0; l < l1; l++) {
+        const uint32_t e = tabs->slot[l & (period - 1)][x[l] & GGZ_PROB_MASK];
+        out[l] = (uint8_t)e;
+        uint32_t v = (e >> 20) * (x[l] >> GGZ_PROB_BITS) + ((e >> 8) & GGZ_PROB_MASK);
+        if (v < GGZ_RANS_L) {
+            if (GGZ_UNLIKELY(end - p < 2)) return 1;
+            v = (v << 16) | ggz_rd16(p);
+            p += 2;
+        }
+        x[l] = v;
+    }
+    *pp = p;
+    return 0;
+}
+
+/* Reads the 32 states; @return 0 or a ggz_error */
+GGZ_INLINE int ggz_read_states(uint32_t * x, const uint8_t * src, size_t src_size)
+{
+    if (src_size < GGZ_STATE_BYTES || (src_size & 1)) return GGZ_ERR_CORRUPT;
+    for (unsigned l = 0; l < GGZ_LANES; l++) {
+        x[l] = ggz_rd32(src + 4 * l);
+        if (x[l] < GGZ_RANS_L) return GGZ_ERR_CORRUPT;
+    }
+    return GGZ_OK;
+}
+
+/* Finishes a stream: the tail step, then the check that every state is back
+ * at its initial value and every word was read. */
+GGZ_INLINE int ggz_decode_finish(uint32_t * x, const uint8_t * p, const uint8_t * end,
+                                 uint8_t * out, unsigned tail,
+                                 const ggz_dtab * tabs, unsigned period)
+{
+    if (tail && ggz_decode_lanes_checked(x, &p, end, out, 0, tail, tabs, period)) return GGZ_ERR_CORRUPT;
+    if (p != end) return GGZ_ERR_CORRUPT;
+    uint32_t bad = 0;
+    for (unsigned l = 0; l < GGZ_LANES; l++) bad |= x[l] ^ GGZ_RANS_L;
+    return bad ? GGZ_ERR_CORRUPT : GGZ_OK;
+}
+
+#endif /* GGZIP_INTERNAL_H */

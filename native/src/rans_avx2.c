@@ -1,0 +1,78 @@
+/* AVX2 decoder: the 32 lanes are four ymm registers of 8 states.  Same bytes
+ * as rans_scalar.c; only the hot loop lives here. */
+#include "internal.h"
+
+#include <immintrin.h>
+#include <pthread.h>
+
+/* For each 8-bit mask of lanes that renormalise, the permutation that moves
+ * the k-th loaded word to the k-th set lane. */
+static uint32_t expand_lut[256][8];
+static pthread_once_t lut_once = PTHREAD_ONCE_INIT;
+
+static void lut_init(void)
+{
+    for (unsigned m = 0; m < 256; m++) {
+        unsigned k = 0;
+        for (unsigned l = 0; l < 8; l++) expand_lut[m][l] = (m >> l & 1) ? k++ : 0;
+    }
+}
+
+GGZ_INLINE __m256i step8(__m256i x, __m256i toff, const uint32_t * tab, __m256i * sym, const uint8_t ** pp)
+{
+    const __m256i mask = _mm256_set1_epi32(GGZ_PROB_MASK);
+    const __m256i e = _mm256_i32gather_epi32((const int *)tab, _mm256_add_epi32(_mm256_and_si256(x, mask), toff), 4);
+    *sym = e;
+    x = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_srli_epi32(e, 20), _mm256_srli_epi32(x, GGZ_PROB_BITS)),
+                         _mm256_and_si256(_mm256_srli_epi32(e, 8), mask));
+    const __m256i low = _mm256_cmpeq_epi32(_mm256_srli_epi32(x, 16), _mm256_setzero_si256());
+    const unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(low));
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)*pp));
+    const __m256i wl = _mm256_permutevar8x32_epi32(w, _mm256_loadu_si256((const __m256i *)expand_lut[m]));
+    x = _mm256_blendv_epi8(x, _mm256_or_si256(_mm256_slli_epi32(x, 16), wl), low);
+    *pp += 2 * (size_t)_mm_popcnt_u32(m);
+    return x;
+}
+
+int ggz_decode_avx2(const uint8_t * src, size_t src_size, uint8_t * dst, size_t n, size_t dst_stride,
+                    const ggz_dtab * tabs, unsigned period)
+{
+    if (!n) return src_size ? GGZ_ERR_CORRUPT : GGZ_OK;
+    uint32_t x[GGZ_LANES];
+    int err = ggz_read_states(x, src, src_size);
+    if (err) return err;
+    pthread_once(&lut_once, lut_init);
+
+    const uint8_t * p = src + GGZ_STATE_BYTES;
+    const uint8_t * const end = src + src_size;
+    const size_t steps = n / GGZ_LANES;
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i toff = _mm256_slli_epi32(_mm256_and_si256(lane, _mm256_set1_epi32((int)period - 1)), GGZ_PROB_BITS);
+    const uint32_t * tab = tabs->slot[0];
+    const __m256i low8 = _mm256_set1_epi32(0xFF);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+
+    __m256i x0 = _mm256_loadu_si256((const __m256i *)x), x1 = _mm256_loadu_si256((const __m256i *)(x + 8));
+    __m256i x2 = _mm256_loadu_si256((const __m256i *)(x + 16)), x3 = _mm256_loadu_si256((const __m256i *)(x + 24));
+    size_t k = 0;
+    for (; k < steps && end - p >= 2 * GGZ_LANES; k++) {
+        __m256i e0, e1, e2, e3;
+        x0 = step8(x0, toff, tab, &e0, &p);
+        x1 = step8(x1, toff, tab, &e1, &p);
+        x2 = step8(x2, toff, tab, &e2, &p);
+        x3 = step8(x3, toff, tab, &e3, &p);
+        /* low bytes of 32 entries -> 32 symbols in lane order */
+        const __m256i a = _mm256_packus_epi32(_mm256_and_si256(e0, low8), _mm256_and_si256(e1, low8));
+        const __m256i b = _mm256_packus_epi32(_mm256_and_si256(e2, low8), _mm256_and_si256(e3, low8));
+        const __m256i s = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(a, b), order);
+        _mm256_storeu_si256((__m256i *)(dst + k * dst_stride), s);
+    }
+    _mm256_storeu_si256((__m256i *)x, x0);
+    _mm256_storeu_si256((__m256i *)(x + 8), x1);
+    _mm256_storeu_si256((__m256i *)(x + 16), x2);
+    _mm256_storeu_si256((__m256i *)(x + 24), x3);
+    for (; k < steps; k++)
+        if (ggz_decode_lanes_checked(x, &p, end, dst + k * dst_stride, 0, GGZ_LANES, tabs, period))
+            return GGZ_ERR_CORRUPT;
+    return ggz_decode_finish(x, p, end, dst + steps * dst_stride, (unsigned)(n % GGZ_LANES), tabs, period);
+}

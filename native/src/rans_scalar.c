@@ -1,0 +1,101 @@
+/* The scalar rANS coder: the specification every SIMD kernel must match byte
+ * for byte (FORMAT.md section 2).
+ *
+ * Read me first.  rANS keeps the message in an integer state x.  Coding symbol
+ * s with frequency f and cumulative frequency c (out of M = 4096) is
+ *     x' = C(s, x) = (x / f) * M + (x mod f) + c
+ * and decoding inverts it from the low 12 bits of x' alone:
+ *     s = symbol whose [c, c + f) holds x' mod M,  x = D(x') = f * (x' >> 12) + (x' mod M) - c.
+ * Because D undoes C, the decoder sees symbols in the reverse order of the
+ * encoder: we encode from the last symbol to the first and let the decoder run
+ * forwards.  The state is kept in [L, 2^32) with L = 2^16 by moving 16 bits at
+ * a time to/from the stream: the encoder emits before C when x >= f << 20
+ * (else x' would overflow), the decoder reads after D when x < L.  The two
+ * conditions mirror each other, so the decoder reads exactly the words the
+ * encoder wrote, in reverse; written backwards, they read forwards.
+ *
+ * 32 states are interleaved: symbol i belongs to lane i mod 32.  The lanes
+ * share one word stream, taken in lane order within each step of 32 symbols.
+ * Independent lanes are what lets a CPU (and a SIMD register) overlap the
+ * dependent chain of table load -> multiply -> renormalise. */
+#include "internal.h"
+
+size_t ggz_encode_scalar(const uint8_t * src, size_t n, size_t src_stride,
+                         const ggz_etab * tabs, unsigned period,
+                         uint8_t * dst, size_t dst_capacity)
+{
+    if (!n) return 0;
+    if (dst_capacity < ggz_stream_bound(n)) return GGZ_ERROR(DST_TOO_SMALL);
+
+    uint32_t x[GGZ_LANES];
+    for (unsigned l = 0; l < GGZ_LANES; l++) x[l] = GGZ_RANS_L;
+
+    /* words go backwards from the end of dst; w[-1] is always writable
+     * because every symbol emits at most one word */
+    uint8_t * const end = dst + dst_capacity;
+    uint8_t * w = end;
+    const size_t steps = n / GGZ_LANES;
+    const unsigned tail = (unsigned)(n % GGZ_LANES);
+    const unsigned pmask = period - 1;
+
+    for (size_t k = steps + (tail ? 1 : 0); k-- > 0;) {
+        const uint8_t * in = src + k * src_stride;
+        const unsigned lanes = (k == steps) ? tail : GGZ_LANES;
+        for (unsigned l = lanes; l-- > 0;) {
+            const ggz_esym * e = &tabs->sym[l & pmask][in[l]];
+            uint32_t v = x[l];
+            /* renormalise: emit the low 16 bits while v >= f << 20 (at most once) */
+            const uint32_t out = v >= e->xmax;
+            ggz_wr16(w - 2, (uint16_t)v);
+            w -= 2 * out;
+            v >>= 16 * out;
+            /* x' = C(s, x) = x + c + (x / f) * (M - f) */
+            const uint64_t q = (uint64_t)(((unsigned __int128)((uint64_t)v + 1) * e->rcp) >> 64);
+            x[l] = v + e->cum + (uint32_t)q * e->cmpl;
+        }
+    }
+
+    const size_t words = (size_t)(end - w);
+    memmove(dst + GGZ_STATE_BYTES, w, words);
+    for (unsigned l = 0; l < GGZ_LANES; l++) ggz_wr32(dst + 4 * l, x[l]);
+    return GGZ_STATE_BYTES + words;
+}
+
+int ggz_decode_scalar(const uint8_t * src, size_t src_size,
+                      uint8_t * dst, size_t n, size_t dst_stride,
+                      const ggz_dtab * tabs, unsigned period)
+{
+    if (!n) return src_size ? GGZ_ERR_CORRUPT : GGZ_OK;
+    uint32_t x[GGZ_LANES];
+    int err = ggz_read_states(x, src, src_size);
+    if (err) return err;
+
+    const uint8_t * p = src + GGZ_STATE_BYTES;
+    const uint8_t * const end = src + src_size;
+    const size_t steps = n / GGZ_LANES;
+    const uint32_t * const tab = tabs->slot[0];
+    const unsigned pmask = period - 1;
+
+    size_t k = 0;
+    /* fast path: a step reads at most 32 words, so with 64 bytes left no
+     * bounds check is needed inside it */
+    for (; k < steps && end - p >= 2 * GGZ_LANES; k++) {
+        uint8_t * out = dst + k * dst_stride;
+        for (unsigned l = 0; l < GGZ_LANES; l++) {
+            const uint32_t e = tab[((l & pmask) << GGZ_PROB_BITS) | (x[l] & GGZ_PROB_MASK)];
+            out[l] = (uint8_t)e;
+            /* x = D(x') = f * (x' >> 12) + bias */
+            uint32_t v = (e >> 20) * (x[l] >> GGZ_PROB_BITS) + ((e >> 8) & GGZ_PROB_MASK);
+            /* renormalise without a branch: about every other lane reads a
+             * word, a coin flip no branch predictor can learn */
+            const uint32_t in = v < GGZ_RANS_L;
+            v = (v << (16 * in)) | (ggz_rd16(p) & (0u - in));
+            p += 2 * in;
+            x[l] = v;
+        }
+    }
+    for (; k < steps; k++)
+        if (ggz_decode_lanes_checked(x, &p, end, dst + k * dst_stride, 0, GGZ_LANES, tabs, period))
+            return GGZ_ERR_CORRUPT;
+    return ggz_decode_finish(x, p, end, dst + steps * dst_stride, (unsigned)(n % GGZ_LANES), tabs, period);
+}

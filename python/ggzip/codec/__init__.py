@@ -1,0 +1,208 @@
+"""ggzip.codec: the native rANS codec of tensor frames (docs/FORMAT.md).
+
+    frame = encode(data, layout="q8_0", row_size=...)   # bytes
+    arr   = decode(frame)                                # numpy uint8, zero copies of the input
+    kernels(), kernel()                                  # SIMD kernels here / in use
+
+Inputs may be bytes, bytearray, memoryview, mmap or contiguous numpy arrays; they
+are passed to C without copying (ffi.from_buffer).  Every call releases the GIL.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .. import constants as C
+from ..errors import GGZipError
+from ._native import LIBRARY_PATH, ffi, lib
+
+__all__ = ["encode", "decode", "decode_chunk", "info", "verify", "entropy_bound", "crc32c",
+           "kernels", "kernel", "encoder_kernel", "set_kernel", "bound", "CodecError",
+           "FrameInfo", "LIBRARY_PATH"]
+
+
+class CodecError(GGZipError):
+    """A frame failed to encode or decode.  ``name`` is the ggz error
+    (e.g. "CHECKSUM", "CORRUPT"), ``chunk`` the failing chunk or None."""
+
+    def __init__(self, message: str, name: str, chunk: Optional[int] = None):
+        super().__init__(message)
+        self.name = name
+        self.chunk = chunk
+
+
+def _check(r: int, what: str, chunk: Optional[int] = None) -> int:
+    if lib.ggz_is_error(r):
+        code = lib.ggz_error_code(r)
+        name = C.ERRORS[code] if 0 <= code < len(C.ERRORS) else "GENERIC"
+        where = f" (chunk {chunk})" if chunk is not None and chunk >= 0 else ""
+        raise CodecError(f"{what}: {ffi.string(lib.ggz_error_name(r)).decode()}{where}", name,
+                         chunk if chunk is not None and chunk >= 0 else None)
+    return r
+
+
+def _buf(data):
+    """A read-only cffi view of any buffer-protocol object, without a copy."""
+    if isinstance(data, np.ndarray) and not data.flags.c_contiguous:
+        raise ValueError("numpy input must be C-contiguous")
+    return ffi.from_buffer(data)
+
+
+def _layout_id(layout) -> int:
+    if isinstance(layout, int):
+        if layout not in C.LAYOUT_NAMES:
+            raise ValueError(f"unknown layout id {layout}")
+        return layout
+    try:
+        return C.LAYOUT_IDS[layout]
+    except KeyError:
+        raise ValueError(f"unknown layout {layout!r}; one of {sorted(C.LAYOUT_IDS)}") from None
+
+
+def _threads(threads: int) -> int:
+    return threads if threads and threads > 0 else (os.cpu_count() or 1)
+
+
+def _params(layout, row_size: int, chunk_size: int, threads: int):
+    p = ffi.new("ggz_params *")
+    p.layout = _layout_id(layout)
+    p.row_size = row_size
+    p.chunk_size = chunk_size
+    p.n_threads = threads
+    return p
+
+
+def bound(raw_size: int, layout="bytes", row_size: int = 0, chunk_size: int = 0) -> int:
+    """Largest frame encode() can produce for raw_size bytes."""
+    return int(lib.ggz_frame_bound(raw_size, _params(layout, row_size, chunk_size, 1)))
+
+
+def encode(data, layout="bytes", row_size: int = 0, chunk_size: int = 0, threads: int = 1) -> bytes:
+    """Code `data` into one frame.  layout: "bytes", "q8_0" (34-byte blocks),
+    "plane16" (F16/BF16), "plane32" (F32); row_size: bytes per row, chunks hold
+    whole rows (0: any boundary); chunk_size: target raw bytes per chunk
+    (0: 256 KiB); threads: 0 = all cores."""
+    src = _buf(data)
+    n = len(src)
+    params = _params(layout, row_size, chunk_size, _threads(threads))
+    cap = lib.ggz_frame_bound(n, params)
+    if cap == 0:
+        unit = C.LAYOUT_UNIT[params.layout]
+        raise CodecError(f"cannot encode {n} bytes as {C.LAYOUT_NAMES[params.layout]} with row size "
+                         f"{row_size}: the size must be a multiple of the row size, itself a multiple of {unit}",
+                         "PARAM")
+    out = bytearray(cap)
+    r = _check(lib.ggz_encode_tensor(ffi.from_buffer(out), cap, src, n, params), "encode")
+    del out[r:]
+    return bytes(out)
+
+
+@dataclass(frozen=True)
+class FrameInfo:
+    layout: str
+    raw_size: int
+    frame_size: int
+    row_size: int
+    rows_per_chunk: int
+    n_chunks: int
+    n_streams: int
+    chunk_raw_size: int
+
+
+def info(frame) -> FrameInfo:
+    """Header of a frame (checked, including the header CRC)."""
+    src = _buf(frame)
+    i = ffi.new("ggz_frame_info *")
+    _check(lib.ggz_frame_info_get(src, len(src), i), "frame header")
+    return FrameInfo(C.LAYOUT_NAMES[i.layout], i.raw_size, i.frame_size, i.row_size,
+                     i.rows_per_chunk, i.n_chunks, i.n_streams, i.chunk_raw_size)
+
+
+def decode(frame, out: Optional[np.ndarray] = None, threads: int = 0) -> np.ndarray:
+    """Decode a frame.  Returns `out` (any writable C-contiguous array of at
+    least raw_size bytes, viewed as uint8) or a new uint8 array; threads 0 = all
+    cores.  Raises CodecError naming the failing chunk."""
+    src = _buf(frame)
+    fi = info(frame)
+    if out is None:
+        out = np.empty(fi.raw_size, dtype=np.uint8)  # not zeroed: every byte is written
+    elif not (out.flags.c_contiguous and out.flags.writeable) or out.nbytes < fi.raw_size:
+        raise ValueError(f"out must be a writable contiguous array of at least {fi.raw_size} bytes")
+    bad = ffi.new("int64_t *")
+    dst = ffi.from_buffer(out, require_writable=True)
+    r = lib.ggz_decode_tensor(dst, out.nbytes, src, len(src), _threads(threads), bad)
+    _check(r, "decode", bad[0])
+    return out.reshape(-1).view(np.uint8)[: fi.raw_size] if out.ndim == 1 or out.dtype == np.uint8 else out
+
+
+def decode_chunk(frame, index: int) -> np.ndarray:
+    """Decode chunk `index` alone (its raw bytes)."""
+    src = _buf(frame)
+    fi = info(frame)
+    if not 0 <= index < fi.n_chunks:
+        raise IndexError(f"chunk {index} out of range (frame has {fi.n_chunks})")
+    out = np.empty(fi.chunk_raw_size, dtype=np.uint8)
+    r = _check(lib.ggz_decode_chunk(ffi.from_buffer(out, require_writable=True), out.nbytes, src, len(src), index),
+               "decode chunk", index)
+    return out[:r]
+
+
+def verify(frame) -> int:
+    """Check every CRC and decode every chunk into scratch; returns raw_size."""
+    src = _buf(frame)
+    bad = ffi.new("int64_t *")
+    r = lib.ggz_verify_tensor(src, len(src), bad)
+    return _check(r, "verify", bad[0])
+
+
+def entropy_bound(data, layout="bytes") -> float:
+    """Order-0 entropy bound in bytes of data under layout (FORMAT.md)."""
+    src = _buf(data)
+    r = lib.ggz_entropy_bound(src, len(src), _layout_id(layout))
+    if r < 0:
+        raise ValueError(f"{len(src)} bytes do not fit layout {layout!r}")
+    return float(r)
+
+
+def crc32c(data, crc: int = 0) -> int:
+    return int(lib.ggz_crc32c(crc, _buf(data), len(_buf(data))))
+
+
+def kernels() -> list[str]:
+    """Kernels compiled in that this host can run (fastest last)."""
+    out = []
+    avail = ffi.new("int *")
+    for i in range(lib.ggz_kernel_count()):
+        name = lib.ggz_kernel_info(i, avail, ffi.NULL)
+        if avail[0]:
+            out.append(ffi.string(name).decode())
+    return out
+
+
+def compiled_kernels() -> list[str]:
+    """All kernels compiled in, runnable here or not."""
+    return [ffi.string(lib.ggz_kernel_info(i, ffi.NULL, ffi.NULL)).decode()
+            for i in range(lib.ggz_kernel_count())]
+
+
+def kernel() -> str:
+    """The decode kernel in use (GGZIP_KERNEL forces one)."""
+    return ffi.string(lib.ggz_kernel_name()).decode()
+
+
+def encoder_kernel() -> str:
+    return ffi.string(lib.ggz_encoder_kernel_name()).decode()
+
+
+def set_kernel(name: str) -> None:
+    """Use kernel `name` from now on (for tests and benchmarks)."""
+    if lib.ggz_is_error(lib.ggz_set_kernel(name.encode())):
+        raise CodecError(f"kernel {name!r} is not available here (available: {', '.join(kernels())})", "KERNEL")
+
+
+def forced_kernel_error() -> Optional[str]:
+    e = lib.ggz_kernel_forced_error()
+    return None if e == ffi.NULL else ffi.string(e).decode()
