@@ -1,0 +1,65 @@
+"""CLI: `ggzip convert IN OUT [...]`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _run(args) -> int:
+    from .convert import convert
+    rep = convert(args.input, args.output, alpha=args.alpha, prune=args.prune,
+                  target_bpw=args.target_bpw, step=args.step, imatrix=args.imatrix,
+                  calib_text=args.calib_text, theta=args.theta,
+                  progress=not args.quiet)
+    if args.json:
+        doc = {"input": str(rep.inp), "output": str(rep.out), "arch": rep.arch,
+               "stats": rep.stats_source, "dequantized_from": rep.dequantized_from,
+               "seconds": rep.seconds, **rep.totals(),
+               "tensors": [{"name": t.name, "shape": list(t.shape), "type": t.out_type,
+                            **({"bpw": t.stats.bpw, "snr_db": t.stats.snr_db,
+                                "wsnr_db": t.stats.wsnr_db, "step": t.step}
+                               if t.stats else {})} for t in rep.tensors]}
+        json.dump(doc, sys.stdout, indent=1)
+        print()
+    else:
+        print(rep.summary())
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "convert", help="quantize a float GGUF to entropy-friendly Q8_0",
+        description="Quantize a F32/F16/BF16 GGUF (or a quantized one, dequantized first) "
+                    "into Q8_0 blocks whose symbols are chosen for the rANS coder: "
+                    "activation-aware rescaling folded into the model, optional pruning, "
+                    "one step per row, rate-controlled.")
+    p.add_argument("input", help="input GGUF (F32/F16/BF16, or quantized: dequantized first)")
+    p.add_argument("output", help="output GGUF (Q8_0 tensors, written atomically)")
+    p.add_argument("--alpha", type=float, default=0.5,
+                   help="rescaling exponent: s_j = E[x_j^2]^alpha (0 = none; default 0.5, "
+                        "the high-rate optimum)")
+    p.add_argument("--prune", type=float, default=0.0, metavar="P",
+                   help="fraction of each row to zero by |W|*rms(x) (default 0)")
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--target-bpw", type=float, metavar="B",
+                      help="bits per weight of each tensor (order-0 entropy of symbols + scales)")
+    rate.add_argument("--step", type=float, metavar="S",
+                      help="step = S x median row absmax/127 (default 1: about Q8_0 quality)")
+    p.add_argument("--imatrix", metavar="FILE",
+                   help="llama-imatrix output (GGUF, or legacy .dat); without it a weight-only "
+                        "proxy is used")
+    p.add_argument("--calib-text", metavar="FILE",
+                   help="text to compute an imatrix with llama-imatrix (build/llama/bin)")
+    p.add_argument("--theta", type=float, default=None,
+                   help=argparse.SUPPRESS)  # rounding offset, for experiments
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_defaults)
+
+
+def _run_defaults(args) -> int:
+    if args.theta is None:
+        from ..quantize.q8 import DEFAULT_THETA
+        args.theta = DEFAULT_THETA
+    return _run(args)

@@ -1,0 +1,351 @@
+"""`ggzip convert`: a float (or dequantized) GGUF -> Q8_0 GGUF whose symbols are
+chosen for the entropy coder.
+
+Streaming: the input is memory-mapped and processed tensor by tensor, so the peak
+memory is a few copies of the largest tensor.  The rescaling plan needs only the
+imatrix and the 1-D norm weights, so it is built before the first tensor.  Every
+Q8_0 tensor's size is known from its shape, so the output's header is written
+first and the data follows as each tensor is quantized; the output goes to a
+temporary file renamed only when complete.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import GGZipError
+from ..quantize import (BLOCK_BYTES, QK, QuantStats, measure, pack_q8_0, plan_rescale,
+                        prune_rows, quantize_rows, reference_step, row_absmax, row_steps,
+                        sample_rows, step_for_rate)
+from ..quantize.q8 import DEFAULT_THETA
+from ..quantize.stats import load_imatrix
+
+# metadata written by convert (namespaced like constants.Keys)
+KEY_ALPHA = "ggzip.convert.alpha"
+KEY_PRUNE = "ggzip.convert.prune"
+KEY_RATE = "ggzip.convert.rate"          # "target-bpw=B" or "step=S"
+KEY_STATS = "ggzip.convert.stats"        # "imatrix:<file>" or "weight-proxy"
+KEY_SOURCE = "ggzip.convert.source"      # float input, or which quantized type was dequantized
+
+FLOAT_TYPES = {"F32", "F16", "BF16", "F64"}
+# 2-D tensors that are not matrix-multiplied or are looked up per row by code
+# that may expect float: kept F32
+_KEEP_FLOAT = ("norm", "token_types", "position_embd", "rope_freqs")
+
+
+@dataclass
+class TensorReport:
+    name: str
+    shape: tuple
+    out_type: str
+    stats: QuantStats | None = None
+    step: float = 0.0
+
+
+@dataclass
+class ConvertReport:
+    inp: Path
+    out: Path
+    arch: str
+    stats_source: str
+    dequantized_from: list[str]
+    tensors: list[TensorReport] = field(default_factory=list)
+    seconds: float = 0.0
+    float_bytes: int = 0          # bytes of the input as float32
+
+    def totals(self) -> dict:
+        q = [t for t in self.tensors if t.stats is not None]
+        n = sum(int(np.prod(t.shape)) for t in q)
+        if not n:
+            return {"weights": 0}
+        bits = sum(t.stats.bpw * int(np.prod(t.shape)) for t in q)
+        sig_err = [(10 ** (-t.stats.snr_db / 10), int(np.prod(t.shape))) for t in q]
+        return {
+            "weights": n,
+            "bpw": bits / n,
+            "zero_fraction": sum(t.stats.zero_fraction * int(np.prod(t.shape)) for t in q) / n,
+            # mean over tensors of per-tensor SNR in dB (each tensor's own signal)
+            "snr_db": float(np.average([t.stats.snr_db for t in q],
+                                       weights=[w for _, w in sig_err])),
+            "wsnr_db": float(np.average([t.stats.wsnr_db for t in q],
+                                        weights=[w for _, w in sig_err])),
+            "mb_per_s": self.float_bytes / 1e6 / max(self.seconds, 1e-9),
+        }
+
+    def summary(self) -> str:
+        t = self.totals()
+        src = ("float input" if not self.dequantized_from else
+               "input dequantized from " + "/".join(sorted(set(self.dequantized_from))) +
+               " (its weights lie on that grid: entropy is flattered)")
+        if not t["weights"]:
+            return f"{self.out}: no quantizable tensor"
+        return (f"{self.out}: {self.arch}, {len(self.tensors)} tensors, "
+                f"{t['weights'] / 1e6:.1f} M weights in Q8_0 blocks\n"
+                f"  rate {t['bpw']:.3f} bits/weight (order-0 entropy of symbols + scales), "
+                f"{t['zero_fraction'] * 100:.1f}% zeros\n"
+                f"  SNR {t['snr_db']:.2f} dB, activation-weighted {t['wsnr_db']:.2f} dB "
+                f"(stats: {self.stats_source})\n"
+                f"  {src}\n"
+                f"  {self.float_bytes / 1e6:.0f} MB of float in {self.seconds:.1f} s = "
+                f"{t['mb_per_s']:.0f} MB/s")
+
+
+class _Input:
+    """A GGUF model, memory-mapped, with float access to each tensor."""
+
+    def __init__(self, path: Path):
+        import gguf
+        self.path = path
+        if path.is_dir():
+            raise GGZipError(f"{path}: is a folder; ggzip convert reads a GGUF file "
+                             "(convert HF safetensors with llama.cpp's convert_hf_to_gguf.py)")
+        try:
+            self.reader = gguf.GGUFReader(path)
+        except FileNotFoundError:
+            raise GGZipError(f"{path}: no such file") from None
+        except Exception as e:  # gguf-py raises ValueError/IndexError/... on damage
+            raise GGZipError(f"{path}: not a readable GGUF (truncated or damaged?): "
+                             f"{type(e).__name__}: {e}") from None
+        self.tensors = {t.name: t for t in self.reader.tensors}
+        self.kv = {}
+        for k, f in self.reader.fields.items():
+            if k.startswith("GGUF."):
+                continue
+            try:
+                self.kv[k] = f.contents()
+            except Exception as e:
+                raise GGZipError(f"{path}: metadata {k!r} is damaged: {e}") from None
+        arch = self.kv.get("general.architecture")
+        if not isinstance(arch, str):
+            raise GGZipError(f"{path}: no general.architecture in the GGUF metadata")
+        self.arch = arch
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """numpy shape (ne1, ne0) / (ne0,) of a tensor."""
+        return tuple(int(x) for x in reversed(self.tensors[name].shape))
+
+    def float32(self, name: str) -> np.ndarray:
+        import gguf
+        t = self.tensors[name]
+        ty = t.tensor_type
+        shp = self.shape(name)
+        try:
+            if ty == gguf.GGMLQuantizationType.F32:
+                a = np.asarray(t.data, np.float32)
+            elif ty == gguf.GGMLQuantizationType.F16:
+                a = np.asarray(t.data).astype(np.float32)
+            else:
+                a = gguf.quants.dequantize(t.data, ty)
+        except NotImplementedError:
+            raise GGZipError(f"{self.path}: tensor {name!r} has type {ty.name}, which "
+                             "ggzip convert cannot dequantize") from None
+        except Exception as e:
+            raise GGZipError(f"{self.path}: tensor {name!r} ({ty.name}) cannot be read: "
+                             f"{e}") from None
+        if a.size != int(np.prod(shp)):
+            raise GGZipError(f"{self.path}: tensor {name!r} holds {a.size} values, its "
+                             f"shape {shp} needs {int(np.prod(shp))}")
+        return a.reshape(shp)
+
+
+def _find_llama_tool(name: str) -> Path | None:
+    env = os.environ.get("GGZIP_LLAMA_BIN")
+    here = Path(__file__).resolve().parents[3] / "build" / "llama" / "bin"
+    for d in ([Path(env)] if env else []) + [here]:
+        if (d / name).is_file():
+            return d / name
+    found = shutil.which(name)
+    return Path(found) if found else None
+
+
+def imatrix_from_text(model: Path, text: Path, out: Path, threads: int = 2) -> Path:
+    """Run llama-imatrix (the llama.cpp build of scripts/build_llama.sh) on a text."""
+    exe = _find_llama_tool("llama-imatrix")
+    if exe is None:
+        raise GGZipError(f"{text}: --calib-text needs llama-imatrix (build it with "
+                         "scripts/build_llama.sh, or set GGZIP_LLAMA_BIN), or pass --imatrix")
+    cmd = [str(exe), "-m", str(model), "-f", str(text), "-o", str(out), "--no-ppl",
+           "-t", str(threads), "-c", "512"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0 or not out.exists():
+        tail = "\n".join(r.stderr.strip().splitlines()[-5:])
+        raise GGZipError(f"{model}: llama-imatrix failed on {text}:\n{tail}")
+    return out
+
+
+def _copy_kv(writer, inp: _Input) -> None:
+    import gguf
+    for k, f in inp.reader.fields.items():
+        if k.startswith("GGUF.") or k in ("general.architecture", "general.file_type",
+                                          "general.quantization_version"):
+            continue
+        if k == "general.alignment":
+            writer.add_custom_alignment(int(inp.kv[k]))
+            continue
+        vtype = f.types[0]
+        sub = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        if vtype == gguf.GGUFValueType.ARRAY and len(f.types) > 2:
+            raise GGZipError(f"{inp.path}: metadata {k!r} is a nested array, not supported")
+        writer.add_key_value(k, inp.kv[k], vtype, sub_type=sub)
+
+
+def _quantizable(name: str, shape: tuple[int, ...]) -> bool:
+    return (len(shape) == 2 and shape[1] % QK == 0 and name.endswith(".weight")
+            and not any(k in name for k in _KEEP_FLOAT))
+
+
+def convert(inp: str | Path, out: str | Path, *, alpha: float = 0.5, prune: float = 0.0,
+            target_bpw: float | None = None, step: float | None = None,
+            imatrix: str | Path | None = None, calib_text: str | Path | None = None,
+            theta: float = DEFAULT_THETA, progress: bool = True) -> ConvertReport:
+    """Convert IN to a Q8_0 GGUF at OUT; see the module docstring."""
+    import gguf
+    inp, out = Path(inp), Path(out)
+    if target_bpw is not None and step is not None:
+        raise GGZipError("give --target-bpw or --step, not both")
+    if target_bpw is None and step is None:
+        step = 1.0
+    if target_bpw is not None and not 0.05 <= target_bpw <= 8.5:
+        raise GGZipError(f"--target-bpw {target_bpw}: must be in [0.05, 8.5]")
+    if step is not None and not step > 0:
+        raise GGZipError(f"--step {step}: must be > 0")
+    if not 0.0 <= prune < 1.0:
+        raise GGZipError(f"--prune {prune}: must be in [0, 1)")
+    if not 0.0 <= alpha <= 1.0:
+        raise GGZipError(f"--alpha {alpha}: must be in [0, 1]")
+    t0 = time.perf_counter()
+    src = _Input(inp)
+
+    tmpdir = None
+    if imatrix is None and calib_text is not None:
+        tmpdir = tempfile.TemporaryDirectory(prefix="ggzip-imatrix-")
+        imatrix = imatrix_from_text(inp, Path(calib_text), Path(tmpdir.name) / "imatrix.gguf")
+    try:
+        stats = load_imatrix(imatrix) if imatrix is not None else None
+    finally:
+        if tmpdir is not None:
+            tmpdir.cleanup()
+    if stats is not None:
+        known = sum(1 for n in stats if n in src.tensors)
+        if known == 0:
+            raise GGZipError(f"{imatrix}: no imatrix entry names a tensor of {inp} "
+                             "(imatrix of another model?)")
+    stats_source = f"imatrix:{Path(imatrix).name}" if stats is not None else \
+        "weight-proxy (no imatrix: norm weights stand for activation scales)"
+
+    shapes = {n: src.shape(n) for n in src.tensors}
+    plan = plan_rescale(src.arch, shapes, src.kv, src.float32, stats, alpha, source=str(inp))
+
+    # decide every output tensor and its size before writing anything
+    outs = []
+    for name, t in src.tensors.items():
+        shp = shapes[name]
+        ty = t.tensor_type.name
+        if ty not in FLOAT_TYPES and not hasattr(gguf.GGMLQuantizationType, ty):
+            raise GGZipError(f"{inp}: tensor {name!r} has unknown type {ty}")
+        if ty in ("I8", "I16", "I32", "I64"):
+            outs.append((name, "copy"))
+        elif _quantizable(name, shp):
+            outs.append((name, "Q8_0"))
+        else:
+            outs.append((name, "F32"))
+    dequantized = sorted({src.tensors[n].tensor_type.name for n, k in outs
+                          if k != "copy" and src.tensors[n].tensor_type.name not in FLOAT_TYPES})
+
+    report = ConvertReport(inp=inp, out=out, arch=src.arch, stats_source=stats_source,
+                           dequantized_from=dequantized)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        w = gguf.GGUFWriter(tmp, src.arch)
+        _copy_kv(w, src)
+        w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        w.add_float32(KEY_ALPHA, float(alpha))
+        w.add_float32(KEY_PRUNE, float(prune))
+        w.add_string(KEY_RATE, f"target-bpw={target_bpw}" if target_bpw is not None
+                     else f"step={step}")
+        w.add_string(KEY_STATS, stats_source)
+        w.add_string(KEY_SOURCE, "float" if not dequantized else
+                     "dequantized from " + "/".join(dequantized))
+        for name, kind in outs:
+            shp = shapes[name]
+            if kind == "Q8_0":
+                nbytes = shp[0] * (shp[1] // QK) * BLOCK_BYTES
+                w.add_tensor_info(name, (shp[0], shp[1] // QK * BLOCK_BYTES), np.dtype(np.uint8),
+                                  nbytes, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+            elif kind == "F32":
+                w.add_tensor_info(name, shp, np.dtype(np.float32), int(np.prod(shp)) * 4)
+            else:
+                t = src.tensors[name]
+                w.add_tensor_info(name, shp, np.asarray(t.data).dtype, int(t.n_bytes))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+
+        total = sum(int(np.prod(shapes[n])) * 4 for n, _ in outs)
+        report.float_bytes = total
+        from tqdm import tqdm
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc="convert", file=sys.stderr,
+                   disable=None if progress else True, leave=False)
+        for name, kind in outs:
+            shp = shapes[name]
+            if kind == "copy":
+                w.write_tensor_data(np.ascontiguousarray(src.tensors[name].data))
+                report.tensors.append(TensorReport(name, shp, src.tensors[name].tensor_type.name))
+            elif kind == "F32":
+                a = np.ascontiguousarray(plan.apply(name, src.float32(name)), np.float32)
+                if not np.isfinite(a).all():
+                    raise GGZipError(f"{inp}: tensor {name!r} holds NaN or infinite values")
+                w.write_tensor_data(a)
+                report.tensors.append(TensorReport(name, shp, "F32"))
+            else:
+                blocks, tr = quantize_tensor(
+                    name, plan.apply(name, src.float32(name)), row_factor=plan.row_factor(name),
+                    col_stat=plan.rescaled_stat(name), prune=prune, target_bpw=target_bpw,
+                    step=step, theta=theta, source=str(inp))
+                w.write_tensor_data(blocks)
+                report.tensors.append(tr)
+            bar.update(int(np.prod(shp)) * 4)
+        bar.close()
+        w.close()
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def quantize_tensor(name: str, w: np.ndarray, *, row_factor=None, col_stat=None,
+                    prune: float = 0.0, target_bpw: float | None = None,
+                    step: float | None = 1.0, theta: float = DEFAULT_THETA,
+                    source: str = "model") -> tuple[np.ndarray, TensorReport]:
+    """Prune, pick the row steps, quantize one (rescaled) 2-D tensor: its Q8_0
+    bytes and a report of its rate and SNR."""
+    w = np.ascontiguousarray(w, np.float32)
+    if prune > 0:
+        w = prune_rows(w, prune, col_stat)
+    amax = row_absmax(w)
+    if not np.isfinite(amax).all():
+        raise GGZipError(f"{source}: tensor {name!r} holds NaN or infinite values")
+    if target_bpw is not None:
+        rows = sample_rows(*w.shape)
+        rf = None if row_factor is None else row_factor[rows]
+        base = step_for_rate(w[rows], target_bpw, rf, amax[rows], theta)
+    else:
+        base = step * reference_step(amax if row_factor is None else amax / row_factor)
+    d16 = row_steps(base, row_factor, amax)
+    q = quantize_rows(w, d16, theta)
+    st = measure(w, q, d16, col_stat)
+    return pack_q8_0(q, d16), TensorReport(name, w.shape, "Q8_0", st, base)

@@ -1,0 +1,209 @@
+"""Entropy-aware 8-bit quantization into Q8_0-compatible blocks.
+
+A Q8_0 block is an f16 scale d and 32 int8 q; llama.cpp reconstructs q*d.  Stock
+Q8_0 takes d = absmax/127 per block, so every block uses the whole int8 range and
+the symbols are nearly incompressible.  Here every block of a row shares one step
+(the scale stream then costs next to nothing once coded as row deltas), and the
+step is chosen for a rate: a coarser step concentrates the symbols near 0, which
+the rANS coder turns into fewer bits.  High-rate rule: halving the step costs one
+bit per weight and buys 6 dB.
+
+Invariants kept by every function here:
+  * the step used to divide is the f16-rounded step that is stored, so that
+    dequantizing the blocks gives exactly q*d (no hidden float32 step);
+  * a row's step is never below absmax/127, so nothing is clipped and |q| <= 127
+    (-128 never occurs: llama.cpp's dot products assume a symmetric range).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+QK = 32                 # weights per Q8_0 block
+BLOCK_BYTES = 2 + QK    # f16 scale + 32 int8
+QMAX = 127
+# Rounding offset: q = sign(x) floor(|x|/d + 0.5 - theta).  theta > 0 widens the
+# zero bin (a dead zone).  Measured on MiniLM's float weights at a matched rate
+# (rate-controlled per tensor): theta 0 is best from 4 bpw up (0.15 loses 0.8 dB
+# at 4.5 bpw, 0.9 dB at 6 bpw); only below ~3 bpw does a small dead zone win
+# (+0.16 dB for 0.05 at 2.5 bpw).  So plain rounding by default.
+DEFAULT_THETA = 0.0
+_F16_TINY = np.float16(2.0 ** -24)   # smallest positive f16: a step is never 0
+_CHUNK = 1 << 20                     # elements per pass: keeps temporaries in cache
+
+
+def row_absmax(w: np.ndarray) -> np.ndarray:
+    return np.max(np.abs(w), axis=1)
+
+
+def row_steps(base: float, row_factor: np.ndarray | None, amax: np.ndarray) -> np.ndarray:
+    """f16 step of each row: base*row_factor, raised where needed so that the
+    row's largest weight still fits in [-127, 127] after rounding to f16."""
+    want = np.full(amax.shape, base, np.float32) if row_factor is None else \
+        (base * row_factor).astype(np.float32)
+    floor = (amax / QMAX).astype(np.float32)
+    d = np.maximum(want, floor).astype(np.float16)
+    # f16 rounding may land just below absmax/127: step up one f16 ulp there
+    low = d.astype(np.float32) < floor
+    if low.any():
+        d[low] = np.nextafter(d[low], np.float16(np.inf))
+    return np.maximum(d, _F16_TINY)
+
+
+def quantize_rows(w: np.ndarray, d16: np.ndarray, theta: float = DEFAULT_THETA) -> np.ndarray:
+    """int8 symbols of a (rows, cols) float32 tensor with one f16 step per row."""
+    rows, cols = w.shape
+    q = np.empty((rows, cols), np.int8)
+    inv = (1.0 / d16.astype(np.float32)).astype(np.float32)
+    off = np.float32(0.5 - theta)
+    step = max(1, _CHUNK // max(cols, 1))
+    for r0 in range(0, rows, step):
+        blk = w[r0:r0 + step]
+        x = np.abs(blk, dtype=np.float32)
+        x *= inv[r0:r0 + step, None]
+        x += off
+        np.floor(x, out=x)
+        np.minimum(x, QMAX, out=x)
+        np.copysign(x, blk, out=x)
+        q[r0:r0 + step] = x
+    return q
+
+
+def pack_q8_0(q: np.ndarray, d16: np.ndarray) -> np.ndarray:
+    """Q8_0 bytes, shape (rows, cols/32*34), of int8 symbols and per-row f16 steps."""
+    rows, cols = q.shape
+    nb = cols // QK
+    out = np.empty((rows, nb, BLOCK_BYTES), np.uint8)
+    out[:, :, :2] = d16.astype("<f2").view(np.uint8).reshape(rows, 1, 2)
+    out[:, :, 2:] = q.reshape(rows, nb, QK).view(np.uint8)
+    return out.reshape(rows, nb * BLOCK_BYTES)
+
+
+def dequantize_rows(q: np.ndarray, d16: np.ndarray) -> np.ndarray:
+    return q.astype(np.float32) * d16.astype(np.float32)[:, None]
+
+
+def _entropy_bits(counts: np.ndarray) -> float:
+    """Order-0 entropy in bits of the whole sequence whose histogram is counts."""
+    n = counts.sum()
+    if n == 0:
+        return 0.0
+    p = counts[counts > 0] / n
+    return float(-(p * np.log2(p)).sum() * n)
+
+
+def symbol_entropy(q: np.ndarray) -> float:
+    """Order-0 entropy of the int8 symbols, bits per symbol."""
+    counts = np.bincount(q.reshape(-1).view(np.uint8), minlength=256)
+    return _entropy_bits(counts) / max(q.size, 1)
+
+
+def scale_stream_bits(d16: np.ndarray, blocks_per_row: int) -> float:
+    """Order-0 bits of the scale stream as the codec stores it (FORMAT.md: flag
+    bit 0, each scale after the first of its row replaced by its difference to
+    the previous one, so a row costs one f16 plus nb-1 zero deltas; low and high
+    bytes use separate tables)."""
+    b = d16.astype("<f2").view(np.uint8).reshape(-1, 2)
+    zeros = len(d16) * (blocks_per_row - 1)
+    bits = 0.0
+    for k in range(2):
+        c = np.bincount(b[:, k], minlength=256).astype(np.float64)
+        c[0] += zeros
+        bits += _entropy_bits(c)
+    return bits
+
+
+@dataclass
+class QuantStats:
+    bits_symbols: float    # order-0 entropy of the int8 symbols, bits/weight
+    bits_scales: float     # scale stream, bits/weight
+    snr_db: float          # plain SNR of the dequantized tensor
+    wsnr_db: float         # SNR with column weights (activation statistics)
+    zero_fraction: float   # share of symbols equal to 0
+
+    @property
+    def bpw(self) -> float:
+        return self.bits_symbols + self.bits_scales
+
+
+def measure(w: np.ndarray, q: np.ndarray, d16: np.ndarray,
+            col_weight: np.ndarray | None = None) -> QuantStats:
+    """Rate and distortion of (q, d16) as a code of w, in w's own coordinates."""
+    err2 = np.zeros(w.shape[1], np.float64)
+    sig2 = np.zeros(w.shape[1], np.float64)
+    step = max(1, _CHUNK // max(w.shape[1], 1))
+    for r0 in range(0, w.shape[0], step):
+        blk = w[r0:r0 + step].astype(np.float32)
+        e = dequantize_rows(q[r0:r0 + step], d16[r0:r0 + step]) - blk
+        err2 += np.einsum("ij,ij->j", e, e, dtype=np.float64)
+        sig2 += np.einsum("ij,ij->j", blk, blk, dtype=np.float64)
+    cw = np.ones_like(err2) if col_weight is None else col_weight.astype(np.float64)
+
+    def snr(s, e):
+        return float("inf") if e == 0 else 10 * np.log10(max(s, 1e-300) / e)
+    n = w.size
+    return QuantStats(
+        bits_symbols=symbol_entropy(q),
+        bits_scales=scale_stream_bits(d16, w.shape[1] // QK) / n,
+        snr_db=snr(sig2.sum(), err2.sum()),
+        wsnr_db=snr((sig2 * cw).sum(), (err2 * cw).sum()),
+        zero_fraction=float(np.count_nonzero(q == 0) / max(n, 1)),
+    )
+
+
+def reference_step(amax: np.ndarray) -> float:
+    """The step that `--step 1` means: the median over rows of absmax/127, i.e.
+    about what one step per row at full int8 range gives."""
+    return float(np.median(amax)) / QMAX if amax.size else 1.0
+
+
+def sample_rows(n_rows: int, n_cols: int, budget: int = 1 << 18) -> np.ndarray:
+    """Evenly spread rows holding about `budget` weights, for rate estimation."""
+    k = max(1, min(n_rows, budget // max(n_cols, 1)))
+    return np.unique(np.linspace(0, n_rows - 1, k).round().astype(np.int64))
+
+
+def step_for_rate(w: np.ndarray, target_bpw: float, row_factor: np.ndarray | None = None,
+                  amax: np.ndarray | None = None, theta: float = DEFAULT_THETA,
+                  tol: float = 0.003, max_iter: int = 40) -> float:
+    """Base step at which symbols + scales cost `target_bpw` bits per weight
+    (order-0 entropy).  w may be a row sample of the tensor: the rate of a
+    uniform quantizer is a per-weight average, so ~256k weights estimate it to a
+    few thousandths of a bit.  Search in log2(step): safeguarded secant inside a
+    bisection bracket (the rate falls about one bit per doubling)."""
+    if amax is None:
+        amax = row_absmax(w)
+    nb = w.shape[1] // QK
+
+    def rate(log_step: float) -> float:
+        d = row_steps(2.0 ** log_step, row_factor, amax)
+        q = quantize_rows(w, d, theta)
+        return symbol_entropy(q) + scale_stream_bits(d, nb) / w.size
+
+    # start from the high-rate estimate: rate ~ target where step ~ rms * 2^(2.05 - bits)
+    rms = float(np.sqrt(np.mean(np.square(w, dtype=np.float64)))) or 1.0
+    x = np.log2(rms) + 2.05 - target_bpw
+    lo, hi = -np.inf, np.inf          # log steps with rate above / below target
+    r_lo = r_hi = None
+    fx = rate(x) - target_bpw
+    for _ in range(max_iter):
+        if abs(fx) <= tol:
+            return 2.0 ** x
+        if fx > 0:
+            lo, r_lo = x, fx
+        else:
+            hi, r_hi = x, fx
+        if np.isfinite(lo) and np.isfinite(hi):
+            if hi - lo < 1e-4:
+                break
+            # secant between the bracket ends, kept away from them
+            t = r_lo / (r_lo - r_hi)
+            x = lo + min(max(t, 0.1), 0.9) * (hi - lo)
+        else:
+            x = x + fx                  # rate falls ~1 bit per doubling
+        fx = rate(x) - target_bpw
+    # rates are discrete near the clipping floor: return the side within budget
+    if fx <= 0 or not np.isfinite(hi):
+        return 2.0 ** x
+    return 2.0 ** hi
