@@ -66,7 +66,7 @@ def _find_library() -> Path:
                      "reinstall ggzip with `pip install .` (or set GGZIP_LIB)")
 
 
-def _load():
+def _load(expected=EXPECTED_VERSION):
     path = _find_library()
     try:
         lib = ffi.dlopen(str(path))
@@ -74,8 +74,8 @@ def _load():
         raise GGZipError(f"cannot load the native codec library {path}: {e}") from None
     v = lib.ggz_version_number()
     got = (v // 10000, v // 100 % 100, v % 100)
-    if got != EXPECTED_VERSION:
-        want = ".".join(map(str, EXPECTED_VERSION))
+    if got != tuple(expected):
+        want = ".".join(map(str, expected))
         raise GGZipError(f"native codec library {path} is version {'.'.join(map(str, got))}, "
                          f"but this ggzip Python package needs {want}; reinstall ggzip")
     return lib, path

@@ -1,0 +1,267 @@
+"""The codec through its Python API: every encoder kernel x every decoder kernel,
+edge sizes, layouts, real Q8_0 data, and damaged frames."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import ggzip.codec as codec
+from ggzip import constants as C
+from ggzip.codec import CodecError
+
+CHUNK = 4096  # small chunks so that the edge sizes cross chunk boundaries
+ALL = codec.compiled_kernels()
+HERE = codec.kernels()
+ENCODERS = [k for k in HERE if k == "scalar" or codec.encoder_kernel() == k]
+
+
+def kernel_param(name):
+    return pytest.param(name, marks=pytest.mark.skipif(
+        name not in HERE, reason=f"kernel {name} cannot run on this host"))
+
+
+DECODERS = [kernel_param(k) for k in ["scalar", "avx2", "avx512", "neon"]]
+
+
+@pytest.fixture(autouse=True)
+def restore_kernel():
+    before = codec.kernel()
+    yield
+    codec.set_kernel(before)
+
+
+def int8_bell(n, sigma=20.0, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.clip(np.round(rng.normal(size=n) * sigma), -127, 127).astype(np.int8).view(np.uint8)
+
+
+def q8_blocks(n_rows, blocks_per_row, constant_scales, seed=0):
+    rng = np.random.default_rng(seed)
+    blk = np.zeros((n_rows, blocks_per_row, 34), np.uint8)
+    if constant_scales:
+        d = np.repeat(rng.uniform(1e-3, 1e-2, size=(n_rows, 1)), blocks_per_row, axis=1)
+    else:
+        d = rng.uniform(1e-3, 1e-2, size=(n_rows, blocks_per_row))
+    blk[:, :, :2] = d.astype(np.float16).view(np.uint8).reshape(n_rows, blocks_per_row, 2)
+    blk[:, :, 2:] = int8_bell(n_rows * blocks_per_row * 32, seed=seed).reshape(n_rows, blocks_per_row, 32)
+    return blk.reshape(-1)
+
+
+EDGE_SIZES = [0, 1, 31, 32, 33, CHUNK - 1, CHUNK, CHUNK + 1, 300_001]
+
+
+@pytest.mark.parametrize("dec", DECODERS)
+@pytest.mark.parametrize("n", EDGE_SIZES)
+def test_roundtrip_edge_sizes(dec, n):
+    data = int8_bell(n, seed=n)
+    frame = codec.encode(data, chunk_size=CHUNK)
+    codec.set_kernel(dec)
+    out = codec.decode(frame)
+    assert out.nbytes == n and np.array_equal(out, data)
+    assert codec.info(frame).raw_size == n
+
+
+@pytest.mark.parametrize("dec", DECODERS)
+@pytest.mark.parametrize("case", ["one_symbol", "uniform", "two_symbols", "alternating"])
+def test_roundtrip_distributions(dec, case):
+    rng = np.random.default_rng(1)
+    n = 200_003
+    data = {
+        "one_symbol": np.full(n, 0x5A, np.uint8),
+        "uniform": rng.integers(0, 256, n, dtype=np.uint8),
+        "two_symbols": rng.choice(np.array([3, 250], np.uint8), n, p=[0.999, 0.001]),
+        "alternating": np.tile(np.arange(256, dtype=np.uint8), n // 256 + 1)[:n],
+    }[case]
+    frame = codec.encode(data, chunk_size=CHUNK * 8)
+    codec.set_kernel(dec)
+    assert np.array_equal(codec.decode(frame), data)
+    if case == "one_symbol":  # 32 states per chunk and next to nothing else
+        assert len(frame) < 200 + codec.info(frame).n_chunks * 150
+    if case == "uniform":     # incompressible: stored raw, not expanded
+        assert len(frame) <= n + 1000
+
+
+@pytest.mark.parametrize("dec", DECODERS)
+@pytest.mark.parametrize("layout,unit", [("plane16", 2), ("plane32", 4)])
+def test_roundtrip_planes(dec, layout, unit):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=50_000 * 4 // unit).astype(np.float16 if unit == 2 else np.float32)
+    frame = codec.encode(x, layout=layout, row_size=unit * 100, chunk_size=CHUNK * 4)
+    codec.set_kernel(dec)
+    assert np.array_equal(codec.decode(frame), x.view(np.uint8))
+    # the high (sign/exponent) bytes are cheap: the frame is smaller than the input
+    assert len(frame) < x.nbytes * 0.97
+
+
+@pytest.mark.parametrize("dec", DECODERS)
+@pytest.mark.parametrize("constant", [True, False])
+def test_roundtrip_q8_0(dec, constant):
+    data = q8_blocks(64, 24, constant)
+    frame = codec.encode(data, layout="q8_0", row_size=24 * 34, chunk_size=CHUNK * 4)
+    codec.set_kernel(dec)
+    assert np.array_equal(codec.decode(frame), data)
+    if constant:
+        # scales constant along a row cost next to nothing: about 2 bytes per
+        # row, plus the scale stream's 32 states (128 B) per chunk
+        symbols = data.reshape(-1, 34)[:, 2:].copy()
+        alone = len(codec.encode(symbols, chunk_size=CHUNK * 4 * 32 // 34))
+        n_chunks = codec.info(frame).n_chunks
+        assert len(frame) - alone < 64 * 3 + n_chunks * (128 + 8) + 300
+
+
+def test_every_encoder_writes_the_same_bytes():
+    data = int8_bell(100_000)
+    frames = set()
+    for enc in ENCODERS:
+        codec.set_kernel(enc)
+        frames.add(codec.encode(data, chunk_size=CHUNK))
+    assert len(frames) == 1
+
+
+@pytest.mark.parametrize("dec", DECODERS)
+def test_decode_chunk_alone(dec):
+    data = int8_bell(10 * CHUNK + 77)
+    frame = codec.encode(data, chunk_size=CHUNK)
+    codec.set_kernel(dec)
+    fi = codec.info(frame)
+    assert fi.n_chunks == 11
+    for j in range(fi.n_chunks):
+        part = codec.decode_chunk(frame, j)
+        assert np.array_equal(part, data[j * CHUNK:(j + 1) * CHUNK])
+
+
+def test_threads_and_out_buffer():
+    data = int8_bell(2_000_000)
+    frame = codec.encode(data, threads=2)
+    assert frame == codec.encode(data, threads=1)  # threads never change the bytes
+    out = np.zeros(data.nbytes + 10, np.uint8)
+    codec.decode(frame, out=out, threads=2)
+    assert np.array_equal(out[:data.nbytes], data) and not out[data.nbytes:].any()
+    with pytest.raises(ValueError):
+        codec.decode(frame, out=np.empty(10, np.uint8))
+
+
+def test_ratio_near_entropy_bound():
+    data = int8_bell(4 << 20, sigma=40.0)
+    frame = codec.encode(data)
+    assert len(frame) <= codec.entropy_bound(data) / 0.997
+
+
+def test_bad_params():
+    with pytest.raises(CodecError) as e:
+        codec.encode(np.zeros(35, np.uint8), layout="q8_0")
+    assert e.value.name == "PARAM"
+    with pytest.raises(ValueError):
+        codec.encode(b"abc", layout="q4_0")
+
+
+# ---- damaged frames ------------------------------------------------------
+
+def _frame(n=50_000, layout="bytes"):
+    data = q8_blocks(n // 340, 10, False) if layout == "q8_0" else int8_bell(n)
+    return data, codec.encode(data, layout=layout, row_size=340 if layout == "q8_0" else 0, chunk_size=CHUNK)
+
+
+@pytest.mark.parametrize("dec", DECODERS)
+def test_truncated_frames_fail(dec):
+    data, frame = _frame()
+    codec.set_kernel(dec)
+    for cut in [0, 10, 31, 32, 40, len(frame) // 2, len(frame) - 1]:
+        with pytest.raises(CodecError) as e:
+            codec.decode(frame[:cut])
+        assert e.value.name in ("SRC_TRUNCATED", "HEADER", "CHECKSUM")
+
+
+@pytest.mark.parametrize("dec", DECODERS)
+@pytest.mark.parametrize("layout", ["bytes", "q8_0"])
+def test_bit_flips_fail(dec, layout):
+    data, frame = _frame(layout=layout)
+    codec.set_kernel(dec)
+    rng = np.random.default_rng(3)
+    positions = list(range(64)) + list(rng.integers(0, len(frame), 300))
+    for pos in positions:
+        bad = bytearray(frame)
+        bad[pos] ^= 1 << int(rng.integers(0, 8))
+        with pytest.raises(CodecError):
+            codec.decode(bytes(bad))
+
+
+def test_checksum_error_names_the_chunk():
+    data, frame = _frame()
+    fi = codec.info(frame)
+    bad = bytearray(frame)
+    bad[-5] ^= 0x40  # inside the last chunk
+    with pytest.raises(CodecError) as e:
+        codec.decode(bytes(bad))
+    assert e.value.name == "CHECKSUM" and e.value.chunk == fi.n_chunks - 1
+    with pytest.raises(CodecError):
+        codec.verify(bytes(bad))
+    assert codec.verify(frame) == data.nbytes
+
+
+def test_oversized_header_fails():
+    data, frame = _frame()
+    for off, value in [(8, 1 << 60), (24, 0xFFFFFFFF), (20, 0)]:
+        bad = bytearray(frame)
+        width = 8 if off == 8 else 4
+        bad[off:off + width] = int(value).to_bytes(width, "little")
+        with pytest.raises(CodecError) as e:
+            codec.decode(bytes(bad))
+        assert e.value.name in ("HEADER", "CHECKSUM", "SRC_TRUNCATED")
+    with pytest.raises(CodecError) as e:
+        codec.info(b"XXXX" + frame[4:])
+    assert e.value.name == "BAD_MAGIC"
+
+
+# ---- real data ----------------------------------------------------------
+
+def test_real_q8_0_tensor(smollm2_gguf):
+    from gguf import GGMLQuantizationType, GGUFReader
+    reader = GGUFReader(smollm2_gguf)
+    tensors = [t for t in reader.tensors if t.tensor_type == GGMLQuantizationType.Q8_0]
+    assert tensors, "SmolLM2 carries a Q8_0 token embedding"
+    t = max(tensors, key=lambda t: t.n_bytes)
+    raw = np.ascontiguousarray(t.data).view(np.uint8).reshape(-1)
+    row = int(t.shape[0]) // 32 * 34
+    frame = codec.encode(raw, layout="q8_0", row_size=row, threads=2)
+    bound = codec.entropy_bound(raw, layout="q8_0")
+    assert len(frame) <= bound * 1.005  # the issue's 0.5% of the order-0 bound
+    for dec in HERE:
+        codec.set_kernel(dec)
+        assert np.array_equal(codec.decode(frame), raw)
+
+
+# ---- kernels and versions -------------------------------------------------
+
+def test_kernel_forced_by_environment():
+    for k in HERE:
+        out = subprocess.run([sys.executable, "-c", "import ggzip.codec as c; print(c.kernel())"],
+                             env={**os.environ, "GGZIP_KERNEL": k}, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == k
+    out = subprocess.run([sys.executable, "-c", "import ggzip.codec as c; print(c.kernel(), c.forced_kernel_error())"],
+                         env={**os.environ, "GGZIP_KERNEL": "nosuch"}, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[0] == HERE[-1] and "not built" in out.stdout
+
+
+def test_missing_kernel_refused():
+    missing = [k for k in ["neon", "avx512", "avx2"] if k not in HERE]
+    if not missing:
+        pytest.skip("every kernel runs on this host")
+    with pytest.raises(CodecError):
+        codec.set_kernel(missing[0])
+
+
+def test_version_mismatch_is_refused():
+    from ggzip.codec import _native
+    from ggzip.errors import GGZipError
+    with pytest.raises(GGZipError) as e:
+        _native._load(expected=(9, 9, 9))
+    assert "9.9.9" in str(e.value) and "0.1.0" in str(e.value)
+
+
+def test_crc32c_known_value():
+    assert codec.crc32c(b"123456789") == 0xE3069283
