@@ -1,4 +1,4 @@
 """ggzip convert: float GGUF -> rescaled, pruned, entropy-aware Q8_0 GGUF."""
-from .convert import ConvertReport, convert, quantize_tensor
+from .convert import ConvertReport, GGUFModel, convert, quantize_tensor
 
-__all__ = ["ConvertReport", "convert", "quantize_tensor"]
+__all__ = ["ConvertReport", "GGUFModel", "convert", "quantize_tensor"]

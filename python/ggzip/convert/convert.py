@@ -98,7 +98,7 @@ class ConvertReport:
                 f"{t['mb_per_s']:.0f} MB/s")
 
 
-class _Input:
+class GGUFModel:
     """A GGUF model, memory-mapped, with float access to each tensor."""
 
     def __init__(self, path: Path):
@@ -140,7 +140,7 @@ class _Input:
         try:
             if ty == gguf.GGMLQuantizationType.F32:
                 a = np.asarray(t.data, np.float32)
-            elif ty == gguf.GGMLQuantizationType.F16:
+            elif ty in (gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.F64):
                 a = np.asarray(t.data).astype(np.float32)
             else:
                 a = gguf.quants.dequantize(t.data, ty)
@@ -181,7 +181,7 @@ def imatrix_from_text(model: Path, text: Path, out: Path, threads: int = 2) -> P
     return out
 
 
-def _copy_kv(writer, inp: _Input) -> None:
+def _copy_kv(writer, inp: GGUFModel) -> None:
     import gguf
     for k, f in inp.reader.fields.items():
         if k.startswith("GGUF.") or k in ("general.architecture", "general.file_type",
@@ -222,7 +222,7 @@ def convert(inp: str | Path, out: str | Path, *, alpha: float = 0.5, prune: floa
     if not 0.0 <= alpha <= 1.0:
         raise GGZipError(f"--alpha {alpha}: must be in [0, 1]")
     t0 = time.perf_counter()
-    src = _Input(inp)
+    src = GGUFModel(inp)
 
     tmpdir = None
     if imatrix is None and calib_text is not None:

@@ -1,0 +1,292 @@
+"""`ggzip convert` on SmolLM2-135M (llama; only quantized GGUFs of it exist, so its
+Q4_1/Q8_0 weights are dequantized first): exactness of the rescale folding through a
+numpy forward pass of the whole model, end-to-end conversion, bad inputs."""
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+import gguf
+from ggzip.convert import GGUFModel, convert
+from ggzip.convert import commands as convert_commands
+from ggzip.errors import GGZipError
+from ggzip.quantize import load_imatrix, plan_rescale
+
+from test_quantize import model_file
+
+TEXT = """The history of the city begins with a small village on the river. Over the
+years the people built houses, a market and a school, and the village grew into a
+town. Merchants came from the north and the south to trade grain, wine and cloth.
+When the railway arrived, the town became a city, and new factories opened near the
+station. Today the old market is a museum, and visitors walk along the river to see
+the bridges and the gardens."""
+
+
+@pytest.fixture(scope="module")
+def smol_path():
+    return model_file("smollm2")
+
+
+@pytest.fixture(scope="module")
+def smol(smol_path):
+    m = GGUFModel(smol_path)
+    weights = {n: m.float32(n) for n in m.tensors}
+    return m, weights
+
+
+def token_ids(model: GGUFModel, text: str) -> np.ndarray:
+    """Whole words looked up in the GPT-2 style vocabulary ('Ġ' marks a leading
+    space): real token ids without a BPE tokenizer."""
+    vocab = {t: i for i, t in enumerate(model.kv["tokenizer.ggml.tokens"])}
+    ids = []
+    for i, word in enumerate(re.findall(r"\w+|[^\w\s]", text)):
+        tok = word if i == 0 or not word[0].isalnum() else "Ġ" + word
+        if tok in vocab:
+            ids.append(vocab[tok])
+    assert len(ids) > 60
+    return np.array(ids)
+
+
+def llama_forward(kv: dict, w: dict, ids: np.ndarray, stats: dict | None = None) -> np.ndarray:
+    """Logits of a llama GGUF model computed like llama.cpp's graph (RMSNorm, NORM
+    rope on adjacent pairs, GQA with head h reading KV head h // gqa, SwiGLU, head
+    tied to token_embd when there is no output.weight), in float64.  If stats is a
+    dict, it receives E[x^2] of the input of every matrix (imatrix convention)."""
+    L = int(kv["llama.block_count"])
+    n_head = int(kv["llama.attention.head_count"])
+    n_kv = int(kv["llama.attention.head_count_kv"])
+    eps = float(kv["llama.attention.layer_norm_rms_epsilon"])
+    base = float(kv["llama.rope.freq_base"])
+    x = w["token_embd.weight"][ids].astype(np.float64)
+    T, D = x.shape
+    hd = D // n_head
+    ang = np.arange(T)[:, None] * base ** (-np.arange(0, hd, 2) / hd)[None, :]
+    cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+    mask = np.triu(np.full((T, T), -np.inf), 1)
+
+    def rms(v, g):
+        return v / np.sqrt(np.mean(v * v, axis=-1, keepdims=True) + eps) * g
+
+    def rope(t):
+        a, b = t[..., 0::2], t[..., 1::2]
+        out = np.empty_like(t)
+        out[..., 0::2] = a * cos - b * sin
+        out[..., 1::2] = a * sin + b * cos
+        return out
+
+    def mm(name, v):
+        if stats is not None:
+            stats.setdefault(name, []).append(v * v)
+        return v @ w[name].T.astype(np.float64)
+
+    for il in range(L):
+        p = f"blk.{il}."
+        h = rms(x, w[p + "attn_norm.weight"])
+        q = rope(mm(p + "attn_q.weight", h).reshape(T, n_head, hd))
+        k = rope(mm(p + "attn_k.weight", h).reshape(T, n_kv, hd))
+        v = mm(p + "attn_v.weight", h).reshape(T, n_kv, hd)
+        k = np.repeat(k, n_head // n_kv, axis=1)
+        v = np.repeat(v, n_head // n_kv, axis=1)
+        a = np.einsum("thd,shd->hts", q, k) / np.sqrt(hd) + mask
+        a = np.exp(a - a.max(axis=-1, keepdims=True))
+        a /= a.sum(axis=-1, keepdims=True)
+        o = np.einsum("hts,shd->thd", a, v).reshape(T, n_head * hd)
+        x = x + mm(p + "attn_output.weight", o)
+        h = rms(x, w[p + "ffn_norm.weight"])
+        g = mm(p + "ffn_gate.weight", h)
+        u = mm(p + "ffn_up.weight", h)
+        x = x + mm(p + "ffn_down.weight", g / (1 + np.exp(-g)) * u)
+    x = rms(x, w["output_norm.weight"])
+    return x @ w.get("output.weight", w["token_embd.weight"]).T.astype(np.float64)
+
+
+def write_imatrix(path, stats: dict, chunk: int) -> None:
+    """llama-imatrix's GGUF layout from E[x^2] samples gathered by llama_forward."""
+    wr = gguf.GGUFWriter(path, "imatrix")
+    wr.add_type("imatrix")
+    wr.add_array("imatrix.datasets", ["test_convert.TEXT"])
+    wr.add_uint32("imatrix.chunk_count", 1)
+    wr.add_uint32("imatrix.chunk_size", chunk)
+    for name, vals in stats.items():
+        s2 = np.concatenate(vals).sum(axis=0).astype(np.float32)
+        n = sum(len(v) for v in vals)
+        wr.add_tensor(name + ".in_sum2", s2.reshape(1, -1))
+        wr.add_tensor(name + ".counts", np.array([[float(n)]], np.float32))
+    wr.write_header_to_file(); wr.write_kv_data_to_file(); wr.write_tensors_to_file()
+    wr.close()
+
+
+@pytest.fixture(scope="module")
+def calib(smol, tmp_path_factory):
+    """Logits of the original model on TEXT and a real imatrix of it."""
+    m, w = smol
+    ids = token_ids(m, TEXT)
+    stats = {}
+    logits = llama_forward(m.kv, w, ids, stats)
+    path = tmp_path_factory.mktemp("imatrix") / "smollm2.imatrix.gguf"
+    write_imatrix(path, stats, len(ids))
+    return ids, logits, path
+
+
+def _rescaled(m, w, plan):
+    return {n: plan.apply(n, a) for n, a in w.items()}
+
+
+def _rel(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def test_fold_is_exact_with_imatrix(smol, calib):
+    m, w = smol
+    ids, ref, imat = calib
+    stats = load_imatrix(imat)
+    assert len(stats) == 30 * 7          # q k v output gate up down per layer
+    shapes = {n: a.shape for n, a in w.items()}
+    plan = plan_rescale("llama", shapes, m.kv, m.float32, stats, 0.5)
+    # every fold of a llama block is exercised (the head is tied: no output fold)
+    for il in (0, 29):
+        p = f"blk.{il}."
+        for t in ("attn_norm", "ffn_norm", "attn_v", "ffn_up"):
+            assert p + t + ".weight" in plan.divide
+        for t in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"):
+            assert p + t + ".weight" in plan.cols
+    s = plan.cols["blk.3.attn_output.weight"].reshape(9, 64)
+    np.testing.assert_array_equal(s[0], s[2])          # heads 0..2 share KV head 0
+    assert np.abs(s[0] - s[3]).max() > 0.01
+    assert max(float(v.max() / v.min()) for v in plan.cols.values()) > 10
+    out = llama_forward(m.kv, _rescaled(m, w, plan), ids)
+    assert _rel(out, ref) < 2e-5
+    # the check can fail: the same model with one fold half-done is far off
+    broken = _rescaled(m, w, plan)
+    broken["blk.5.attn_v.weight"] = w["blk.5.attn_v.weight"]
+    assert _rel(llama_forward(m.kv, broken, ids), ref) > 1e-3
+
+
+def test_fold_is_exact_with_weight_proxy(smol, calib):
+    m, w = smol
+    ids, ref, _ = calib
+    plan = plan_rescale("llama", {n: a.shape for n, a in w.items()}, m.kv, m.float32, None, 0.5)
+    assert "blk.0.attn_norm.weight" in plan.divide and "blk.0.ffn_up.weight" not in plan.divide
+    # with alpha 0.5 the proxy moves the norm weights into the matrices entirely:
+    # the folded norm is +-(one constant) but for channels floored by S_CLAMP
+    a = np.abs(plan.apply("blk.7.ffn_norm.weight", w["blk.7.ffn_norm.weight"]))
+    assert np.mean(np.abs(a - np.median(a)) < 1e-5 * np.median(a)) > 0.99
+    assert _rel(llama_forward(m.kv, _rescaled(m, w, plan), ids), ref) < 2e-5
+
+
+def _run_cli(argv):
+    p = argparse.ArgumentParser()
+    convert_commands.register(p.add_subparsers())
+    a = p.parse_args(argv)
+    return a.func(a)
+
+
+def test_convert_end_to_end(smol, smol_path, calib, tmp_path, capsys):
+    m, w = smol
+    ids, ref, imat = calib
+    out = tmp_path / "smol.q8.gguf"
+    assert _run_cli(["convert", str(smol_path), str(out), "--target-bpw", "5",
+                     "--imatrix", str(imat), "--prune", "0.05", "-q"]) == 0
+    said = capsys.readouterr().out
+    assert "dequantized from Q4_1/Q8_0" in said and "imatrix" in said
+    r = gguf.GGUFReader(out)
+    assert r.fields["general.architecture"].contents() == "llama"
+    assert r.fields["ggzip.convert.source"].contents() == "dequantized from Q4_1/Q8_0"
+    assert len(r.fields["tokenizer.ggml.tokens"].contents()) == 49152
+    got = {}
+    for t in r.tensors:
+        if len(t.shape) == 1 or "norm" in t.name:
+            assert t.tensor_type == gguf.GGMLQuantizationType.F32, t.name
+        else:
+            assert t.tensor_type == gguf.GGMLQuantizationType.Q8_0, t.name
+            blocks = np.asarray(t.data).reshape(t.data.shape[0], -1, 34)
+            d = blocks[:, :, :2].copy().view("<f2")[..., 0]
+            assert np.all(d == d[:, :1]), t.name            # one step per row
+        got[t.name] = gguf.quants.dequantize(t.data, t.tensor_type).reshape(
+            tuple(int(x) for x in reversed(t.shape)))
+    assert set(got) == set(w)
+    # 5 bits/weight by the order-0 entropy the coder approaches
+    bits = n = 0
+    for t in r.tensors:
+        if t.tensor_type == gguf.GGMLQuantizationType.Q8_0:
+            sym = np.asarray(t.data).reshape(-1, 34)[:, 2:].reshape(-1)
+            c = np.bincount(sym, minlength=256)
+            p = c[c > 0] / sym.size
+            bits += -(p * np.log2(p)).sum() * sym.size
+            n += sym.size
+    assert 4.8 < bits / n < 5.05
+    # the quantized model still computes nearly the same function
+    logits = llama_forward(m.kv, got, ids)
+    top_ref, top = ref.argmax(axis=1), logits.argmax(axis=1)
+    assert (top_ref == top).mean() > 0.8
+    assert np.corrcoef(ref.ravel(), logits.ravel())[0, 1] > 0.98
+
+
+def test_convert_step_rate_and_speed(smol_path, tmp_path):
+    out = tmp_path / "a.gguf"
+    fine = convert(smol_path, out, step=1.0, progress=False).totals()
+    coarse = convert(smol_path, out, step=4.0, progress=False).totals()
+    assert coarse["bpw"] < fine["bpw"] - 1.5
+    assert fine["snr_db"] > coarse["snr_db"] + 9
+    assert fine["mb_per_s"] > 20       # target 50 MB/s on an idle core; CI shares 2 cores
+
+
+def _small_gguf(path, src: GGUFModel, arch="llama", edit=None, raw=None):
+    """A one-layer llama GGUF made of SmolLM2's real layer-0 tensors."""
+    wr = gguf.GGUFWriter(path, arch)
+    wr.add_uint32(f"{arch}.block_count", 1)
+    wr.add_uint32(f"{arch}.attention.head_count", 9)
+    wr.add_uint32(f"{arch}.attention.head_count_kv", 3)
+    for n in src.tensors:
+        if n.startswith("blk.0.") or n == "output_norm.weight":
+            a = src.float32(n)
+            if edit and n in edit:
+                a = edit[n](a)
+            wr.add_tensor(n, np.ascontiguousarray(a))
+    for name, (arr, ty) in (raw or {}).items():
+        wr.add_tensor(name, arr, raw_dtype=ty)
+    wr.write_header_to_file(); wr.write_kv_data_to_file(); wr.write_tensors_to_file()
+    wr.close()
+    return path
+
+
+def test_bad_inputs(smol, smol_path, tmp_path):
+    m, _ = smol
+    out = tmp_path / "out.gguf"
+    out.write_bytes(b"previous")
+
+    def fails(inp, pattern, **kw):
+        with pytest.raises(GGZipError, match=pattern):
+            convert(inp, out, progress=False, **kw)
+        assert out.read_bytes() == b"previous"             # OUT untouched
+        assert not list(tmp_path.glob("out.gguf.*"))       # no temp left behind
+
+    trunc = tmp_path / "trunc.gguf"
+    with open(smol_path, "rb") as f:
+        trunc.write_bytes(f.read(3_000_000))
+    fails(trunc, "trunc.gguf: not a readable GGUF")
+    fails(tmp_path / "missing.gguf", "missing.gguf: no such file")
+    fails(_small_gguf(tmp_path / "mamba.gguf", m, arch="mamba"),
+          "mamba.gguf: unknown architecture 'mamba'")
+    fails(_small_gguf(tmp_path / "shape.gguf", m,
+                      edit={"blk.0.attn_norm.weight": lambda a: a[:-32]}),
+          r"shape.gguf: tensor 'blk.0.attn_q.weight' has 576 columns but "
+          r"'blk.0.attn_norm.weight' has 544 values")
+    blob = np.zeros((4, 292 * 2), np.uint8)                # 4 rows of 512 Q8_K weights
+    fails(_small_gguf(tmp_path / "q8k.gguf", m,
+                      raw={"blk.0.extra.weight": (blob, gguf.GGMLQuantizationType.Q8_K)}),
+          r"q8k.gguf: tensor 'blk.0.extra.weight' has type Q8_K")
+    fails(_small_gguf(tmp_path / "nan.gguf", m,
+                      edit={"blk.0.ffn_up.weight": lambda a: np.where(a > 0.1, np.nan, a)}),
+          r"nan.gguf: tensor 'blk.0.ffn_up.weight' holds NaN")
+    bad_im = tmp_path / "other.imatrix.gguf"
+    write_imatrix(bad_im, {"blk.0.attn_q.weight": [np.ones((2, 100))]}, 2)
+    fails(smol_path, "imatrix entry 'blk.0.attn_q.weight' has 100 columns", imatrix=bad_im)
+    fails(smol_path, "--target-bpw", target_bpw=12.0)
+    # a good one-layer file converts, and replaces OUT only then
+    convert(_small_gguf(tmp_path / "ok.gguf", m), out, progress=False)
+    assert gguf.GGUFReader(out).tensors
