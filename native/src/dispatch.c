@@ -46,7 +46,7 @@ static const ggz_kernel kernels[] = {
     { "scalar", always, ggz_decode_scalar, ggz_encode_scalar, NULL },
 #if defined(GGZ_HAVE_X86)
     { "avx2",   has_avx2,   ggz_decode_avx2,   NULL, NULL },
-    { "avx512", has_avx512, ggz_decode_avx512, NULL, ggz_decode2_avx512 },
+    { "avx512", has_avx512, ggz_decode_avx512, NULL, NULL },
 #endif
 #if defined(GGZ_HAVE_NEON)
     { "neon",   always,     ggz_decode_neon,   NULL, NULL },
