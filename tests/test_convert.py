@@ -18,6 +18,12 @@ from ggzip.quantize import load_imatrix, plan_rescale
 
 from test_quantize import model_file
 
+EVAL = """A young engineer moved to the capital to work for a company that made radios. She
+learned to repair old machines, and in the evenings she studied mathematics at the
+library. After ten years she opened her own shop near the harbour, where sailors and
+fishermen brought their instruments. Her work was known for being careful and honest,
+and her shop is still open today."""
+
 TEXT = """The history of the city begins with a small village on the river. Over the
 years the people built houses, a market and a school, and the village grew into a
 town. Merchants came from the north and the south to trade grain, wine and cloth.
@@ -224,6 +230,38 @@ def test_convert_end_to_end(smol, smol_path, calib, tmp_path, capsys):
     top_ref, top = ref.argmax(axis=1), logits.argmax(axis=1)
     assert (top_ref == top).mean() > 0.8
     assert np.corrcoef(ref.ravel(), logits.ravel())[0, 1] > 0.98
+
+
+def _kl(ref, got):
+    """Mean KL(p_ref || p_got) of next-token distributions, nats."""
+    la = ref - ref.max(1, keepdims=True)
+    la -= np.log(np.exp(la).sum(1, keepdims=True))
+    lb = got - got.max(1, keepdims=True)
+    lb -= np.log(np.exp(lb).sum(1, keepdims=True))
+    return float((np.exp(la) * (la - lb)).sum(1).mean())
+
+
+def _load_q8(path):
+    r = gguf.GGUFReader(path)
+    return {t.name: gguf.quants.dequantize(t.data, t.tensor_type).reshape(
+        tuple(int(x) for x in reversed(t.shape))) for t in r.tensors}
+
+
+def test_imatrix_rescaling_lowers_output_error(smol, smol_path, calib, tmp_path):
+    """The point of the rescaling: at the same 5 bits/weight, the model rescaled
+    with a real imatrix (of TEXT) predicts held-out text (EVAL) closer to the float
+    model than the plain quantization does (measured: KL 0.034 vs 0.075)."""
+    m, w = smol
+    _, _, imat = calib
+    ids = token_ids(m, EVAL)
+    ref = llama_forward(m.kv, w, ids)
+    kls = {}
+    for name, kw in (("plain", dict(alpha=0.0)), ("imatrix", dict(imatrix=imat))):
+        out = tmp_path / f"{name}.gguf"
+        rep = convert(smol_path, out, target_bpw=5.0, progress=False, **kw)
+        assert abs(rep.totals()["bpw"] - 5.0) < 0.02
+        kls[name] = _kl(ref, llama_forward(m.kv, _load_q8(out), ids))
+    assert kls["imatrix"] < 0.7 * kls["plain"], kls
 
 
 def test_convert_step_rate_and_speed(smol_path, tmp_path):

@@ -14,7 +14,7 @@ def _run(args) -> int:
                   progress=not args.quiet)
     if args.json:
         doc = {"input": str(rep.inp), "output": str(rep.out), "arch": rep.arch,
-               "stats": rep.stats_source, "dequantized_from": rep.dequantized_from,
+               "stats": rep.stats_source, "alpha": rep.alpha, "dequantized_from": rep.dequantized_from,
                "seconds": rep.seconds, **rep.totals(),
                "tensors": [{"name": t.name, "shape": list(t.shape), "type": t.out_type,
                             **({"bpw": t.stats.bpw, "snr_db": t.stats.snr_db,
@@ -36,9 +36,10 @@ def register(sub) -> None:
                     "one step per row, rate-controlled.")
     p.add_argument("input", help="input GGUF (F32/F16/BF16, or quantized: dequantized first)")
     p.add_argument("output", help="output GGUF (Q8_0 tensors, written atomically)")
-    p.add_argument("--alpha", type=float, default=0.5,
-                   help="rescaling exponent: s_j = E[x_j^2]^alpha (0 = none; default 0.5, "
-                        "the high-rate optimum)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="rescaling exponent: s_j = E[x_j^2]^alpha, folded into the model "
+                        "(0 = none; default 0.25 with --imatrix/--calib-text, 0 without: "
+                        "the weight-only proxy showed no measurable gain)")
     p.add_argument("--prune", type=float, default=0.0, metavar="P",
                    help="fraction of each row to zero by |W|*rms(x) (default 0)")
     rate = p.add_mutually_exclusive_group()

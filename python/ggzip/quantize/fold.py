@@ -16,12 +16,16 @@ Why s_j = c_j^alpha (c_j = E[x_j^2]): after rescaling, one step per row puts the
 same quantization noise on every column, and the output error is
 noise * sum_j c_j / s_j^2, while the rate grows by mean_j log2 s_j.  Minimizing
 the first at a fixed second gives s_j^2 proportional to c_j: alpha = 0.5 is the
-high-rate optimum; smaller alpha hedges against noisy statistics.
+high-rate optimum of that model.  In practice smaller alpha wins (convert uses
+0.25): statistics are noisy, and a large s_j inflates the absmax of every row, so
+the no-clip floor of the step binds and rate is lost.
 
-Gemma: HF's Gemma RMSNorm multiplies by (1 + w), but llama.cpp's converter
-stores 1 + w in the GGUF and its graph multiplies by the stored value (checked on
-the real Gemma-3 GGUF: the norm weights sit around 1..10, not around 0), so
-dividing the stored weight by s is exact for gemma3 / gemma-embedding too.
+Gemma: HF's Gemma RMSNorm multiplies by (1 + w), but llama.cpp's
+convert_hf_to_gguf.py (Gemma3Model, inherited by EmbeddingGemma) adds norm_shift
+= 1 to every *norm.weight, and llama.cpp's graph multiplies by the stored value;
+on the real Gemma-3-270M GGUF every attn_norm value is > 0 (min 0.16, median 13.2)
+while HF's raw EmbeddingGemma input_layernorm goes down to -1.34.  So dividing the
+stored weight by s is exact for gemma3 / gemma-embedding too.
 Post-norms of Gemma (post_attention_norm, post_ffw_norm) normalize the *outputs*
 of attn_output / ffn_down and are untouched.
 
