@@ -184,6 +184,18 @@ def test_fold_is_exact_with_weight_proxy(smol, calib):
     assert _rel(llama_forward(m.kv, _rescaled(m, w, plan), ids), ref) < 2e-5
 
 
+def test_keep_float_file_computes_the_same_function(smol, smol_path, calib, tmp_path):
+    """The folding as written to disk by convert (not just the plan in memory)."""
+    m, _ = smol
+    ids, ref, imat = calib
+    out = tmp_path / "folded.gguf"
+    rep = convert(smol_path, out, imatrix=imat, alpha=0.5, keep_float=True, progress=False)
+    assert all(t.out_type == "F32" for t in rep.tensors)
+    got = _load_q8(out)
+    assert np.abs(got["blk.2.ffn_down.weight"] - m.float32("blk.2.ffn_down.weight")).max() > 0.01
+    assert _rel(llama_forward(m.kv, got, ids), ref) < 2e-5
+
+
 def _run_cli(argv):
     p = argparse.ArgumentParser()
     convert_commands.register(p.add_subparsers())
@@ -328,3 +340,30 @@ def test_bad_inputs(smol, smol_path, tmp_path):
     # a good one-layer file converts, and replaces OUT only then
     convert(_small_gguf(tmp_path / "ok.gguf", m), out, progress=False)
     assert gguf.GGUFReader(out).tensors
+
+
+def test_llama_cpp_runs_rescaled_and_quantized_models(smol_path, calib, tmp_path):
+    """Through llama.cpp itself (llama-cpp-python of scripts/build_llama.sh): the
+    rescaled float model gives the logits of the original within float rounding,
+    and the converted Q8_0 file loads unchanged and predicts nearly the same."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    _, _, imat = calib
+    files = {}
+    for name, kw in (("orig", dict(alpha=0.0, keep_float=True)),
+                     ("folded", dict(imatrix=imat, alpha=0.5, keep_float=True)),
+                     ("q8", dict(imatrix=imat, target_bpw=6.0))):
+        files[name] = tmp_path / f"{name}.gguf"
+        convert(smol_path, files[name], progress=False, **kw)
+    logits = {}
+    for name, path in files.items():
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, logits_all=True, verbose=False,
+                              n_threads=2)
+        toks = llm.tokenize(TEXT.encode())[:128]
+        llm.eval(toks)
+        logits[name] = np.array(llm.scores[:len(toks)], np.float64)
+        del llm
+    ref = logits["orig"]
+    assert _rel(logits["folded"], ref) < 2e-3
+    assert (logits["folded"].argmax(1) == ref.argmax(1)).mean() > 0.98
+    assert (logits["q8"].argmax(1) == ref.argmax(1)).mean() > 0.8
+    assert _rel(logits["q8"], ref) > _rel(logits["folded"], ref)

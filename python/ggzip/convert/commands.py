@@ -11,7 +11,7 @@ def _run(args) -> int:
     rep = convert(args.input, args.output, alpha=args.alpha, prune=args.prune,
                   target_bpw=args.target_bpw, step=args.step, imatrix=args.imatrix,
                   calib_text=args.calib_text, theta=args.theta,
-                  progress=not args.quiet)
+                  progress=not args.quiet, keep_float=args.keep_float)
     if args.json:
         doc = {"input": str(rep.inp), "output": str(rep.out), "arch": rep.arch,
                "stats": rep.stats_source, "alpha": rep.alpha, "dequantized_from": rep.dequantized_from,
@@ -54,6 +54,9 @@ def register(sub) -> None:
                    help="text to compute an imatrix with llama-imatrix (build/llama/bin)")
     p.add_argument("--theta", type=float, default=None,
                    help=argparse.SUPPRESS)  # rounding offset, for experiments
+    p.add_argument("--keep-float", action="store_true",
+                   help="write the rescaled, pruned model in F32 without quantizing it "
+                        "(to check through llama.cpp that the folding changes nothing)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_defaults)

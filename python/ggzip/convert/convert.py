@@ -95,7 +95,8 @@ class ConvertReport:
                "input dequantized from " + "/".join(sorted(set(self.dequantized_from))) +
                " (its weights lie on that grid: entropy is flattered)")
         if not t["weights"]:
-            return f"{self.out}: no quantizable tensor"
+            return (f"{self.out}: {self.arch}, {len(self.tensors)} tensors in F32, not "
+                    f"quantized (stats: {self.stats_source}, alpha {self.alpha:g})\n  {src}")
         return (f"{self.out}: {self.arch}, {len(self.tensors)} tensors, "
                 f"{t['weights'] / 1e6:.1f} M weights in Q8_0 blocks\n"
                 f"  rate {t['bpw']:.3f} bits/weight (order-0 entropy of symbols + scales), "
@@ -214,9 +215,12 @@ def _quantizable(name: str, shape: tuple[int, ...]) -> bool:
 def convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, prune: float = 0.0,
             target_bpw: float | None = None, step: float | None = None,
             imatrix: str | Path | None = None, calib_text: str | Path | None = None,
-            theta: float = DEFAULT_THETA, progress: bool = True) -> ConvertReport:
+            theta: float = DEFAULT_THETA, progress: bool = True,
+            keep_float: bool = False) -> ConvertReport:
     """Convert IN to a Q8_0 GGUF at OUT; see the module docstring.  alpha None:
-    ALPHA_IMATRIX with an imatrix, ALPHA_PROXY without."""
+    ALPHA_IMATRIX with an imatrix, ALPHA_PROXY without.  keep_float: write the
+    rescaled (and pruned) model in F32 without quantizing it, to check the folding
+    through llama.cpp."""
     import gguf
     inp, out = Path(inp), Path(out)
     if target_bpw is not None and step is not None:
@@ -269,7 +273,7 @@ def convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pru
         if ty in ("I8", "I16", "I32", "I64"):
             outs.append((name, "copy"))
         elif _quantizable(name, shp):
-            outs.append((name, "Q8_0"))
+            outs.append((name, "F32" if keep_float else "Q8_0"))
         else:
             outs.append((name, "F32"))
     dequantized = sorted({src.tensors[n].tensor_type.name for n, k in outs
@@ -284,7 +288,8 @@ def convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pru
     try:
         w = gguf.GGUFWriter(tmp, src.arch)
         _copy_kv(w, src)
-        w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+        w.add_file_type(gguf.LlamaFileType.ALL_F32 if keep_float else
+                        gguf.LlamaFileType.MOSTLY_Q8_0)
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         w.add_float32(KEY_ALPHA, float(alpha))
         w.add_float32(KEY_PRUNE, float(prune))
@@ -319,7 +324,10 @@ def convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pru
                 w.write_tensor_data(np.ascontiguousarray(src.tensors[name].data))
                 report.tensors.append(TensorReport(name, shp, src.tensors[name].tensor_type.name))
             elif kind == "F32":
-                a = np.ascontiguousarray(plan.apply(name, src.float32(name)), np.float32)
+                a = plan.apply(name, src.float32(name))
+                if prune > 0 and _quantizable(name, shp):
+                    a = prune_rows(a, prune, plan.rescaled_stat(name))
+                a = np.ascontiguousarray(a, np.float32)
                 if not np.isfinite(a).all():
                     raise GGZipError(f"{inp}: tensor {name!r} holds NaN or infinite values")
                 w.write_tensor_data(a)
@@ -334,6 +342,9 @@ def convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pru
             bar.update(int(np.prod(shp)) * 4)
         bar.close()
         w.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)     # mkstemp makes 0600; give the usual mode
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
