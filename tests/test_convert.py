@@ -367,3 +367,78 @@ def test_llama_cpp_runs_rescaled_and_quantized_models(smol_path, calib, tmp_path
     assert (logits["folded"].argmax(1) == ref.argmax(1)).mean() > 0.98
     assert (logits["q8"].argmax(1) == ref.argmax(1)).mean() > 0.8
     assert _rel(logits["q8"], ref) > _rel(logits["folded"], ref)
+
+
+_BERT_MAP = {"attention.self.query": "attn_q", "attention.self.key": "attn_k",
+             "attention.self.value": "attn_v", "attention.output.dense": "attn_output",
+             "attention.output.LayerNorm": "attn_output_norm",
+             "intermediate.dense": "ffn_up", "output.dense": "ffn_down",
+             "output.LayerNorm": "layer_output_norm"}
+
+
+def bert_forward(w, ids, n_head=12, stats=None):
+    """all-MiniLM-L6-v2 (post-LN BERT) by GGUF names, float64: mean-pooled output."""
+    def ln(x, p):
+        x = x - x.mean(-1, keepdims=True)
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-12) * w[p + ".weight"] + w[p + ".bias"]
+
+    def lin(p, x):
+        if stats is not None:
+            stats.setdefault(p + ".weight", []).append(x * x)
+        return x @ w[p + ".weight"].T.astype(np.float64) + w[p + ".bias"]
+
+    T = len(ids)
+    x = ln(w["token_embd.weight"][ids] + w["position_embd.weight"][:T] + w["token_types.weight"][0],
+           "token_embd_norm")
+    hd = x.shape[1] // n_head
+    for il in range(6):
+        p = f"blk.{il}."
+        q, k, v = (lin(p + n, x).reshape(T, n_head, hd) for n in ("attn_q", "attn_k", "attn_v"))
+        a = np.einsum("thd,shd->hts", q, k) / np.sqrt(hd)
+        a = np.exp(a - a.max(-1, keepdims=True))
+        a /= a.sum(-1, keepdims=True)
+        o = np.einsum("hts,shd->thd", a, v).reshape(T, -1)
+        x = ln(x + lin(p + "attn_output", o), p + "attn_output_norm")
+        h = lin(p + "ffn_up", x)
+        # tanh GELU (MiniLM uses erf GELU; the V fold does not depend on it)
+        h = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h ** 3)))
+        x = ln(x + lin(p + "ffn_down", h), p + "layer_output_norm")
+    return x.mean(axis=0)
+
+
+def test_bert_fold_is_exact_on_minilm():
+    """BERT is post-LN and its FFN is gelu(up x): only V -> attn_output may fold,
+    and that fold keeps MiniLM's sentence embedding (true F32 weights)."""
+    from ggzip.convert.safetensors import SafeTensors
+    st = SafeTensors(model_file("minilm"))
+    w = {}
+    for n in st.names():
+        a = np.asarray(st.get(n), np.float32)
+        if n.startswith("encoder.layer."):
+            _, _, il, rest = n.split(".", 3)
+            mod, kind = rest.rsplit(".", 1)
+            w[f"blk.{il}.{_BERT_MAP[mod]}.{kind}"] = a
+        elif n.startswith("embeddings.") and n != "embeddings.position_ids":
+            w[{"embeddings.word_embeddings.weight": "token_embd.weight",
+               "embeddings.position_embeddings.weight": "position_embd.weight",
+               "embeddings.token_type_embeddings.weight": "token_types.weight",
+               "embeddings.LayerNorm.weight": "token_embd_norm.weight",
+               "embeddings.LayerNorm.bias": "token_embd_norm.bias"}[n]] = a
+    vocab = (model_file("minilm").parent / "vocab.txt").read_text().split("\n")
+    index = {t: i for i, t in enumerate(vocab)}
+    ids = np.array([index["[CLS]"]] + [index[t] for t in re.findall(r"\w+|[^\w\s]", TEXT.lower())
+                                       if t in index] + [index["[SEP]"]])
+    assert len(ids) > 60
+    stats = {}
+    ref = bert_forward(w, ids, stats=stats)
+    c = {k: np.concatenate(v).mean(axis=0) for k, v in stats.items()}
+    kv = {"bert.block_count": 6, "bert.attention.head_count": 12}
+    plan = plan_rescale("bert", {n: a.shape for n, a in w.items()}, kv, w.__getitem__, c, 0.5)
+    assert set(plan.cols) == {f"blk.{i}.attn_output.weight" for i in range(6)}
+    assert set(plan.divide) == {f"blk.{i}.attn_v.{k}" for i in range(6) for k in ("weight", "bias")}
+    out = bert_forward(_rescaled(None, w, plan), ids)
+    cos = float(out @ ref / np.linalg.norm(out) / np.linalg.norm(ref))
+    assert _rel(out, ref) < 1e-5 and cos > 1 - 1e-9
+    broken = _rescaled(None, w, plan)
+    broken["blk.3.attn_v.bias"] = w["blk.3.attn_v.bias"]
+    assert _rel(bert_forward(broken, ids), ref) > 1e-4
