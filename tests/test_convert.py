@@ -196,6 +196,49 @@ def test_keep_float_file_computes_the_same_function(smol, smol_path, calib, tmp_
     assert _rel(llama_forward(m.kv, got, ids), ref) < 2e-5
 
 
+def test_bpe_tokenizer_on_smollm2(smol):
+    from ggzip.quantize.calibrate import BPETokenizer
+    m, _ = smol
+    tok = BPETokenizer(m.kv)
+    for text in (TEXT, "naïve café – 3.14 ünïcode 日本語 don't  tabs\tand__under_scores!"):
+        assert tok.decode(tok.encode(text)) == text          # byte-level BPE is lossless
+    ids = tok.encode(TEXT)
+    words = token_ids(m, TEXT)                                # whole-word lookups
+    assert len(ids) < 1.15 * len(words)                       # common words are one token
+    # the same tokens but for words after a line break ('years', not 'Ġyears')
+    assert np.isin(words, ids).mean() > 0.9
+
+
+def test_numpy_calibration_matches_reference_forward(smol, calib):
+    """ggzip's own statistics (layer-major, float32) equal the float64 reference
+    forward pass of this file on the same tokens."""
+    from ggzip.quantize.calibrate import activation_stats
+    m, w = smol
+    ids = token_ids(m, TEXT)
+    ref = {}
+    llama_forward(m.kv, w, ids, ref)
+    got = activation_stats(m, ids)
+    assert set(got) == set(ref)
+    for k, v in ref.items():
+        v = np.concatenate(v).mean(axis=0)
+        assert np.abs(got[k] - v).max() < 1e-4 * v.max(), k
+
+
+def test_convert_calib_text(smol_path, tmp_path, capsys):
+    text = tmp_path / "calib.txt"
+    text.write_text(TEXT + "\n" + EVAL)
+    out = tmp_path / "c.gguf"
+    assert _run_cli(["convert", str(smol_path), str(out), "--calib-text", str(text),
+                     "--target-bpw", "6", "-q", "--json"]) == 0
+    import json
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["stats"].startswith(("ggzip numpy forward pass on calib.txt",
+                                    "llama-imatrix on calib.txt"))
+    assert rep["alpha"] == 0.25 and abs(rep["bpw"] - 6) < 0.02
+    r = gguf.GGUFReader(out)
+    assert r.fields["ggzip.convert.stats"].contents() == rep["stats"]
+
+
 def _run_cli(argv):
     p = argparse.ArgumentParser()
     convert_commands.register(p.add_subparsers())

@@ -191,6 +191,33 @@ def imatrix_from_text(model: Path, text: Path, out: Path, threads: int = 2) -> P
     return out
 
 
+def _stats_from_text(src: GGUFModel, text: Path, progress: bool):
+    """Activation statistics of a calibration text: llama-imatrix when it is built
+    (llama.cpp's own graph and tokenizer), else ggzip's numpy forward pass."""
+    try:
+        body = text.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise GGZipError(f"{text}: cannot read calibration text: {e.strerror}") from None
+    if _find_llama_tool("llama-imatrix") is not None:
+        with tempfile.TemporaryDirectory(prefix="ggzip-imatrix-") as d:
+            im = imatrix_from_text(src.path, text, Path(d) / "imatrix.gguf")
+            return load_imatrix(im), f"llama-imatrix on {text.name}"
+    from ..quantize.calibrate import BPETokenizer, activation_stats
+    ids = BPETokenizer(src.kv, str(src.path)).encode(body)
+    from tqdm import tqdm
+    bar = tqdm(total=1, desc="calibrate", file=sys.stderr, leave=False,
+               disable=None if progress else True)
+
+    def step(done, total):
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+    with np.errstate(over="ignore"):
+        stats = activation_stats(src, ids, progress=step)
+    bar.close()
+    return stats, f"ggzip numpy forward pass on {text.name} ({len(ids)} tokens)"
+
+
 def _copy_kv(writer, inp: GGUFModel) -> None:
     import gguf
     for k, f in inp.reader.fields.items():
@@ -238,25 +265,20 @@ def convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pru
     t0 = time.perf_counter()
     src = GGUFModel(inp)
 
-    tmpdir = None
-    if imatrix is None and calib_text is not None:
-        tmpdir = tempfile.TemporaryDirectory(prefix="ggzip-imatrix-")
-        imatrix = imatrix_from_text(inp, Path(calib_text), Path(tmpdir.name) / "imatrix.gguf")
-    try:
-        stats = load_imatrix(imatrix) if imatrix is not None else None
-    finally:
-        if tmpdir is not None:
-            tmpdir.cleanup()
-    if stats is not None:
+    stats, stats_source = None, None
+    if imatrix is not None:
+        stats = load_imatrix(imatrix)
+        stats_source = f"imatrix:{Path(imatrix).name}"
+    elif calib_text is not None:
+        stats, stats_source = _stats_from_text(src, Path(calib_text), progress)
+    if imatrix is not None:
         known = sum(1 for n in stats if n in src.tensors)
         if known == 0:
             raise GGZipError(f"{imatrix}: no imatrix entry names a tensor of {inp} "
                              "(imatrix of another model?)")
     if alpha is None:
         alpha = ALPHA_IMATRIX if stats is not None else ALPHA_PROXY
-    if stats is not None:
-        stats_source = f"imatrix:{Path(imatrix).name}"
-    else:
+    if stats is None:
         stats_source = "weight-proxy (no imatrix: norm weights stand for activation scales" + \
             ("; alpha 0, so no rescaling)" if alpha == 0 else ")")
 

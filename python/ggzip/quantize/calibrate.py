@@ -1,0 +1,215 @@
+"""Activation statistics computed by ggzip itself, without llama.cpp: a numpy
+forward pass of a llama / qwen2 / qwen3 GGUF over a user text, recording
+E[x^2] of the input of every matrix exactly as llama-imatrix does (same tensor
+names, same meaning), so `convert --calib-text` works before llama.cpp is built.
+
+It follows llama.cpp's graph for these architectures: RMSNorm times the stored
+weight, rope on adjacent pairs (llama, whose converter permutes Q/K for it) or
+on halves (qwen2/qwen3, NEOX), optional rope_freqs factors, GQA where query head
+h reads KV head h // (n_head / n_kv), qwen2 Q/K/V biases, qwen3 per-head Q/K
+RMSNorm, SwiGLU.  Text is cut into independent chunks of n_ctx tokens like
+llama-imatrix's.  The pass runs layer by layer over all chunks, so only one
+layer's weights are in memory at a time.
+
+The tokenizer is the model's byte-level BPE (tokenizer.ggml.model "gpt2":
+vocabulary and merges from the GGUF); the pre-tokenizer is GPT-2's split rule
+(letters, digits, other symbols, spaces), which models with their own split
+rules (smollm, qwen2) refine only at the margins - close enough for statistics.
+"""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import numpy as np
+
+from ..errors import GGZipError
+
+CALIB_ARCHS = {"llama": "norm", "qwen2": "neox", "qwen3": "neox"}   # arch -> rope mode
+
+# GPT-2's split: contractions, optional space + letters / digits / other symbols,
+# whitespace runs.  Python's re has no \p{L}: [^\W\d_] is "letters" here.
+_SPLIT = re.compile(r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+""")
+
+
+def _byte_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map of byte-level BPE."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + \
+        list(range(0xAE, 0x100))
+    out, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return out
+
+
+class BPETokenizer:
+    """Byte-level BPE from a GGUF's tokenizer.ggml.{tokens,merges}."""
+
+    def __init__(self, kv: dict, source: str = "model"):
+        if kv.get("tokenizer.ggml.model") != "gpt2":
+            raise GGZipError(f"{source}: tokenizer {kv.get('tokenizer.ggml.model')!r} is not "
+                             "byte-level BPE; compute an imatrix with llama-imatrix instead")
+        tokens = kv["tokenizer.ggml.tokens"]
+        self.vocab = {t: i for i, t in enumerate(tokens)}
+        self.ranks = {}
+        for r, m in enumerate(kv.get("tokenizer.ggml.merges", [])):
+            a, _, b = m.partition(" ")
+            self.ranks[(a, b)] = r
+        self.b2u = _byte_to_unicode()
+        self.bos = kv.get("tokenizer.ggml.bos_token_id") \
+            if kv.get("tokenizer.ggml.add_bos_token") else None
+        self._bpe = lru_cache(maxsize=1 << 16)(self._bpe_uncached)
+
+    def _bpe_uncached(self, word: str) -> tuple[int, ...]:
+        parts = list(word)
+        while len(parts) > 1:
+            best, at = None, -1
+            for i in range(len(parts) - 1):
+                r = self.ranks.get((parts[i], parts[i + 1]))
+                if r is not None and (best is None or r < best):
+                    best, at = r, i
+            if best is None:
+                break
+            pair = (parts[at], parts[at + 1])
+            merged, i = [], 0
+            while i < len(parts):     # merge every occurrence, left to right
+                if i < len(parts) - 1 and (parts[i], parts[i + 1]) == pair:
+                    merged.append(parts[i] + parts[i + 1])
+                    i += 2
+                else:
+                    merged.append(parts[i])
+                    i += 1
+            parts = merged
+        ids = []
+        for p in parts:
+            if p in self.vocab:
+                ids.append(self.vocab[p])
+            else:   # no merge path to this piece: spell it by single bytes
+                ids.extend(self.vocab[c] for c in p if c in self.vocab)
+        return tuple(ids)
+
+    def encode(self, text: str) -> list[int]:
+        ids = [] if self.bos is None else [int(self.bos)]
+        for piece in _SPLIT.findall(text):
+            ids.extend(self._bpe("".join(self.b2u[b] for b in piece.encode("utf-8"))))
+        return ids
+
+    def decode(self, ids) -> str:
+        u2b = {u: b for b, u in self.b2u.items()}
+        inv = {i: t for t, i in self.vocab.items()}
+        return bytes(u2b[c] for i in ids for c in inv[int(i)]).decode("utf-8", "replace")
+
+
+def _rope(t: np.ndarray, cos: np.ndarray, sin: np.ndarray, mode: str) -> np.ndarray:
+    """t: (T, heads, hd); cos/sin: (T, 1, hd/2)."""
+    out = np.empty_like(t)
+    if mode == "norm":
+        a, b = t[..., 0::2], t[..., 1::2]
+        out[..., 0::2] = a * cos - b * sin
+        out[..., 1::2] = a * sin + b * cos
+    else:
+        h = t.shape[-1] // 2
+        a, b = t[..., :h], t[..., h:]
+        out[..., :h] = a * cos - b * sin
+        out[..., h:] = a * sin + b * cos
+    return out
+
+
+def activation_stats(model, ids, n_ctx: int = 512, progress=None) -> dict[str, np.ndarray]:
+    """{weight name: E[x^2] per input column} of a llama/qwen2/qwen3 model on
+    token ids.  model: has .arch, .kv, .tensors and .float32(name) (GGUFModel)."""
+    arch = model.arch
+    if arch not in CALIB_ARCHS:
+        raise GGZipError(f"{model.path}: ggzip computes statistics itself only for "
+                         f"{', '.join(sorted(CALIB_ARCHS))}; for {arch!r} build llama-imatrix "
+                         "(scripts/build_llama.sh) or pass --imatrix")
+    mode = CALIB_ARCHS[arch]
+    kv = model.kv
+
+    def hp(key, default=None):
+        v = kv.get(f"{arch}.{key}", default)
+        if v is None:
+            raise GGZipError(f"{model.path}: missing metadata {arch}.{key}")
+        return v
+
+    L = int(hp("block_count"))
+    n_head = int(hp("attention.head_count"))
+    n_kv = int(hp("attention.head_count_kv", n_head))
+    eps = float(hp("attention.layer_norm_rms_epsilon"))
+    base = float(hp("rope.freq_base", 10000.0))
+    D = int(hp("embedding_length"))
+    hd = int(kv.get(f"{arch}.attention.key_length", D // n_head))
+    n_rot = int(kv.get(f"{arch}.rope.dimension_count", hd))
+    if n_rot != hd:
+        raise GGZipError(f"{model.path}: partial rope ({n_rot} of {hd}) is not supported "
+                         "by ggzip's own calibration; use --imatrix")
+    ids = np.asarray(ids, np.int64)
+    chunks = [ids[i:i + n_ctx] for i in range(0, len(ids), n_ctx)]
+    chunks = [c for c in chunks if len(c) >= 8]
+    if not chunks:
+        raise GGZipError(f"{model.path}: calibration text too short ({len(ids)} tokens)")
+
+    inv = base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
+    if "rope_freqs.weight" in model.tensors:
+        inv = inv / model.float32("rope_freqs.weight").astype(np.float64)
+    embd = model.float32("token_embd.weight")
+    xs = [embd[c].astype(np.float32) for c in chunks]
+    del embd
+    sums: dict[str, np.ndarray] = {}
+    count = sum(len(c) for c in chunks)
+
+    def rms(v, g):
+        return (v / np.sqrt(np.mean(v * v, axis=-1, keepdims=True) + eps)) * g
+
+    def acc(name, v):
+        s = np.einsum("ij,ij->j", v, v, dtype=np.float64)
+        sums[name] = sums.get(name, 0) + s
+
+    for il in range(L):
+        p = f"blk.{il}."
+        W = {n[len(p):]: model.float32(n) for n in model.tensors if n.startswith(p)}
+        gqa = n_head // n_kv
+        for ci, x in enumerate(xs):
+            T = x.shape[0]
+            ang = np.arange(T)[:, None] * inv[None, :]
+            cos = np.cos(ang).astype(np.float32)[:, None, :]
+            sin = np.sin(ang).astype(np.float32)[:, None, :]
+            h = rms(x, W["attn_norm.weight"])
+            for n in ("attn_q", "attn_k", "attn_v"):
+                acc(p + n + ".weight", h)
+
+            def proj(n, heads):
+                y = h @ W[n + ".weight"].T
+                if n + ".bias" in W:
+                    y = y + W[n + ".bias"]
+                y = y.reshape(T, heads, -1)
+                if n + "_norm.weight" in W:       # qwen3: per-head RMSNorm of Q and K
+                    y = rms(y, W[n + "_norm.weight"])
+                return y
+            q = _rope(proj("attn_q", n_head), cos, sin, mode)
+            k = _rope(proj("attn_k", n_kv), cos, sin, mode)
+            v = proj("attn_v", n_kv)
+            k = np.repeat(k, gqa, axis=1)
+            v = np.repeat(v, gqa, axis=1)
+            a = np.einsum("thd,shd->hts", q, k) / np.float32(np.sqrt(hd))
+            a += np.triu(np.full((T, T), -np.inf, np.float32), 1)
+            a = np.exp(a - a.max(axis=-1, keepdims=True))
+            a /= a.sum(axis=-1, keepdims=True)
+            o = np.einsum("hts,shd->thd", a, v).reshape(T, -1)
+            acc(p + "attn_output.weight", o)
+            x = x + o @ W["attn_output.weight"].T
+            h = rms(x, W["ffn_norm.weight"])
+            acc(p + "ffn_gate.weight", h)
+            acc(p + "ffn_up.weight", h)
+            g = h @ W["ffn_gate.weight"].T
+            u = h @ W["ffn_up.weight"].T
+            m = g / (1 + np.exp(-g)) * u
+            acc(p + "ffn_down.weight", m)
+            xs[ci] = x + m @ W["ffn_down.weight"].T
+        if progress is not None:
+            progress(il + 1, L)
+    return {n: s / count for n, s in sums.items()}
