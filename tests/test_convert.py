@@ -328,6 +328,29 @@ def test_convert_step_rate_and_speed(smol_path, tmp_path):
     assert fine["mb_per_s"] > 20       # target 50 MB/s on an idle core; CI shares 2 cores
 
 
+def test_streaming_memory(smol):
+    """A tensor is read, quantized and packed by row chunks: the peak of numpy
+    memory is its Q8_0 output plus a fraction of its float size."""
+    import tracemalloc
+    from ggzip.convert.convert import quantize_streamed
+    m, _ = smol
+    name = "token_embd.weight"                    # 49152 x 576, the largest tensor
+    shape = m.shape(name)
+    float_bytes = shape[0] * shape[1] * 4
+    tracemalloc.start()
+    try:
+        blocks, rep = quantize_streamed(name, shape, lambda r: m.rows32(name, r), target_bpw=5)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert blocks.nbytes == shape[0] * shape[1] // 32 * 34
+    assert peak < blocks.nbytes + 0.5 * float_bytes, (peak, blocks.nbytes, float_bytes)
+    # and chunking changes nothing: same bytes as one chunk of the whole tensor
+    whole, _ = quantize_streamed(name, shape, lambda r: m.rows32(name, r), target_bpw=5,
+                                 chunk=shape[0] * shape[1])
+    np.testing.assert_array_equal(blocks, whole)
+
+
 def _small_gguf(path, src: GGUFModel, arch="llama", edit=None, raw=None):
     """A one-layer llama GGUF made of SmolLM2's real layer-0 tensors."""
     wr = gguf.GGUFWriter(path, arch)

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GGZipError
-from ..quantize import (BLOCK_BYTES, QK, QuantStats, measure, pack_q8_0, plan_rescale,
-                        prune_rows, quantize_rows, reference_step, row_absmax, row_steps,
-                        sample_rows, step_for_rate)
+from ..quantize import (BLOCK_BYTES, QK, QuantStats, pack_q8_0, plan_rescale, prune_rows,
+                        quantize_rows, reference_step, row_absmax, row_steps, sample_rows,
+                        step_for_rate)
+from ..quantize.q8 import RateDistortion
 from ..quantize.q8 import DEFAULT_THETA
 from ..quantize.stats import load_imatrix
 
@@ -143,17 +144,29 @@ class GGUFModel:
         return tuple(int(x) for x in reversed(self.tensors[name].shape))
 
     def float32(self, name: str) -> np.ndarray:
+        return self.rows32(name, None)
+
+    def rows32(self, name: str, rows=None) -> np.ndarray:
+        """The tensor (rows=None) or some rows of a 2-D tensor (a slice or an
+        index array) as float32, dequantized if needed, read from the mmap."""
         import gguf
         t = self.tensors[name]
         ty = t.tensor_type
         shp = self.shape(name)
+        data = t.data
+        if rows is not None:
+            if len(shp) != 2 or data.ndim != 2 or data.shape[0] != shp[0]:
+                raise GGZipError(f"{self.path}: tensor {name!r} of shape {shp} is stored "
+                                 f"as {data.shape}: shapes do not fit")
+            data = data[rows]
+            shp = (data.shape[0], shp[1])
         try:
             if ty == gguf.GGMLQuantizationType.F32:
-                a = np.asarray(t.data, np.float32)
+                a = np.asarray(data, np.float32)
             elif ty in (gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.F64):
-                a = np.asarray(t.data).astype(np.float32)
+                a = np.asarray(data).astype(np.float32)
             else:
-                a = gguf.quants.dequantize(t.data, ty)
+                a = gguf.quants.dequantize(data, ty)
         except NotImplementedError:
             raise GGZipError(f"{self.path}: tensor {name!r} has type {ty.name}, which "
                              "ggzip convert cannot dequantize") from None
@@ -355,10 +368,11 @@ def convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pru
                 w.write_tensor_data(a)
                 report.tensors.append(TensorReport(name, shp, "F32"))
             else:
-                blocks, tr = quantize_tensor(
-                    name, plan.apply(name, src.float32(name)), row_factor=plan.row_factor(name),
-                    col_stat=plan.rescaled_stat(name), prune=prune, target_bpw=target_bpw,
-                    step=step, theta=theta, source=str(inp))
+                blocks, tr = quantize_streamed(
+                    name, shp, lambda r, n=name: plan.apply(n, src.rows32(n, r), rows=r),
+                    row_factor=plan.row_factor(name), col_stat=plan.rescaled_stat(name),
+                    prune=prune, target_bpw=target_bpw, step=step, theta=theta,
+                    source=str(inp))
                 w.write_tensor_data(blocks)
                 report.tensors.append(tr)
             bar.update(int(np.prod(shp)) * 4)
@@ -375,25 +389,50 @@ def convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pru
     return report
 
 
-def quantize_tensor(name: str, w: np.ndarray, *, row_factor=None, col_stat=None,
-                    prune: float = 0.0, target_bpw: float | None = None,
-                    step: float | None = 1.0, theta: float = DEFAULT_THETA,
-                    source: str = "model") -> tuple[np.ndarray, TensorReport]:
-    """Prune, pick the row steps, quantize one (rescaled) 2-D tensor: its Q8_0
-    bytes and a report of its rate and SNR."""
-    w = np.ascontiguousarray(w, np.float32)
-    if prune > 0:
-        w = prune_rows(w, prune, col_stat)
-    amax = row_absmax(w)
-    if not np.isfinite(amax).all():
-        raise GGZipError(f"{source}: tensor {name!r} holds NaN or infinite values")
+def quantize_tensor(name: str, w: np.ndarray, **kw) -> tuple[np.ndarray, TensorReport]:
+    """Prune, pick the row steps, quantize one (rescaled) 2-D tensor held in
+    memory: its Q8_0 bytes and a report of its rate and SNR (see quantize_streamed)."""
+    w = np.asarray(w, np.float32)
+    return quantize_streamed(name, w.shape, lambda r: w[r], **kw)
+
+
+def quantize_streamed(name: str, shape: tuple[int, int], get_rows, *, row_factor=None,
+                      col_stat=None, prune: float = 0.0, target_bpw: float | None = None,
+                      step: float | None = 1.0, theta: float = DEFAULT_THETA,
+                      source: str = "model", chunk: int = 1 << 21
+                      ) -> tuple[np.ndarray, TensorReport]:
+    """Quantize a (rescaled) 2-D tensor read by rows: get_rows(slice or index
+    array) -> float32 rows.  The base step comes from a sample of ~256k weights
+    (evenly spread rows), then row chunks of ~`chunk` weights are quantized one
+    after the other, so the float tensor is never whole in memory: the peak is
+    the Q8_0 output (1.06 bytes/weight) plus one chunk."""
+    n_rows, n_cols = shape
+
+    def prep(rows):
+        w = np.ascontiguousarray(get_rows(rows), np.float32)
+        if prune > 0:
+            w = prune_rows(w, prune, col_stat)
+        amax = row_absmax(w)
+        if not np.isfinite(amax).all():
+            raise GGZipError(f"{source}: tensor {name!r} holds NaN or infinite values")
+        return w, amax
+
+    sample = sample_rows(n_rows, n_cols)
+    ws, amax_s = prep(sample)
+    rf_s = None if row_factor is None else row_factor[sample]
     if target_bpw is not None:
-        rows = sample_rows(*w.shape)
-        rf = None if row_factor is None else row_factor[rows]
-        base = step_for_rate(w[rows], target_bpw, rf, amax[rows], theta)
-    else:
-        base = step * reference_step(amax if row_factor is None else amax / row_factor)
-    d16 = row_steps(base, row_factor, amax)
-    q = quantize_rows(w, d16, theta)
-    st = measure(w, q, d16, col_stat)
-    return pack_q8_0(q, d16), TensorReport(name, w.shape, "Q8_0", st, base)
+        base = step_for_rate(ws, target_bpw, rf_s, amax_s, theta)
+    else:   # --step S: S x the median over (sampled) rows of absmax / 127
+        base = step * reference_step(amax_s if rf_s is None else amax_s / rf_s)
+    del ws
+    out = np.empty((n_rows, n_cols // QK * BLOCK_BYTES), np.uint8)
+    rd = RateDistortion(n_cols, col_stat)
+    per = max(1, chunk // max(n_cols, 1))
+    for r0 in range(0, n_rows, per):
+        sl = slice(r0, min(n_rows, r0 + per))
+        w, amax = prep(sl)
+        d16 = row_steps(base, None if row_factor is None else row_factor[sl], amax)
+        q = quantize_rows(w, d16, theta)
+        out[sl] = pack_q8_0(q, d16)
+        rd.add(w, q, d16)
+    return out, TensorReport(name, shape, "Q8_0", rd.result(), base)

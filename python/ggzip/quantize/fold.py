@@ -56,13 +56,16 @@ class RescalePlan:
     stat: dict[str, np.ndarray] = field(default_factory=dict)    # E[x^2] per input column, original coords
     notes: list[str] = field(default_factory=list)
 
-    def apply(self, name: str, w: np.ndarray) -> np.ndarray:
-        """w (numpy layout: rows = ne1) in the rescaled model."""
+    def apply(self, name: str, w: np.ndarray, rows=None) -> np.ndarray:
+        """w (numpy layout: rows = ne1) in the rescaled model; `rows` (a slice or
+        index array) says which rows of the tensor w holds, when not all."""
         if name in self.cols:
             w = w * self.cols[name][None, :].astype(np.float32)
         if name in self.divide:
             s = self.divide[name].astype(np.float32)
-            w = w / (s[:, None] if w.ndim == 2 else s)
+            if w.ndim == 2:
+                s = (s if rows is None else s[rows])[:, None]
+            w = w / s
         return w
 
     def row_factor(self, name: str) -> np.ndarray | None:

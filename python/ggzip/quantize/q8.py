@@ -127,29 +127,53 @@ class QuantStats:
         return self.bits_symbols + self.bits_scales
 
 
+class RateDistortion:
+    """Accumulates rate and distortion of a tensor coded row chunk by row chunk
+    (the whole-tensor order-0 entropy needs the whole histogram)."""
+
+    def __init__(self, n_cols: int, col_weight: np.ndarray | None = None):
+        self.cols = n_cols
+        self.err2 = np.zeros(n_cols, np.float64)
+        self.sig2 = np.zeros(n_cols, np.float64)
+        self.hist = np.zeros(256, np.int64)
+        self.scale_hist = np.zeros((2, 256), np.float64)
+        self.n = 0
+        self.cw = None if col_weight is None else col_weight.astype(np.float64)
+
+    def add(self, w: np.ndarray, q: np.ndarray, d16: np.ndarray) -> None:
+        step = max(1, _CHUNK // max(self.cols, 1))
+        for r0 in range(0, w.shape[0], step):
+            blk = w[r0:r0 + step].astype(np.float32)
+            e = dequantize_rows(q[r0:r0 + step], d16[r0:r0 + step]) - blk
+            self.err2 += np.einsum("ij,ij->j", e, e, dtype=np.float64)
+            self.sig2 += np.einsum("ij,ij->j", blk, blk, dtype=np.float64)
+        self.hist += np.bincount(q.reshape(-1).view(np.uint8), minlength=256)
+        b = d16.astype("<f2").view(np.uint8).reshape(-1, 2)
+        for k in range(2):
+            self.scale_hist[k] += np.bincount(b[:, k], minlength=256)
+            self.scale_hist[k, 0] += len(d16) * (self.cols // QK - 1)   # zero row deltas
+        self.n += q.size
+
+    def result(self) -> QuantStats:
+        def snr(s, e):
+            return float("inf") if e == 0 else 10 * np.log10(max(s, 1e-300) / e)
+        cw = np.ones_like(self.err2) if self.cw is None else self.cw
+        n = max(self.n, 1)
+        return QuantStats(
+            bits_symbols=_entropy_bits(self.hist) / n,
+            bits_scales=sum(_entropy_bits(h) for h in self.scale_hist) / n,
+            snr_db=snr(self.sig2.sum(), self.err2.sum()),
+            wsnr_db=snr((self.sig2 * cw).sum(), (self.err2 * cw).sum()),
+            zero_fraction=float(self.hist[0] / n),
+        )
+
+
 def measure(w: np.ndarray, q: np.ndarray, d16: np.ndarray,
             col_weight: np.ndarray | None = None) -> QuantStats:
     """Rate and distortion of (q, d16) as a code of w, in w's own coordinates."""
-    err2 = np.zeros(w.shape[1], np.float64)
-    sig2 = np.zeros(w.shape[1], np.float64)
-    step = max(1, _CHUNK // max(w.shape[1], 1))
-    for r0 in range(0, w.shape[0], step):
-        blk = w[r0:r0 + step].astype(np.float32)
-        e = dequantize_rows(q[r0:r0 + step], d16[r0:r0 + step]) - blk
-        err2 += np.einsum("ij,ij->j", e, e, dtype=np.float64)
-        sig2 += np.einsum("ij,ij->j", blk, blk, dtype=np.float64)
-    cw = np.ones_like(err2) if col_weight is None else col_weight.astype(np.float64)
-
-    def snr(s, e):
-        return float("inf") if e == 0 else 10 * np.log10(max(s, 1e-300) / e)
-    n = w.size
-    return QuantStats(
-        bits_symbols=symbol_entropy(q),
-        bits_scales=scale_stream_bits(d16, w.shape[1] // QK) / n,
-        snr_db=snr(sig2.sum(), err2.sum()),
-        wsnr_db=snr((sig2 * cw).sum(), (err2 * cw).sum()),
-        zero_fraction=float(np.count_nonzero(q == 0) / max(n, 1)),
-    )
+    rd = RateDistortion(w.shape[1], col_weight)
+    rd.add(w, q, d16)
+    return rd.result()
 
 
 def reference_step(amax: np.ndarray) -> float:
