@@ -20,7 +20,14 @@ Rate, bits per weight of those tensors:
     (Q3_K_M, Q4_K_M, Q5_K_M, Q6_K, Q8_0) from an F32 GGUF of the same weights,
     dequantized by gguf-py; and Q4_0/Q5_0/Q8_0 by gguf-py's port of llama.cpp's
     reference quantizers, which needs no build.
-Writes the table to BENCHMARKS.md (section "rd") and docs/rd.png unless --no-write.
+Output quality (--kl, on by default): SmolLM2-135M (llama; dequantized from its
+Q4_1/Q8_0 GGUF, the only form it exists in) run by ggzip's numpy forward pass
+(ggzip.quantize.calibrate, checked against the float model in the tests): mean
+KL(float || quantized) of next-token distributions on a held-out English text, for
+ggzip without statistics (alpha 0) and calibrated on another text (--calib-text,
+alpha 0.25), against Q4_0/Q5_0/Q8_0 (gguf-py) and the k-quants when llama-quantize
+is built.
+Writes the tables to BENCHMARKS.md (section "rd") and docs/rd.png unless --no-write.
 """
 from __future__ import annotations
 
@@ -244,6 +251,93 @@ def run_model(model, rates, codec, tmp):
     return pts + kp, note
 
 
+CALIB_TEXT = """The history of the city begins with a small village on the river. Over the
+years the people built houses, a market and a school, and the village grew into a
+town. Merchants came from the north and the south to trade grain, wine and cloth.
+When the railway arrived, the town became a city, and new factories opened near the
+station. Today the old market is a museum, and visitors walk along the river to see
+the bridges and the gardens. In the winter the river sometimes freezes, and children
+skate on the ice while their parents sell hot chestnuts on the banks."""
+
+EVAL_TEXT = """A young engineer moved to the capital to work for a company that made radios.
+She learned to repair old machines, and in the evenings she studied mathematics at
+the library. After ten years she opened her own shop near the harbour, where sailors
+and fishermen brought their instruments. Her work was known for being careful and
+honest, and her shop is still open today. Every spring she teaches a short course for
+students who want to understand how a receiver turns a weak signal into a voice."""
+
+
+def kl_mean(ref, got):
+    la = ref - ref.max(1, keepdims=True)
+    la -= np.log(np.exp(la).sum(1, keepdims=True))
+    lb = got - got.max(1, keepdims=True)
+    lb -= np.log(np.exp(lb).sum(1, keepdims=True))
+    return float((np.exp(la) * (la - lb)).sum(1).mean())
+
+
+def kl_points(smol_path: Path, rates, tmp: Path):
+    """Output quality on SmolLM2: (method, bpw, KL, top-1 agreement) rows."""
+    from ggzip.convert import GGUFModel, convert
+    from ggzip.quantize.calibrate import BPETokenizer, logits
+    src = GGUFModel(smol_path)
+    ids = BPETokenizer(src.kv).encode(EVAL_TEXT)
+    with np.errstate(over="ignore"):
+        ref = logits(src, ids).astype(np.float64)
+    mats = [n for n in src.tensors if len(src.shape(n)) == 2]
+    n = sum(int(np.prod(src.shape(x))) for x in mats)
+    calib = tmp / "calib.txt"
+    calib.write_text(CALIB_TEXT)
+    rows = []
+
+    def score(method, kind, bpw, path):
+        with np.errstate(over="ignore"):
+            got = logits(GGUFModel(path), ids).astype(np.float64)
+        rows.append({"method": method, "kind": kind, "bpw": bpw, "kl": kl_mean(ref, got),
+                     "top1": float((got.argmax(1) == ref.argmax(1)).mean())})
+        print(f"  {method:34s} {bpw:.3f} bpw  KL {rows[-1]['kl']:.4f}  "
+              f"top-1 {rows[-1]['top1']:.3f}", flush=True)
+
+    out = tmp / "smol.gguf"
+    for b in rates:
+        for label, kw in (("no statistics", dict(alpha=0.0)),
+                          ("calibrated", dict(calib_text=calib))):
+            rep = convert(smol_path, out, target_bpw=b, progress=False, **kw)
+            score(f"ggzip {b:g}, {label}", "ggzip-calib" if kw.get("calib_text") else "ggzip",
+                  rep.totals()["bpw"], out)
+    f32 = tmp / "smol.f32.gguf"
+    convert(smol_path, f32, alpha=0.0, keep_float=True, progress=False)
+    f32m = GGUFModel(f32)
+    for qt in LEGACY:
+        wr = gguf.GGUFWriter(out, f32m.arch)
+        from ggzip.convert.convert import _copy_kv
+        _copy_kv(wr, f32m)
+        for name in f32m.tensors:
+            a = f32m.float32(name)
+            if a.ndim == 2 and a.shape[1] % 32 == 0:
+                wr.add_tensor(name, gguf.quants.quantize(a, qt), raw_dtype=qt)
+            else:
+                wr.add_tensor(name, a)
+        wr.write_header_to_file(); wr.write_kv_data_to_file(); wr.write_tensors_to_file()
+        wr.close()
+        bpw = gguf.GGML_QUANT_SIZES[qt][1] * 8 / gguf.GGML_QUANT_SIZES[qt][0]
+        score(f"{qt.name} (gguf-py)", "legacy", bpw, out)
+    exe = _find_llama_tool("llama-quantize")
+    note = ""
+    if exe is None:
+        note = "llama-quantize not found: no k-quant points"
+    for qt in (KQUANTS if exe else []):
+        r = subprocess.run([str(exe), str(f32), str(out), qt, "2"], capture_output=True,
+                           text=True)
+        if r.returncode != 0:
+            note += f" llama-quantize {qt} failed;"
+            continue
+        rd = gguf.GGUFReader(out)
+        bits = sum(int(t.n_bytes) * 8 for t in rd.tensors if t.name in mats)
+        score(f"{qt} (llama-quantize)", "kquant", bits / n, out)
+    del f32m
+    return rows, note
+
+
 def verdict(pts):
     """The two targets of the project, checked on these points."""
     g = sorted([p for p in pts if p["kind"] == "ggzip"], key=lambda p: p["bpw"])
@@ -280,6 +374,9 @@ def main(argv=None):
     ap.add_argument("--rates", default="3,3.5,3.9,4.5,5,5.5,6,6.5,7")
     ap.add_argument("--embeddinggemma", type=Path, help="safetensors folder")
     ap.add_argument("--gemma3", type=Path, help="Gemma-3-270M GGUF")
+    ap.add_argument("--smollm2", type=Path, help="SmolLM2 GGUF (output-quality section)")
+    ap.add_argument("--no-kl", action="store_true", help="skip the output-quality section")
+    ap.add_argument("--kl-rates", default="3.5,3.9,4.5,5.5,6.5")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     try:
@@ -307,6 +404,14 @@ def main(argv=None):
             results[model.label] = (pts, note, verdict(pts))
             print(results[model.label][2])
             del model
+        kl_rows, kl_note = [], ""
+        if not args.no_kl:
+            p = args.smollm2 or fetch_path("smollm2")
+            if p.is_dir():
+                p = next(iter(sorted(p.rglob("*.gguf"))))
+            print("\nSmolLM2-135M output quality (KL on held-out text)", flush=True)
+            kl_rows, kl_note = kl_points(p, [float(x) for x in args.kl_rates.split(",")],
+                                         Path(tmp))
 
     lines = [f"Weight SNR vs bits per weight, `python scripts/bench_rd.py` on {cpu_name()}, "
              f"{time.strftime('%Y-%m-%d')}. All 2-D weights but the token embedding; SNR is "
@@ -327,16 +432,54 @@ def main(argv=None):
             lines.append(f"| {p['method']} | {p['bpw']:.3f}{extra} | {p['snr']:.2f} |")
         lines += [""] + ([f"Note: {note}", ""] if note else []) + \
             ["Targets: " + ver.replace("\n", "; "), ""]
+    if kl_rows:
+        lines += ["**Output quality, SmolLM2-135M** (dequantized from Q4_1/Q8_0; ggzip's numpy "
+                  "forward pass; mean KL(float || quantized) of the next-token distribution "
+                  "on a held-out text, and how often the top token agrees; every 2-D weight "
+                  "counted, the tied embedding too; ggzip bpw = order-0 entropy)", "",
+                  "| method | bits/weight | KL (nats) | top-1 agreement |", "|---|---|---|---|"]
+        for p in sorted(kl_rows, key=lambda p: p["bpw"]):
+            lines.append(f"| {p['method']} | {p['bpw']:.3f} | {p['kl']:.4f} | {p['top1']:.3f} |")
+        lines += [""] + ([f"Note: {kl_note}", ""] if kl_note else [])
+        q4 = next((p for p in kl_rows if p["method"].startswith("Q4_K_M")), None)
+        low = [p for p in kl_rows if p["kind"] == "ggzip-calib" and p["bpw"] <= 3.9]
+        if q4 and low:
+            best = min(low, key=lambda p: p["kl"])
+            lines += [f"Target (output quality): ggzip calibrated at {best['bpw']:.2f} bpw KL "
+                      f"{best['kl']:.4f} vs Q4_K_M at {q4['bpw']:.2f} bpw KL {q4['kl']:.4f}: "
+                      + ("met" if best["kl"] <= q4["kl"] else "NOT met"), ""]
     text = "\n".join(lines)
     print("\n" + text)
     if args.no_write:
         return 0
     write_section("rd", "## Rate vs quality (`scripts/bench_rd.py`)\n\n" + text +
-                  "\n![rate vs SNR](docs/rd.png)\n")
+                  "\n![rate vs quality](docs/rd.png)\n")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
+    n_ax = len(results) + (1 if kl_rows else 0)
+    fig, axes = plt.subplots(1, n_ax, figsize=(6 * n_ax, 4.5), squeeze=False)
+    if kl_rows:
+        ax = axes[0][-1]
+        for kind, mk, lab in (("ggzip", "o-", "ggzip, no statistics"),
+                              ("ggzip-calib", "o-", "ggzip, calibrated"),
+                              ("legacy", "^", "gguf-py legacy"), ("kquant", "s", "llama-quantize")):
+            ps = sorted([p for p in kl_rows if p["kind"] == kind], key=lambda p: p["bpw"])
+            if not ps:
+                continue
+            if mk == "o-":
+                ax.plot([p["bpw"] for p in ps], [p["kl"] for p in ps], mk, label=lab)
+            else:
+                ax.scatter([p["bpw"] for p in ps], [p["kl"] for p in ps], marker=mk, label=lab)
+                for p in ps:
+                    ax.annotate(p["method"].split()[0], (p["bpw"], p["kl"]), fontsize=7,
+                                xytext=(3, 3), textcoords="offset points")
+        ax.set_yscale("log")
+        ax.set_title("SmolLM2-135M output (dequantized from Q4_1)", fontsize=10)
+        ax.set_xlabel("bits per weight")
+        ax.set_ylabel("KL(float || quantized), nats")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     for ax, (label, (pts, _, _)) in zip(axes[0], results.items()):
         g = sorted([p for p in pts if p["kind"] == "ggzip"], key=lambda p: p["bpw"])
         ax.plot([p["bpw"] for p in g], [p["snr"] for p in g], "o-", label="ggzip (coded size)")

@@ -212,9 +212,10 @@ def test_bpe_tokenizer_on_smollm2(smol):
 def test_numpy_calibration_matches_reference_forward(smol, calib):
     """ggzip's own statistics (layer-major, float32) equal the float64 reference
     forward pass of this file on the same tokens."""
-    from ggzip.quantize.calibrate import activation_stats
+    from ggzip.quantize.calibrate import activation_stats, logits
     m, w = smol
-    ids = token_ids(m, TEXT)
+    ids, ref_logits, _ = calib
+    assert _rel(logits(m, ids), ref_logits) < 1e-4
     ref = {}
     llama_forward(m.kv, w, ids, ref)
     got = activation_stats(m, ids)

@@ -51,7 +51,9 @@ def register(sub) -> None:
                    help="llama-imatrix output (GGUF, or legacy .dat); without it a weight-only "
                         "proxy is used")
     p.add_argument("--calib-text", metavar="FILE",
-                   help="text to compute an imatrix with llama-imatrix (build/llama/bin)")
+                   help="calibration text: statistics by llama-imatrix when built "
+                        "(build/llama/bin), else by ggzip's numpy forward pass "
+                        "(llama/qwen2/qwen3)")
     p.add_argument("--theta", type=float, default=None,
                    help=argparse.SUPPRESS)  # rounding offset, for experiments
     p.add_argument("--keep-float", action="store_true",

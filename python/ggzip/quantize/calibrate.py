@@ -122,6 +122,16 @@ def _rope(t: np.ndarray, cos: np.ndarray, sin: np.ndarray, mode: str) -> np.ndar
 def activation_stats(model, ids, n_ctx: int = 512, progress=None) -> dict[str, np.ndarray]:
     """{weight name: E[x^2] per input column} of a llama/qwen2/qwen3 model on
     token ids.  model: has .arch, .kv, .tensors and .float32(name) (GGUFModel)."""
+    return _run(model, ids, n_ctx, progress, want_logits=False)[0]
+
+
+def logits(model, ids, n_ctx: int = 512) -> np.ndarray:
+    """Next-token logits (tokens x vocab, float32) of each n_ctx chunk of ids:
+    to compare a quantized model with its float original."""
+    return _run(model, ids, n_ctx, None, want_logits=True)[1]
+
+
+def _run(model, ids, n_ctx, progress, want_logits):
     arch = model.arch
     if arch not in CALIB_ARCHS:
         raise GGZipError(f"{model.path}: ggzip computes statistics itself only for "
@@ -212,4 +222,10 @@ def activation_stats(model, ids, n_ctx: int = 512, progress=None) -> dict[str, n
             xs[ci] = x + m @ W["ffn_down.weight"].T
         if progress is not None:
             progress(il + 1, L)
-    return {n: s / count for n, s in sums.items()}
+    out = None
+    if want_logits:
+        g = model.float32("output_norm.weight")
+        head = model.float32("output.weight" if "output.weight" in model.tensors
+                             else "token_embd.weight")
+        out = np.concatenate([rms(x, g) @ head.T for x in xs])
+    return {n: s / count for n, s in sums.items()}, out
