@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -404,6 +403,8 @@ def test_bad_inputs(smol, smol_path, tmp_path):
     write_imatrix(bad_im, {"blk.0.attn_q.weight": [np.ones((2, 100))]}, 2)
     fails(smol_path, "imatrix entry 'blk.0.attn_q.weight' has 100 columns", imatrix=bad_im)
     fails(smol_path, "--target-bpw", target_bpw=12.0)
+    with pytest.raises(GGZipError, match="cannot write here"):
+        convert(smol_path, out / "sub" / "x.gguf", progress=False)   # out is a file
     # a good one-layer file converts, and replaces OUT only then
     convert(_small_gguf(tmp_path / "ok.gguf", m), out, progress=False)
     assert gguf.GGUFReader(out).tensors

@@ -1,8 +1,9 @@
 """`ggzip convert`: a float (or dequantized) GGUF -> Q8_0 GGUF whose symbols are
 chosen for the entropy coder.
 
-Streaming: the input is memory-mapped and processed tensor by tensor, so the peak
-memory is a few copies of the largest tensor.  The rescaling plan needs only the
+Streaming: the input is memory-mapped and processed tensor by tensor, a tensor by
+row chunks, so the peak memory is the Q8_0 output of the largest tensor plus one
+chunk (tests/test_convert.py::test_streaming_memory).  The rescaling plan needs only the
 imatrix and the 1-D norm weights, so it is built before the first tensor.  Every
 Q8_0 tensor's size is known from its shape, so the output's header is written
 first and the data follows as each tensor is quantized; the output goes to a
@@ -302,9 +303,7 @@ def convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pru
     outs = []
     for name, t in src.tensors.items():
         shp = shapes[name]
-        ty = t.tensor_type.name
-        if ty not in FLOAT_TYPES and not hasattr(gguf.GGMLQuantizationType, ty):
-            raise GGZipError(f"{inp}: tensor {name!r} has unknown type {ty}")
+        ty = t.tensor_type.name     # unknown type ids already fail in GGUFModel
         if ty in ("I8", "I16", "I32", "I64"):
             outs.append((name, "copy"))
         elif _quantizable(name, shp):
@@ -316,8 +315,11 @@ def convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pru
 
     report = ConvertReport(inp=inp, out=out, arch=src.arch, stats_source=stats_source,
                            dequantized_from=dequantized, alpha=alpha)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
+    except OSError as e:
+        raise GGZipError(f"{out}: cannot write here: {e.strerror}") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -382,8 +384,10 @@ def convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pru
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)     # mkstemp makes 0600; give the usual mode
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):      # disk full, ...: the user's problem, named
+            raise GGZipError(f"{out}: writing failed: {e}") from e
         raise
     report.seconds = time.perf_counter() - t0
     return report
