@@ -199,3 +199,19 @@ def test_imatrix_gguf_and_dat_readers(tmp_path, ffn):
     (tmp_path / "bad.dat").write_bytes(dat[:30])
     with pytest.raises(GGZipError, match="bad.dat"):
         load_imatrix(tmp_path / "bad.dat")
+
+
+def test_claimed_rate_is_what_the_codec_codes(ffn):
+    """The rate the quantizer controls (order-0 entropy of symbols + row-delta
+    scales) is the size of the real rANS frame, within table/header overhead."""
+    try:
+        import ggzip.codec as codec
+    except Exception as e:   # the native library is built by scripts/setup.sh
+        pytest.skip(f"native codec not available: {e}")
+    from ggzip.convert import quantize_tensor
+    for bpw in (3.0, 5.0, 7.0):
+        blocks, rep = quantize_tensor("ffn", ffn, target_bpw=bpw)
+        frame = codec.encode(blocks, layout="q8_0", row_size=blocks.shape[1])
+        coded = len(frame) * 8 / ffn.size
+        assert abs(rep.stats.bpw - bpw) < 0.03
+        assert rep.stats.bpw - 0.01 < coded < rep.stats.bpw + 0.05, (bpw, rep.stats.bpw, coded)
