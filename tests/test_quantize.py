@@ -214,4 +214,5 @@ def test_claimed_rate_is_what_the_codec_codes(ffn):
         frame = codec.encode(blocks, layout="q8_0", row_size=blocks.shape[1])
         coded = len(frame) * 8 / ffn.size
         assert abs(rep.stats.bpw - bpw) < 0.03
-        assert rep.stats.bpw - 0.01 < coded < rep.stats.bpw + 0.05, (bpw, rep.stats.bpw, coded)
+        # per-chunk tables can even beat the whole-tensor order-0 estimate a little
+        assert rep.stats.bpw - 0.03 < coded < rep.stats.bpw + 0.05, (bpw, rep.stats.bpw, coded)
