@@ -1,0 +1,477 @@
+/* The codec's C tests: every kernel the host can run, on every layout and the
+ * sizes around the lane and chunk boundaries; agreement of every kernel with
+ * the scalar specification, also on damaged streams; damaged frames must give
+ * an error, never a crash and never a wrong tensor reported as success.
+ *
+ *   ggzip_test [--expect-kernel NAME] [--bench]
+ *
+ * --expect-kernel fails unless the kernel chosen at start-up is NAME (the
+ * emulator runs check that the intended SIMD path is the one tested).
+ * --bench also prints the single-thread decode speed of each kernel (a
+ * sanity check, not a benchmark: under an emulator the numbers mean little).  A
+ * kernel the host cannot run is printed as SKIPPED and counted nowhere.
+ * The last line is "N passed, N failed"; the exit code is 1 on any failure. */
+#include "frame_util.h"
+#include "ggzip.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+uint32_t ggz_crc32c_portable(uint32_t crc, const void * buf, size_t size); /* internal.h */
+
+#define CHUNK 4096 /* small chunks, so that the edge sizes cross chunk boundaries */
+
+static int n_pass, n_fail;
+
+/* One named check; only the first failures are printed in full. */
+static int check(int ok, const char * what, const char * ctx)
+{
+    if (ok) { n_pass++; return 1; }
+    if (++n_fail <= 50) printf("FAIL %s [%s]\n", what, ctx);
+    return 0;
+}
+
+/* ---- data --------------------------------------------------------------- */
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15u;
+
+static uint32_t rnd(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 16);
+}
+
+/* int8 with a bell-shaped histogram (sum of four uniforms, about 5 bits of
+ * entropy), like quantized weights */
+static uint8_t bell8(void)
+{
+    const uint32_t r = rnd();
+    return (uint8_t)(((int)(r & 0xFF) + (int)(r >> 8 & 0xFF) + (int)(r >> 16 & 0xFF) + (int)(rnd() & 0xFF) - 510) / 16);
+}
+
+enum { D_BELL, D_UNIFORM, D_SINGLE, D_Q8_CONST, D_Q8_RANDOM, D_PLANE16, D_PLANE32 };
+
+static void fill(uint8_t * p, size_t n, int dist, size_t row)
+{
+    switch (dist) {
+    case D_BELL:    for (size_t i = 0; i < n; i++) p[i] = bell8(); break;
+    case D_UNIFORM: for (size_t i = 0; i < n; i++) p[i] = (uint8_t)rnd(); break;
+    case D_SINGLE:  memset(p, 0x5A, n); break;
+    case D_Q8_CONST: case D_Q8_RANDOM: {
+        uint16_t d = 0;
+        for (size_t b = 0; b < n / 34; b++) {
+            /* f16 scales around 1e-3..1e-2: exponent 0x14..0x20 */
+            if (dist == D_Q8_RANDOM || (b * 34) % row == 0) d = (uint16_t)(0x1400 + rnd() % 0x0C00);
+            memcpy(p + b * 34, &d, 2);
+            for (int i = 0; i < 32; i++) p[b * 34 + 2 + i] = bell8();
+        }
+        break;
+    }
+    case D_PLANE16: /* F16 weights: random mantissa byte, narrow sign+exponent byte */
+        for (size_t i = 0; i + 1 < n; i += 2) { p[i] = (uint8_t)rnd(); p[i + 1] = (uint8_t)(0x20 + bell8() / 16 + (rnd() & 0x80)); }
+        break;
+    case D_PLANE32:
+        for (size_t i = 0; i + 3 < n; i += 4) {
+            const float v = (float)(int8_t)bell8() * 1e-3f;
+            memcpy(p + i, &v, 4);
+        }
+        break;
+    }
+}
+
+/* ---- kernels ------------------------------------------------------------ */
+
+static const char * avail[8];
+static int n_avail;
+
+static void find_kernels(void)
+{
+    static const char * const known[] = { "scalar", "avx2", "avx512", "neon" };
+    for (size_t k = 0; k < sizeof(known) / sizeof(known[0]); k++) {
+        int compiled = 0, ok = 0;
+        for (int i = 0; i < ggz_kernel_count(); i++) {
+            int a, e;
+            if (strcmp(ggz_kernel_info(i, &a, &e), known[k])) continue;
+            compiled = 1;
+            ok = a;
+        }
+        if (ok) { avail[n_avail++] = known[k]; printf("kernel %s: tested\n", known[k]); }
+        else printf("kernel %s: SKIPPED (%s)\n", known[k],
+                    compiled ? "this CPU or OS cannot run it" : "not built for this architecture");
+    }
+}
+
+static void use(const char * k)
+{
+    if (ggz_is_error(ggz_set_kernel(k))) { check(0, "ggz_set_kernel", k); exit(1); }
+}
+
+/* ---- frames ------------------------------------------------------------- */
+
+static uint8_t * encode(const uint8_t * raw, size_t n, int layout, size_t row, size_t chunk, size_t * size)
+{
+    const ggz_params p = { layout, row, chunk, 1 };
+    const size_t cap = ggz_frame_bound(n, &p);
+    uint8_t * f = malloc(cap ? cap : 1);
+    const size_t r = ggz_encode_tensor(f, cap, raw, n, &p);
+    if (ggz_is_error(r)) { printf("encode failed: %s\n", ggz_error_name(r)); free(f); return NULL; }
+    *size = r;
+    return f;
+}
+
+/* a copy of exactly `n` bytes, so that the sanitizers see any read past it */
+static uint8_t * dup_exact(const uint8_t * p, size_t n)
+{
+    uint8_t * q = malloc(n ? n : 1);
+    memcpy(q, p, n);
+    return q;
+}
+
+/* Damaged frame f: every API call must fail, or (decode_chunk) return the
+ * chunk's true bytes.  @return 1 if it held. */
+static int damaged_fails(const uint8_t * f, size_t size, const uint8_t * raw, size_t n, const char * ctx)
+{
+    uint8_t * out = malloc(n + 1);
+    int ok = 1;
+    ok &= check(ggz_is_error(ggz_decode_tensor(out, n + 1, f, size, 1, NULL)), "damaged frame: decode fails", ctx);
+    ok &= check(ggz_is_error(ggz_verify_tensor(f, size, NULL)), "damaged frame: verify fails", ctx);
+    ggz_frame_info fi;
+    if (!ggz_is_error(ggz_frame_info_get(f, size, &fi)) && fi.n_chunks && fi.raw_size == n) {
+        /* a chunk outside the damage still decodes: it must then be right */
+        const uint32_t js[3] = { 0, fi.n_chunks / 2, fi.n_chunks - 1 };
+        for (int i = 0; i < 3; i++) {
+            const size_t r = ggz_decode_chunk(out, n + 1, f, size, js[i]);
+            const size_t at = (size_t)(js[i] * fi.chunk_raw_size);
+            ok &= check(ggz_is_error(r) || (at + r <= n && !memcmp(out, raw + at, r)),
+                        "damaged frame: a chunk decoded without error is right", ctx);
+        }
+    }
+    free(out);
+    return ok;
+}
+
+/* ---- round trips ---------------------------------------------------------- */
+
+static void roundtrip(const char * name, const uint8_t * raw, size_t n, int layout, size_t row, size_t chunk)
+{
+    char ctx[160];
+    size_t size;
+    uint8_t * f = encode(raw, n, layout, row, chunk, &size);
+    snprintf(ctx, sizeof(ctx), "%s n=%zu layout=%d", name, n, layout);
+    if (!check(f != NULL, "encode", ctx)) return;
+    uint8_t * frame = dup_exact(f, size);
+    free(f);
+    uint8_t * out = malloc(n + 64);
+
+    ggz_frame_info fi;
+    check(ggz_frame_info_get(frame, size, &fi) == size && fi.raw_size == n && fi.layout == layout &&
+          fi.frame_size == size && fi.version == GGZ_FORMAT_VERSION, "frame info", ctx);
+
+    for (int k = 0; k < n_avail; k++) {
+        use(avail[k]);
+        snprintf(ctx, sizeof(ctx), "%s n=%zu layout=%d kernel=%s", name, n, layout, avail[k]);
+        for (int threads = 1; threads <= 3; threads += 2) {
+            memset(out, 0xEE, n + 64);
+            int64_t bad = 7;
+            const size_t r = ggz_decode_tensor(out, n, frame, size, threads, &bad);
+            check(r == n && !memcmp(out, raw, n) && bad == -1, threads == 1 ? "decode" : "decode, 3 threads", ctx);
+            check(out[n] == 0xEE, "decode writes nothing past raw_size", ctx);
+        }
+        if (n) check(ggz_error_code(ggz_decode_tensor(out, n - 1, frame, size, 1, NULL)) == GGZ_ERR_DST_TOO_SMALL,
+                     "decode into a buffer one byte short", ctx);
+        check(ggz_verify_tensor(frame, size, NULL) == n, "verify", ctx);
+        /* every chunk of small frames; first, second and last of large ones */
+        for (uint32_t j = 0; j < fi.n_chunks; j++) {
+            if (fi.n_chunks > 8 && j > 1 && j + 1 < fi.n_chunks) continue;
+            const size_t at = (size_t)(j * fi.chunk_raw_size);
+            const size_t len = n - at < fi.chunk_raw_size ? n - at : (size_t)fi.chunk_raw_size;
+            memset(out, 0xEE, len + 1);
+            check(ggz_decode_chunk(out, len, frame, size, j) == len && !memcmp(out, raw + at, len) && out[len] == 0xEE,
+                  "decode_chunk", ctx);
+        }
+        check(ggz_error_code(ggz_decode_chunk(out, n + 64, frame, size, fi.n_chunks)) == GGZ_ERR_PARAM,
+              "decode_chunk past the last chunk", ctx);
+    }
+    use("scalar");
+    free(out);
+    free(frame);
+}
+
+typedef struct { const char * name; int layout, dist; size_t row; } layout_case;
+
+static const layout_case layouts[] = {
+    { "bytes bell",        GGZ_LAYOUT_BYTES,   D_BELL,      1 },
+    { "bytes uniform",     GGZ_LAYOUT_BYTES,   D_UNIFORM,   1 },
+    { "bytes one symbol",  GGZ_LAYOUT_BYTES,   D_SINGLE,    1 },
+    { "q8_0 row scales",   GGZ_LAYOUT_Q8_0,    D_Q8_CONST,  4 * 34 },
+    { "q8_0 random scales",GGZ_LAYOUT_Q8_0,    D_Q8_RANDOM, 4 * 34 },
+    { "plane16",           GGZ_LAYOUT_PLANE16, D_PLANE16,   2 },
+    { "plane32",           GGZ_LAYOUT_PLANE32, D_PLANE32,   4 },
+};
+#define N_LAYOUTS (sizeof(layouts) / sizeof(layouts[0]))
+
+static void test_roundtrips(void)
+{
+    for (size_t c = 0; c < N_LAYOUTS; c++) {
+        const layout_case * L = &layouts[c];
+        const size_t rpc = CHUNK / L->row; /* rows per chunk */
+        const size_t rows[] = { 0, 1, 31, 32, 33, rpc - 1, rpc, rpc + 1, 300001 / L->row };
+        for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+            const size_t n = rows[i] * L->row;
+            uint8_t * raw = malloc(n + 1);
+            fill(raw, n, L->dist, L->row);
+            roundtrip(L->name, raw, n, L->layout, L->row, CHUNK);
+            if (i + 1 == sizeof(rows) / sizeof(rows[0]))  /* and once with the default chunk */
+                roundtrip(L->name, raw, n, L->layout, L->row, 0);
+            free(raw);
+        }
+    }
+}
+
+/* Kernels with an encoder of their own must write the scalar encoder's bytes. */
+static void test_encoders(void)
+{
+    const size_t n = 100003;
+    uint8_t * raw = malloc(n);
+    fill(raw, n, D_BELL, 1);
+    use("scalar");
+    size_t ref_size;
+    uint8_t * ref = encode(raw, n, GGZ_LAYOUT_BYTES, 1, CHUNK, &ref_size);
+    for (int k = 1; k < n_avail; k++) {
+        int a, has_encoder = 0;
+        for (int i = 0; i < ggz_kernel_count(); i++)
+            if (!strcmp(ggz_kernel_info(i, &a, &has_encoder), avail[k])) break;
+        if (!has_encoder) continue;
+        use(avail[k]);
+        size_t size;
+        uint8_t * f = encode(raw, n, GGZ_LAYOUT_BYTES, 1, CHUNK, &size);
+        check(f && size == ref_size && !memcmp(f, ref, size), "encoder writes the scalar bytes", avail[k]);
+        free(f);
+    }
+    use("scalar");
+    free(ref);
+    free(raw);
+}
+
+/* Damage inside rANS streams behind valid CRCs reaches the decoders: each
+ * must reject it with the scalar decoder's error.  Flips in the states, the
+ * first words (fast path) and the last words (checked tail). */
+static void test_kernels_agree_on_damaged_streams(void)
+{
+    const size_t n = 3 * CHUNK + 77;
+    uint8_t * raw = malloc(n);
+    fill(raw, n, D_BELL, 1);
+    size_t size;
+    uint8_t * ref = encode(raw, n, GGZ_LAYOUT_BYTES, 1, CHUNK, &size);
+    fu_frame fr;
+    size_t off = 0, len = 0;
+    if (!check(ref && !fu_walk(ref, size, &fr) && fr.mode[0] == 1 && !fu_stream(ref, size, &fr, 1, 0, &off, &len),
+               "damaged streams: a rANS frame", "bytes bell")) { free(raw); free(ref); return; }
+    uint8_t * out = malloc(n);
+    int rejected = 0, trials = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (i >= 160 && i + 96 < len && i % 97) continue;
+        for (int bit = 0; bit < 8; bit += 3) {
+            uint8_t * f = dup_exact(ref, size);
+            f[off + i] ^= (uint8_t)(1u << bit);
+            fu_fix_crcs(f, size);
+            use("scalar");
+            const size_t want = ggz_decode_tensor(out, n, f, size, 1, NULL);
+            char ctx[96];
+            snprintf(ctx, sizeof(ctx), "byte %zu of chunk 1 bit %d", i, bit);
+            trials++;
+            rejected += check(ggz_error_code(want) == GGZ_ERR_CORRUPT, "scalar rejects a damaged rANS stream", ctx);
+            for (int k = 1; k < n_avail; k++) {
+                use(avail[k]);
+                snprintf(ctx, sizeof(ctx), "byte %zu of chunk 1 bit %d kernel %s", i, bit, avail[k]);
+                check(ggz_decode_tensor(out, n, f, size, 1, NULL) == want, "kernel fails like scalar on a damaged stream", ctx);
+            }
+            free(f);
+        }
+    }
+    printf("damaged rANS streams behind valid CRCs: %d of %d rejected\n", rejected, trials);
+    use("scalar");
+    free(out);
+    free(ref);
+    free(raw);
+}
+
+/* Truncated and bit-flipped frames, small and large, for every kernel. */
+static void test_damaged_frames(void)
+{
+    for (int big = 0; big < 2; big++) {
+        /* Q8_0, two streams per chunk; the small frame has two chunks */
+        const size_t row = 7 * 34, n = (big ? 850 : 12) * row;
+        uint8_t * raw = malloc(n);
+        fill(raw, n, D_Q8_RANDOM, row);
+        size_t size;
+        uint8_t * ref = encode(raw, n, GGZ_LAYOUT_Q8_0, row, big ? CHUNK : 6 * row, &size);
+        if (!check(ref != NULL, "encode", "damaged frames")) { free(raw); return; }
+        for (int k = 0; k < n_avail; k++) {
+            use(avail[k]);
+            char ctx[96];
+            int ok = 1;
+            for (size_t len = 0; len < size; len++) {
+                if (big && len > 200 && len + 64 < size && len % 1999) continue;
+                uint8_t * f = dup_exact(ref, len);
+                snprintf(ctx, sizeof(ctx), "%s frame cut to %zu bytes, kernel %s", big ? "large" : "small", len, avail[k]);
+                ok &= check(ggz_is_error(ggz_frame_info_get(f, len, NULL)), "truncated frame: info fails", ctx);
+                ok &= damaged_fails(f, len, raw, n, ctx);
+                free(f);
+            }
+            for (size_t i = 0; i < size; i++) {
+                if (big && i > 600 && i + 64 < size && i % 499) continue;
+                uint8_t * f = dup_exact(ref, size);
+                f[i] ^= (uint8_t)(1u << (i % 8));
+                snprintf(ctx, sizeof(ctx), "%s frame, bit flip at %zu, kernel %s", big ? "large" : "small", i, avail[k]);
+                ok &= damaged_fails(f, size, raw, n, ctx);
+                free(f);
+            }
+            printf("%s frame (%zu bytes), truncations and bit flips, kernel %s: %s\n",
+                   big ? "large" : "small", size, avail[k], ok ? "ok" : "FAILED");
+        }
+        use("scalar");
+        free(ref);
+        free(raw);
+    }
+}
+
+/* Header fields rewritten (with a valid header CRC) to claim more than the
+ * frame holds: an error, not a crash or a huge allocation.  One more row
+ * leaves the header consistent: only decoding the last chunk can tell. */
+static void test_oversized_headers(void)
+{
+    const size_t n = 3 * CHUNK + 5;
+    uint8_t * raw = malloc(n);
+    fill(raw, n, D_BELL, 1);
+    size_t size;
+    uint8_t * ref = encode(raw, n, GGZ_LAYOUT_BYTES, 1, CHUNK, &size);
+    fu_frame fr;
+    if (!check(ref && !fu_walk(ref, size, &fr), "encode", "oversized headers")) { free(raw); free(ref); return; }
+    struct { const char * what; size_t at; int width; uint64_t value; int parses; } edits[] = {
+        { "raw size 2^64-1",           8, 8, UINT64_MAX, 0 },
+        { "raw size 2^40",             8, 8, (uint64_t)1 << 40, 0 },
+        { "raw size one row more",     8, 8, n + 1, 1 },
+        { "row size 2^31",             16, 4, 1u << 31, 0 },
+        { "rows per chunk 2^32-1",     20, 4, UINT32_MAX, 0 },
+        { "chunks 2^32-1",             24, 4, UINT32_MAX, 0 },
+        { "chunks 0",                  24, 4, 0, 0 },
+        { "stream size 2^32-1",        fr.index, 4, UINT32_MAX, 0 },
+        { "stream size one word more", fr.index, 4, fu_rd32(ref + fr.index) + 2, 0 },
+        { "last stream size doubled",  fr.index + 3 * fr.entry, 4, 2 * (uint64_t)fu_rd32(ref + fr.index + 3 * fr.entry), 0 },
+    };
+    for (size_t e = 0; e < sizeof(edits) / sizeof(edits[0]); e++) {
+        uint8_t * f = dup_exact(ref, size);
+        memcpy(f + edits[e].at, &edits[e].value, (size_t)edits[e].width);
+        uint32_t crc = ggz_crc32c(0, f, 28);
+        fu_wr32(f + 28, ggz_crc32c(crc, f + GGZ_FRAME_HEADER_SIZE, fr.data - GGZ_FRAME_HEADER_SIZE));
+        for (int k = 0; k < n_avail; k++) {
+            use(avail[k]);
+            char ctx[96];
+            snprintf(ctx, sizeof(ctx), "%s, kernel %s", edits[e].what, avail[k]);
+            check(edits[e].parses || ggz_is_error(ggz_frame_info_get(f, size, NULL)), "oversized header: info fails", ctx);
+            damaged_fails(f, size, raw, n, ctx);
+        }
+        free(f);
+    }
+    use("scalar");
+    free(ref);
+    free(raw);
+}
+
+static void test_crc32c(void)
+{
+    check(ggz_crc32c(0, "123456789", 9) == 0xE3069283u, "crc32c(\"123456789\") = 0xE3069283", "hardware path");
+    check(ggz_crc32c_portable(0, "123456789", 9) == 0xE3069283u, "crc32c(\"123456789\") = 0xE3069283", "table path");
+    check(ggz_crc32c(0, NULL, 0) == 0, "crc32c of nothing", "");
+    uint8_t buf[1100];
+    fill(buf, sizeof(buf), D_UNIFORM, 1);
+    int same = 1, chained = 1;
+    /* every alignment and tail length of the 8-byte loops */
+    for (size_t at = 0; at < 9; at++)
+        for (size_t len = 0; len + at <= sizeof(buf); len += (len < 80 ? 1 : 37)) {
+            const uint32_t c = ggz_crc32c(0, buf + at, len);
+            same &= c == ggz_crc32c_portable(0, buf + at, len);
+            chained &= c == ggz_crc32c(ggz_crc32c(0, buf + at, len / 3), buf + at + len / 3, len - len / 3);
+        }
+    check(same, "crc32c hardware = table path", "all alignments and lengths");
+    check(chained, "crc32c continues from a previous value", "");
+}
+
+static void test_params(void)
+{
+    uint8_t raw[68] = { 0 }, dst[4096];
+    const ggz_params bad_layout = { GGZ_LAYOUT_COUNT, 0, 0, 1 }, bad_row = { GGZ_LAYOUT_Q8_0, 35, 0, 1 };
+    const ggz_params bytes = { GGZ_LAYOUT_BYTES, 0, 0, 1 }, q8 = { GGZ_LAYOUT_Q8_0, 0, 0, 1 };
+    check(ggz_error_code(ggz_encode_tensor(dst, sizeof(dst), raw, 68, &bad_layout)) == GGZ_ERR_PARAM, "encode: bad layout", "");
+    check(ggz_error_code(ggz_encode_tensor(dst, sizeof(dst), raw, 68, &bad_row)) == GGZ_ERR_PARAM, "encode: row not a multiple of 34", "");
+    check(ggz_error_code(ggz_encode_tensor(dst, sizeof(dst), raw, 67, &q8)) == GGZ_ERR_PARAM, "encode: size not a multiple of the row", "");
+    check(ggz_error_code(ggz_encode_tensor(dst, 10, raw, 68, &bytes)) == GGZ_ERR_DST_TOO_SMALL, "encode: dst too small", "");
+    check(ggz_error_code(ggz_set_kernel("no-such-kernel")) == GGZ_ERR_KERNEL, "set_kernel: unknown name", "");
+    check(ggz_error_code(ggz_frame_info_get("GGZ", 3, NULL)) == GGZ_ERR_SRC_TRUNCATED, "info: 3 bytes", "");
+    memset(dst, 0, 64);
+    check(ggz_error_code(ggz_frame_info_get(dst, 64, NULL)) == GGZ_ERR_BAD_MAGIC, "info: bad magic", "");
+    check(!strcmp(ggz_error_name(0), "no error") && strcmp(ggz_error_name((size_t)-1), "no error"), "error names", "");
+}
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* decode MB/s of 4 MiB of bell-shaped bytes, best of 3 */
+static void bench(void)
+{
+    const size_t n = (size_t)4 << 20;
+    uint8_t * raw = malloc(n), * out = malloc(n);
+    fill(raw, n, D_BELL, 1);
+    size_t size;
+    uint8_t * f = encode(raw, n, GGZ_LAYOUT_BYTES, 1, 0, &size);
+    for (int k = 0; k < n_avail && f; k++) {
+        use(avail[k]);
+        double best = 1e30;
+        for (int rep = 0; rep < 3; rep++) {
+            const double t0 = now();
+            const size_t r = ggz_decode_tensor(out, n, f, size, 1, NULL);
+            const double t = now() - t0;
+            check(r == n && !memcmp(out, raw, n), "bench decode", avail[k]);
+            if (t < best) best = t;
+        }
+        printf("bench: kernel %-7s decodes %7.1f MB/s (1 thread, 4 MiB, %.2f bits/byte)\n",
+               avail[k], (double)n / best / 1e6, 8.0 * (double)size / (double)n);
+    }
+    use("scalar");
+    free(f);
+    free(out);
+    free(raw);
+}
+
+int main(int argc, char ** argv)
+{
+    const char * start_kernel = ggz_kernel_name();
+    printf("ggzip %u, kernel chosen at start-up: %s\n", ggz_version_number(), start_kernel);
+    int do_bench = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--bench")) do_bench = 1;
+        else if (!strcmp(argv[i], "--expect-kernel") && i + 1 < argc)
+            check(!strcmp(start_kernel, argv[++i]), "kernel chosen at start-up", argv[i]);
+        else { fprintf(stderr, "usage: %s [--expect-kernel NAME] [--bench]\n", argv[0]); return 2; }
+    }
+    find_kernels();
+    test_crc32c();
+    test_params();
+    test_roundtrips();
+    test_encoders();
+    test_kernels_agree_on_damaged_streams();
+    test_damaged_frames();
+    test_oversized_headers();
+    if (do_bench) bench();
+    printf("%d passed, %d failed\n", n_pass, n_fail);
+    return n_fail ? 1 : 0;
+}
