@@ -1,8 +1,10 @@
 /* Does this x86 CPU (or emulator) gather with ymm4 as the index register?
  * In a SIB byte, index 100b means "no index"; in a VSIB byte it is ymm4.
- * qemu 7.2's TCG reads it as "no index" and gathers element 0 eight times,
- * which breaks the AVX2 kernel wherever the compiler picked ymm4.  The
- * test script runs this under qemu before trusting its AVX2 results.
+ * qemu 7.2's TCG (Debian 12) reads it as "no index" and gathers element 0
+ * eight times, which breaks the AVX2 kernel wherever the compiler picked
+ * ymm4 (fixed upstream by "target/i386: Fix VSIB decode": qemu 9.1, stable
+ * 8.2.7 and 9.0.3).  The test script runs this under qemu before trusting
+ * its AVX2 results.
  * Exit code 0: correct, 1: wrong. */
 #include <stdint.h>
 #include <stdio.h>
