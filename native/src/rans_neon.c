@@ -29,6 +29,10 @@ static const uint8_t consumed[16] = {
     BYTES(8), BYTES(9), BYTES(10), BYTES(11), BYTES(12), BYTES(13), BYTES(14), BYTES(15),
 };
 
+/* loaded rather than brace-initialised: MSVC's NEON types are not arrays */
+static const uint32_t lane_bit[4] = { 1, 2, 4, 8 };
+static const uint32_t lane_index[4] = { 0, 1, 2, 3 };
+
 /* tab[idx] for the 4 lanes of idx */
 GGZ_INLINE uint32x4_t gather4(const uint32_t * tab, uint32x4_t idx)
 {
@@ -45,7 +49,7 @@ GGZ_INLINE uint32x4_t step4(uint32x4_t x, uint32x4_t toff, const uint32_t * tab,
                             uint32x4_t * e, const uint8_t ** pp)
 {
     const uint32x4_t mask = vdupq_n_u32(GGZ_PROB_MASK);
-    const uint32x4_t bit = { 1, 2, 4, 8 };
+    const uint32x4_t bit = vld1q_u32(lane_bit);
     const uint32x4_t t = gather4(tab, vaddq_u32(vandq_u32(x, mask), toff));
     *e = t;
     /* x = f * (x >> 12) + bias */
@@ -79,8 +83,7 @@ int ggz_decode_neon(const uint8_t * src, size_t src_size, uint8_t * dst, size_t 
     const size_t steps = n / GGZ_LANES;
     /* lane l reads table l mod period (period divides 4, so every register
      * of 4 lanes has the same offsets into the [4][4096] slots) */
-    const uint32x4_t lane = { 0, 1, 2, 3 };
-    const uint32x4_t toff = vshlq_n_u32(vandq_u32(lane, vdupq_n_u32(period - 1)), GGZ_PROB_BITS);
+    const uint32x4_t toff = vshlq_n_u32(vandq_u32(vld1q_u32(lane_index), vdupq_n_u32(period - 1)), GGZ_PROB_BITS);
     const uint32_t * tab = tabs->slot[0];
 
     uint32x4_t x0 = vld1q_u32(x),      x1 = vld1q_u32(x + 4),  x2 = vld1q_u32(x + 8),  x3 = vld1q_u32(x + 12);

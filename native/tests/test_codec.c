@@ -108,7 +108,11 @@ static void find_kernels(void)
 
 static void use(const char * k)
 {
-    if (ggz_is_error(ggz_set_kernel(k))) { check(0, "ggz_set_kernel", k); exit(1); }
+    if (ggz_is_error(ggz_set_kernel(k))) {
+        check(0, "ggz_set_kernel", k);
+        printf("%d passed, %d failed\n", n_pass, n_fail);
+        exit(1);
+    }
 }
 
 /* ---- frames ------------------------------------------------------------- */
