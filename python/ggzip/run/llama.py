@@ -1,0 +1,58 @@
+"""Open a ggzip GGUF with llama-cpp-python.
+
+A ggzip GGUF loads only in a llama.cpp carrying the ggzip patches (patches/): the
+stock one refuses it ("tensor '...' has wrong shape").  Build and install the
+patched llama-cpp-python with
+
+    scripts/build_llama.sh --python
+
+or point an installed llama-cpp-python 0.3.36 at patched shared libraries with
+LLAMA_CPP_LIB_PATH=<dir holding libllama.so>.  Then
+
+    from ggzip.run import Llama
+    llm = Llama("model.ggzip.gguf", n_ctx=512)
+    print(llm("The capital of France is", max_tokens=8)["choices"][0]["text"])
+
+`Llama` is llama_cpp.Llama after a check that the loaded library has the ggzip
+patches (the symbol llama_ggzip_version, added by patch 0001).
+"""
+from __future__ import annotations
+
+from ..errors import GGZipError
+
+BUILD_HINT = "run scripts/build_llama.sh --python (or set LLAMA_CPP_LIB_PATH to a patched build's lib dir)"
+
+
+def check_patched_llama_cpp():
+    """Import llama_cpp and check that its library decodes ggzip GGUFs.
+    @return (llama_cpp module, ggzip version string of the library)"""
+    try:
+        import llama_cpp
+    except ImportError as e:
+        raise GGZipError(f"llama-cpp-python is not installed ({e}); {BUILD_HINT}") from None
+    lib = llama_cpp.llama_cpp._lib
+    try:
+        fn = lib.llama_ggzip_version
+    except AttributeError:
+        raise GGZipError(f"llama-cpp-python {llama_cpp.__version__} at {llama_cpp.__file__} was built without the "
+                         f"ggzip patches (no llama_ggzip_version in its libllama); {BUILD_HINT}") from None
+    import ctypes
+    fn.restype = ctypes.c_char_p
+    fn.argtypes = []
+    return llama_cpp, fn().decode()
+
+
+def ggzip_version() -> str:
+    """@return the ggzip version string of the loaded libllama, e.g. 'ggzip 1 (codec 100, kernel avx2)'"""
+    return check_patched_llama_cpp()[1]
+
+
+def Llama(model_path, *args, **kwargs):
+    """llama_cpp.Llama(model_path, ...) after checking for the ggzip patches.
+    A model that fails to load (a damaged frame, a missing file) raises GGZipError
+    with llama.cpp's reason when it was logged (verbose=True prints it)."""
+    llama_cpp, _ = check_patched_llama_cpp()
+    try:
+        return llama_cpp.Llama(str(model_path), *args, **kwargs)
+    except ValueError as e:
+        raise GGZipError(f"{model_path}: llama.cpp could not load the model ({e})") from None

@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Load time, peak RSS and tokens/s of a ggzip GGUF against its plain Q8_0 twin,
+through the patched llama.cpp (scripts/build_llama.sh llama-bench).
+
+    scripts/bench_load.py PLAIN_Q8_0.gguf GGZIP.gguf [--runs 3] [--no-write]
+
+Load is measured as the wall time and peak RSS of `llama-bench -p 0 -n 1 -r 1`
+(model load, one context, one token: for these sizes the load dominates; the
+same work is done for both files), page cache warm (file read once before) and
+cold (the model file's pages dropped: /proc/sys/vm/drop_caches when permitted,
+else posix_fadvise(DONTNEED) on the file, which evicts its clean pages without
+root).  Tokens/s is llama-bench's tg32 after load.  Writes section "load" of
+BENCHMARKS.md."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from benchmd import write_section  # noqa: E402
+
+BIN = Path(os.environ.get("GGZIP_LLAMA_DIR", ROOT / "build" / "llama")) / "bin"
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def drop_cache(path: Path) -> str:
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return "drop_caches"
+    except OSError:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        return "fadvise (drop_caches not permitted)"
+
+
+def warm(path: Path) -> None:
+    with open(path, "rb") as f:
+        while f.read(1 << 24):
+            pass
+
+
+def measure_load(model: Path, threads: int, cold: bool) -> tuple[float, float]:
+    """Wall time and peak RSS of one load in a fresh process (RSS via wait4)."""
+    if cold:
+        drop_cache(model)
+    else:
+        warm(model)
+    cmd = [str(BIN / "llama-bench"), "-m", str(model), "-p", "0", "-n", "1", "-r", "1", "-t", str(threads), "-o", "json"]
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"bench_load: {' '.join(cmd)} failed:\n{p.stderr.read().decode()[-2000:]}")
+    return wall, ru.ru_maxrss / 1024
+
+
+def tokens_per_s(model: Path, threads: int) -> float:
+    cmd = [str(BIN / "llama-bench"), "-m", str(model), "-p", "0", "-n", "32", "-r", "3", "-t", str(threads), "-o", "json"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"bench_load: {' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
+    return float(json.loads(r.stdout)[0]["avg_ts"])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("plain", type=Path, help="the plain Q8_0 GGUF")
+    ap.add_argument("ggzip", type=Path, help="its ggzip GGUF")
+    ap.add_argument("--runs", type=int, default=3, help="loads per cell (median)")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--no-write", action="store_true", help="print only, do not touch BENCHMARKS.md")
+    args = ap.parse_args(argv)
+    if not (BIN / "llama-bench").exists():
+        raise SystemExit(f"bench_load: {BIN}/llama-bench missing: run scripts/build_llama.sh llama-bench")
+
+    cache_how = drop_cache(args.plain)
+    rows = []
+    for threads in args.threads:
+        for cold in (False, True):
+            cell = {}
+            for label, model in (("Q8_0", args.plain), ("ggzip", args.ggzip)):
+                samples = [measure_load(model, threads, cold) for _ in range(args.runs)]
+                cell[label] = (statistics.median(s[0] for s in samples), max(s[1] for s in samples))
+            rows.append((threads, "cold" if cold else "warm", cell))
+            print(rows[-1], flush=True)
+    tps = {(t, label): tokens_per_s(m, t) for t in args.threads
+           for label, m in (("Q8_0", args.plain), ("ggzip", args.ggzip))}
+
+    mib = lambda p: p.stat().st_size / 2**20  # noqa: E731
+    lines = [
+        f"Load of `{args.ggzip.name}` ({mib(args.ggzip):.1f} MiB) vs its plain Q8_0 twin "
+        f"`{args.plain.name}` ({mib(args.plain):.1f} MiB) in the patched llama.cpp.",
+        f"CPU: {cpu_name()} ({os.cpu_count()} logical cores, shared). Cold cache by {cache_how}.",
+        f"Load = wall time of `llama-bench -p 0 -n 1 -r 1` (load + one token), median of {args.runs}; "
+        "peak RSS of that process; tokens/s = llama-bench tg32.",
+        "",
+        "| threads | cache | Q8_0 load s | ggzip load s | ratio | Q8_0 peak RSS MiB | ggzip peak RSS MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for threads, cache, cell in rows:
+        (tp, rp), (tg, rg) = cell["Q8_0"], cell["ggzip"]
+        lines.append(f"| {threads} | {cache} | {tp:.3f} | {tg:.3f} | {tg / tp:.2f}x | {rp:.0f} | {rg:.0f} |")
+    lines += ["", "| threads | Q8_0 tokens/s | ggzip tokens/s |", "|---|---|---|"]
+    for t in args.threads:
+        lines.append(f"| {t} | {tps[(t, 'Q8_0')]:.1f} | {tps[(t, 'ggzip')]:.1f} |")
+    lines += ["", "Made by: `" + " ".join(["scripts/bench_load.py"] + (argv if argv is not None else sys.argv[1:])) + "`"]
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        write_section("load", "## Load time (llama.cpp)\n\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
