@@ -129,9 +129,9 @@ def test_ggzip_file_is_compressed(ggz, q8_0):
     assert ggz.stat().st_size < q8_0.stat().st_size
 
 
-@pytest.mark.parametrize("mmap", [True, False], ids=["mmap", "no-mmap"])
-def test_same_perplexity(ggz, q8_0, mmap):
-    extra = [] if mmap else ["--no-mmap"]
+@pytest.mark.parametrize("mode", ["mmap", "none", "dio"])
+def test_same_perplexity(ggz, q8_0, mode):
+    extra = ["--load-mode", mode]
     plain = perplexity(q8_0, *extra)
     assert perplexity(ggz, *extra) == plain
 
