@@ -115,7 +115,8 @@ def main(argv=None) -> int:
         f"`{args.plain.name}` ({mib(args.plain):.1f} MiB) in the patched llama.cpp.",
         f"CPU: {cpu_name()} ({os.cpu_count()} logical cores, shared). Cold cache by {cache_how}.",
         f"Load = wall time of `llama-bench -p 0 -n 1 -r 1` (load + one token), median of {args.runs}; "
-        "peak RSS of that process; tokens/s = llama-bench tg32.",
+        "peak RSS of that process; tokens/s = llama-bench tg32. `threads` is llama-bench -t; the loader "
+        "decodes frames on every core (std::thread::hardware_concurrency) whatever -t says.",
         "",
         "| threads | cache | Q8_0 load s | ggzip load s | ratio | Q8_0 peak RSS MiB | ggzip peak RSS MiB |",
         "|---|---|---|---|---|---|---|",

@@ -115,7 +115,9 @@ if [ $want_python = 1 ]; then
         echo "$key" > "$stamp"
         log "built the wheel in $(( $(date +%s) - start )) s"
     fi
+    # replace an installed llama_cpp, then let pip add its dependencies (diskcache, jinja2, ...)
     pip install --no-deps --force-reinstall "$WHEEL_DIR"/llama_cpp_python-$VERSION-*.whl >&2
+    pip install "$WHEEL_DIR"/llama_cpp_python-$VERSION-*.whl >&2
     python3 -c "import llama_cpp; print('llama_cpp', llama_cpp.__version__, llama_cpp.llama_cpp._lib.llama_ggzip_version.__name__)" >&2 \
         || { log "installed llama_cpp lacks llama_ggzip_version"; exit 1; }
 fi
