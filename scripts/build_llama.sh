@@ -50,7 +50,10 @@ mkdir -p "$SRC_ROOT"
 if [ ! -f "$sdist" ]; then
     log "downloading llama-cpp-python==$VERSION sdist"
     tmp=$(mktemp -d)
-    pip download --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$tmp" >&2
+    # only this package from source, and no isolated build environment: with
+    # ":all:" pip would build cmake itself from source just to read metadata
+    pip install -q scikit-build-core cmake >&2
+    pip download --no-deps --no-binary llama-cpp-python --no-build-isolation "llama-cpp-python==$VERSION" -d "$tmp" >&2
     mv "$tmp/llama_cpp_python-$VERSION.tar.gz" "$sdist"
     rm -rf "$tmp"
 fi

@@ -14,7 +14,7 @@ step() { printf '\n== %s\n' "$*"; }
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     # compilers and emulators for the kernel tests, ccache for llama.cpp,
     # htscodecs for the benchmark
-    PKGS="build-essential cmake ccache clang libclang-rt-14-dev gcc-aarch64-linux-gnu qemu-user-static libhtscodecs-dev"
+    PKGS="build-essential cmake ninja-build ccache clang libclang-rt-14-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static libhtscodecs-dev"
     missing=""
     for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
     if [ -n "$missing" ]; then

@@ -66,6 +66,7 @@ static size_t plan(frame_hdr * h, size_t raw_size, const ggz_params * p)
     if (rpc * row > (1u << 30)) rpc = (1u << 30) / row;
     const uint64_t rows = raw_size / row;
     if (rows > UINT32_MAX) return GGZ_ERROR(PARAM);
+    if (rows && rpc > rows) rpc = (size_t)rows;   /* a small tensor is one chunk of its own size */
     h->raw_size = raw_size;
     h->row_size = (uint32_t)row;
     h->rows_per_chunk = (uint32_t)rpc;
@@ -560,9 +561,12 @@ static void * dec_worker(void * arg)
 {
     dec_job * job = arg;
     const frame_hdr * h = job->h;
-    /* scratch: the Q8_0 scales of a chunk, plus a whole chunk when verifying */
-    const size_t scales = (size_t)(h->chunk_raw / Q8_0_BLOCK) * 2 + 64;
-    const size_t per = scales + (job->dst ? 0 : (size_t)h->chunk_raw);
+    /* scratch: the Q8_0 scales of a chunk, plus a whole chunk when verifying.
+     * Sized from the largest chunk there is, never from rows_per_chunk alone:
+     * a header may claim 1 GiB chunks for a 100-byte tensor. */
+    const uint64_t max_chunk = h->chunk_raw < h->raw_size ? h->chunk_raw : h->raw_size;
+    const size_t scales = (size_t)(max_chunk / Q8_0_BLOCK) * 2 + 64;
+    const size_t per = scales + (job->dst ? 0 : (size_t)max_chunk);
     uint8_t * mem = malloc(2 * per);
     if (!mem) {
         int zero = 0;

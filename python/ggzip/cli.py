@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
             if e.name and name.startswith(e.name):  # a step not installed; the others still work
                 continue
             raise
+        except GGZipError as e:  # e.g. the native library missing: the other commands still work
+            print(f"ggzip: warning: {name} unavailable: {e}", file=sys.stderr)
+            continue
         mod.register(sub)
     return parser
 
