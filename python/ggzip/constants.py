@@ -39,3 +39,26 @@ class Keys:
     TENSOR_NAMES = "ggzip.tensor_names"    # [str] compressed tensors
     TENSOR_TYPES = "ggzip.tensor_types"    # [u32] original ggml type
     TENSOR_SHAPES = "ggzip.tensor_shapes"  # [u64] ne0..ne3 per tensor
+    # what `ggzip decompress` needs to give back the original file byte for byte
+    # (written by compress_file; absent in files made by `ggzip convert`)
+    ORIGINAL_SIZE = "ggzip.original.size"                # u64 bytes of the original file
+    ORIGINAL_SHA256 = "ggzip.original.sha256"            # str hex sha256 of the original file
+    ORIGINAL_TENSOR_INFO = "ggzip.original.tensor_info"  # [u8] its tensor-info section, verbatim
+    ORIGINAL_HEADER = "ggzip.original.header"            # [u8] its bytes [0, data start), only
+                                                         #      when rebuilding them would differ
+    ORIGINAL_PADDING = "ggzip.original.padding"          # [u8] its non-tensor bytes after the
+                                                         #      data start, only if not all zero
+    # parameters of `ggzip convert` (kept by compress and decompress like any key)
+    CONVERT_ALPHA = "ggzip.convert.alpha"      # f32 rescaling exponent
+    CONVERT_PRUNE = "ggzip.convert.prune"      # f32 fraction of each row zeroed
+    CONVERT_RATE = "ggzip.convert.rate"        # str "target-bpw=B" or "step=S"
+    CONVERT_STATS = "ggzip.convert.stats"      # str "imatrix:<file>", "weight-proxy ...", ...
+    CONVERT_SOURCE = "ggzip.convert.source"    # str "float" or "dequantized from <types>"
+
+
+# keys that describe the container itself: decompress drops them, every other key
+# (ggzip.convert.* included) belongs to the model
+CONTAINER_KEYS = frozenset({
+    Keys.FORMAT_VERSION, Keys.TENSOR_NAMES, Keys.TENSOR_TYPES, Keys.TENSOR_SHAPES,
+    Keys.ORIGINAL_SIZE, Keys.ORIGINAL_SHA256, Keys.ORIGINAL_TENSOR_INFO, Keys.ORIGINAL_HEADER,
+    Keys.ORIGINAL_PADDING})
