@@ -19,8 +19,8 @@ def _compress(args) -> int:
 def _decompress(args) -> int:
     from .files import decompress_file
     rep = decompress_file(args.input, args.output, progress=_progress(args), threads=args.threads or 0)
-    same = {True: ", sha256 of the original checked", False: "", None: " (no original recorded: "
-            "a plain GGUF of the same tensors)"}[rep["identical"]]
+    same = {True: ", sha256 of the original checked", False: "", None: " (no sha256 recorded: made by convert, "
+            "this is the plain GGUF of its tensors)"}[rep["identical"]]
     print(f"{rep['src']} -> {rep['dst']}: {rep['in_size'] / 1e6:.1f} MB -> {rep['out_size'] / 1e6:.1f} MB"
           f" in {rep['seconds']:.2f} s, {rep['out_size'] / 1e6 / max(rep['seconds'], 1e-9):.0f} MB/s{same}")
     return 0
@@ -33,7 +33,7 @@ def _verify(args) -> int:
         json.dump(rep, sys.stdout, indent=1)
         print()
         return 0
-    ident = {True: "decompresses to the original (sha256 matches)", None: "no original recorded",
+    ident = {True: "decompresses to the original (sha256 matches)", None: "no original sha256 recorded",
              False: "sha256 differs"}[rep["identical"]]
     print(f"{rep['file']}: OK, {rep['coded']}/{rep['tensors']} tensors coded, every frame decoded and "
           f"CRC-checked; {ident}; {rep['original_size'] / 1e6:.1f} MB in {rep['seconds']:.2f} s "

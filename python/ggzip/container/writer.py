@@ -69,16 +69,18 @@ class GGZipWriter:
     any buffer of exactly ggml_nbytes bytes (bytes, memoryview, mmap slice, numpy
     array).  code=False keeps a tensor plain; otherwise it is coded where that
     pays (MIN_CODED_BYTES, MIN_GAIN).  check=True decodes every frame once and
-    compares it with the input before writing it."""
+    compares it with the input before writing it.  plain=True writes an ordinary
+    GGUF instead (nothing coded, no ggzip container keys)."""
 
     def __init__(self, path, *, alignment: int = G.DEFAULT_ALIGNMENT, threads: Optional[int] = None,
-                 check: bool = True):
+                 check: bool = True, plain: bool = False):
         self.path = Path(path)
         if alignment <= 0 or alignment & (alignment - 1):
             raise GGZipError(f"{path}: alignment {alignment} is not a power of two")
         self.alignment = alignment
         self.threads = threads or 0
         self.check = check
+        self.plain = plain
         self.kvs: list[tuple[str, bytes]] = []
         self._keys: set[str] = set()
         self.tensors: list[WrittenTensor] = []
@@ -137,7 +139,7 @@ class GGZipWriter:
             raise GGZipError(f"{self.path}: tensor {name!r} given twice")
         t = WrittenTensor(name, ggml_type, ne, nbytes, nbytes, False)
         frame = None
-        if code and nbytes >= MIN_CODED_BYTES:
+        if code and not self.plain and nbytes >= MIN_CODED_BYTES:
             layout, row = layout_for(ggml_type, ne)
             frame = codec.encode(view, layout=layout, row_size=row, threads=self.threads)
             if len(frame) > nbytes * (1 - MIN_GAIN):
@@ -184,12 +186,26 @@ class GGZipWriter:
         shapes = []
         for t in coded:
             shapes.extend(list(t.ne) + [1] * (4 - len(t.ne)))
-        kvs = list(self.kvs) + [
+        extra = list(extra_kvs or [])
+        given = {k for k, _ in extra}
+        if not self.plain and not given & {Keys.ORIGINAL_TENSOR_INFO, Keys.ORIGINAL_HEADER}:
+            # no original file: decompress gives the plain GGUF of this writer (plain=True),
+            # tensors in the order they were added
+            blob, off = [], 0
+            for t in self.tensors:
+                blob.append(G.tensor_info_bytes(t.name, t.ne, t.ggml_type, off))
+                off = G.align(off + t.nbytes, self.alignment)
+            blob = b"".join(blob)
+            head = G.align(24 + sum(len(raw) for _, raw in self.kvs) + len(blob), self.alignment)
+            extra += [(Keys.ORIGINAL_SIZE, G.kv_bytes(Keys.ORIGINAL_SIZE, head + off, VT.UINT64)),
+                      (Keys.ORIGINAL_TENSOR_INFO, G.kv_bytes(Keys.ORIGINAL_TENSOR_INFO, np.frombuffer(
+                          blob, np.uint8), VT.ARRAY, VT.UINT8))]
+        kvs = list(self.kvs) + ([] if self.plain else [
             (Keys.FORMAT_VERSION, G.kv_bytes(Keys.FORMAT_VERSION, FORMAT_VERSION, VT.UINT32)),
             (Keys.TENSOR_NAMES, G.kv_bytes(Keys.TENSOR_NAMES, [t.name for t in coded], VT.ARRAY, VT.STRING)),
             (Keys.TENSOR_TYPES, G.kv_bytes(Keys.TENSOR_TYPES, [t.ggml_type for t in coded], VT.ARRAY, VT.UINT32)),
             (Keys.TENSOR_SHAPES, G.kv_bytes(Keys.TENSOR_SHAPES, shapes, VT.ARRAY, VT.UINT64)),
-        ] + list(extra_kvs or [])
+        ]) + extra
         plain_size = self._spools[0].tell()     # a multiple of the alignment
         infos = [G.tensor_info_bytes(t.name, t.ne, t.ggml_type, off) for t, off in self._plain]
         infos += [G.tensor_info_bytes(t.name, (t.stored,), _I8, plain_size + off) for t, off in self._coded]

@@ -11,11 +11,13 @@ def _run(args) -> int:
     rep = convert(args.input, args.output, alpha=args.alpha, prune=args.prune,
                   target_bpw=args.target_bpw, step=args.step, imatrix=args.imatrix,
                   calib_text=args.calib_text, theta=args.theta,
-                  progress=not args.quiet, keep_float=args.keep_float)
+                  progress=not args.quiet, keep_float=args.keep_float, plain=args.plain,
+                  threads=args.threads)
     if args.json:
         doc = {"input": str(rep.inp), "output": str(rep.out), "arch": rep.arch,
                "stats": rep.stats_source, "alpha": rep.alpha, "dequantized_from": rep.dequantized_from,
-               "seconds": rep.seconds, **rep.totals(),
+               "seconds": rep.seconds, "file_bytes": rep.file_bytes, "q8_bytes": rep.q8_bytes,
+               "plain": rep.plain, **rep.totals(),
                "tensors": [{"name": t.name, "shape": list(t.shape), "type": t.out_type,
                             **({"bpw": t.stats.bpw, "snr_db": t.stats.snr_db,
                                 "wsnr_db": t.stats.wsnr_db, "step": t.step}
@@ -35,7 +37,7 @@ def register(sub) -> None:
                     "activation-aware rescaling folded into the model, optional pruning, "
                     "one step per row, rate-controlled.")
     p.add_argument("input", help="input GGUF (F32/F16/BF16, or quantized: dequantized first)")
-    p.add_argument("output", help="output GGUF (Q8_0 tensors, written atomically)")
+    p.add_argument("output", help="output ggzip GGUF (Q8_0 tensors rANS-coded; written atomically)")
     p.add_argument("--alpha", type=float, default=None,
                    help="rescaling exponent: s_j = E[x_j^2]^alpha, folded into the model "
                         "(0 = none; default 0.25 with --imatrix/--calib-text, 0 without: "
@@ -59,6 +61,11 @@ def register(sub) -> None:
     p.add_argument("--keep-float", action="store_true",
                    help="write the rescaled, pruned model in F32 without quantizing it "
                         "(to check through llama.cpp that the folding changes nothing)")
+    p.add_argument("--plain", action="store_true",
+                   help="write an ordinary Q8_0 GGUF (stock llama.cpp loads it) instead of "
+                        "rANS-coding the tensors (ggzip compress can code it later)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="rANS encoder threads (default: all cores)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_defaults)

@@ -1,13 +1,14 @@
-"""`ggzip convert`: a float (or dequantized) GGUF -> Q8_0 GGUF whose symbols are
-chosen for the entropy coder.
+"""`ggzip convert`: a float (or dequantized) GGUF -> ggzip GGUF of Q8_0 tensors
+whose symbols are chosen for the entropy coder, rANS-coded (or, with --plain, an
+ordinary Q8_0 GGUF).
 
 Streaming: the input is memory-mapped and processed tensor by tensor, a tensor by
 row chunks, so the peak memory is the Q8_0 output of the largest tensor plus one
-chunk (tests/test_convert.py::test_streaming_memory).  The rescaling plan needs only the
-imatrix and the 1-D norm weights, so it is built before the first tensor.  Every
-Q8_0 tensor's size is known from its shape, so the output's header is written
-first and the data follows as each tensor is quantized; the output goes to a
-temporary file renamed only when complete.
+chunk (tests/test_convert.py::test_streaming_memory), plus its frame while
+ggzip.container.GGZipWriter codes it.  The rescaling plan needs only the imatrix
+and the 1-D norm weights, so it is built before the first tensor.  The writer
+spools each tensor to disk as it comes and writes the output to a temporary file
+renamed only when complete.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..constants import Keys
 from ..errors import GGZipError
 from ..quantize import (BLOCK_BYTES, QK, QuantStats, pack_q8_0, plan_rescale, prune_rows,
                         quantize_rows, reference_step, row_absmax, row_steps, sample_rows,
@@ -30,12 +32,12 @@ from ..quantize.q8 import RateDistortion
 from ..quantize.q8 import DEFAULT_THETA
 from ..quantize.stats import load_imatrix
 
-# metadata written by convert (namespaced like constants.Keys)
-KEY_ALPHA = "ggzip.convert.alpha"
-KEY_PRUNE = "ggzip.convert.prune"
-KEY_RATE = "ggzip.convert.rate"          # "target-bpw=B" or "step=S"
-KEY_STATS = "ggzip.convert.stats"        # "imatrix:<file>" or "weight-proxy"
-KEY_SOURCE = "ggzip.convert.source"      # float input, or which quantized type was dequantized
+# metadata written by convert: constants.Keys.CONVERT_* (names kept for old imports)
+KEY_ALPHA = Keys.CONVERT_ALPHA
+KEY_PRUNE = Keys.CONVERT_PRUNE
+KEY_RATE = Keys.CONVERT_RATE
+KEY_STATS = Keys.CONVERT_STATS
+KEY_SOURCE = Keys.CONVERT_SOURCE
 
 # Default rescaling exponents, measured on SmolLM2 (KL of next-token distributions
 # of a numpy forward pass on held-out text, 4-6 bpw): with an imatrix, alpha
@@ -71,6 +73,9 @@ class ConvertReport:
     seconds: float = 0.0
     float_bytes: int = 0          # bytes of the input as float32
     alpha: float = 0.0
+    q8_bytes: int = 0             # bytes of the tensors before the rANS code
+    file_bytes: int = 0           # bytes of the output file
+    plain: bool = False           # written as a plain GGUF (nothing coded)
 
     def totals(self) -> dict:
         q = [t for t in self.tensors if t.stats is not None]
@@ -107,7 +112,11 @@ class ConvertReport:
                 f"(stats: {self.stats_source}, alpha {self.alpha:g})\n"
                 f"  {src}\n"
                 f"  {self.float_bytes / 1e6:.0f} MB of float in {self.seconds:.1f} s = "
-                f"{t['mb_per_s']:.0f} MB/s")
+                f"{t['mb_per_s']:.0f} MB/s\n"
+                f"  file {self.file_bytes / 1e6:.1f} MB" +
+                (" (plain GGUF, not rANS-coded)" if self.plain else
+                 f" ({8 * self.file_bytes / t['weights']:.3f} bits per quantized weight, all "
+                 f"included); its tensors as plain Q8_0/F32: {self.q8_bytes / 1e6:.1f} MB"))
 
 
 class GGUFModel:
@@ -238,14 +247,11 @@ def _copy_kv(writer, inp: GGUFModel) -> None:
         if k.startswith("GGUF.") or k in ("general.architecture", "general.file_type",
                                           "general.quantization_version"):
             continue
-        if k == "general.alignment":
-            writer.add_custom_alignment(int(inp.kv[k]))
-            continue
         vtype = f.types[0]
         sub = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
         if vtype == gguf.GGUFValueType.ARRAY and len(f.types) > 2:
             raise GGZipError(f"{inp.path}: metadata {k!r} is a nested array, not supported")
-        writer.add_key_value(k, inp.kv[k], vtype, sub_type=sub)
+        writer.add_kv(k, inp.kv[k], int(vtype), None if sub is None else int(sub))
 
 
 def _quantizable(name: str, shape: tuple[int, ...]) -> bool:
@@ -257,11 +263,13 @@ def convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pru
             target_bpw: float | None = None, step: float | None = None,
             imatrix: str | Path | None = None, calib_text: str | Path | None = None,
             theta: float = DEFAULT_THETA, progress: bool = True,
-            keep_float: bool = False) -> ConvertReport:
-    """Convert IN to a Q8_0 GGUF at OUT; see the module docstring.  alpha None:
+            keep_float: bool = False, plain: bool = False,
+            threads: int | None = None) -> ConvertReport:
+    """Convert IN to a ggzip GGUF at OUT (Q8_0 tensors rANS-coded), or with
+    plain=True to an ordinary Q8_0 GGUF; see the module docstring.  alpha None:
     ALPHA_IMATRIX with an imatrix, ALPHA_PROXY without.  keep_float: write the
     rescaled (and pruned) model in F32 without quantizing it, to check the folding
-    through llama.cpp."""
+    through llama.cpp.  threads: rANS encoder threads (None: all cores)."""
     import gguf
     inp, out = Path(inp), Path(out)
     if target_bpw is not None and step is not None:
@@ -314,41 +322,23 @@ def convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pru
                           if k != "copy" and src.tensors[n].tensor_type.name not in FLOAT_TYPES})
 
     report = ConvertReport(inp=inp, out=out, arch=src.arch, stats_source=stats_source,
-                           dequantized_from=dequantized, alpha=alpha)
+                           dequantized_from=dequantized, alpha=alpha, plain=plain)
+    from ..container import GGZipWriter
+    from ..container.gguf_io import VT
+    w = GGZipWriter(out, plain=plain, threads=threads)     # GGZipError if OUT's folder is unwritable
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    except OSError as e:
-        raise GGZipError(f"{out}: cannot write here: {e.strerror}") from None
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        w = gguf.GGUFWriter(tmp, src.arch)
+        w.add_kv("general.architecture", src.arch, VT.STRING)
         _copy_kv(w, src)
-        w.add_file_type(gguf.LlamaFileType.ALL_F32 if keep_float else
-                        gguf.LlamaFileType.MOSTLY_Q8_0)
-        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        w.add_float32(KEY_ALPHA, float(alpha))
-        w.add_float32(KEY_PRUNE, float(prune))
-        w.add_string(KEY_RATE, f"target-bpw={target_bpw}" if target_bpw is not None
+        w.add_kv(gguf.Keys.General.FILE_TYPE, int(gguf.LlamaFileType.ALL_F32 if keep_float else
+                                                  gguf.LlamaFileType.MOSTLY_Q8_0), VT.UINT32)
+        w.add_kv(gguf.Keys.General.QUANTIZATION_VERSION, gguf.GGML_QUANT_VERSION, VT.UINT32)
+        w.add_float32(Keys.CONVERT_ALPHA, float(alpha))
+        w.add_float32(Keys.CONVERT_PRUNE, float(prune))
+        w.add_string(Keys.CONVERT_RATE, f"target-bpw={target_bpw}" if target_bpw is not None
                      else f"step={step}")
-        w.add_string(KEY_STATS, stats_source)
-        w.add_string(KEY_SOURCE, "float" if not dequantized else
+        w.add_string(Keys.CONVERT_STATS, stats_source)
+        w.add_string(Keys.CONVERT_SOURCE, "float" if not dequantized else
                      "dequantized from " + "/".join(dequantized))
-        for name, kind in outs:
-            shp = shapes[name]
-            if kind == "Q8_0":
-                nbytes = shp[0] * (shp[1] // QK) * BLOCK_BYTES
-                w.add_tensor_info(name, (shp[0], shp[1] // QK * BLOCK_BYTES), np.dtype(np.uint8),
-                                  nbytes, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-            elif kind == "F32":
-                w.add_tensor_info(name, shp, np.dtype(np.float32), int(np.prod(shp)) * 4)
-            else:
-                t = src.tensors[name]
-                w.add_tensor_info(name, shp, np.asarray(t.data).dtype, int(t.n_bytes))
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
 
         total = sum(int(np.prod(shapes[n])) * 4 for n, _ in outs)
         report.float_bytes = total
@@ -357,9 +347,12 @@ def convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pru
                    disable=None if progress else True, leave=False)
         for name, kind in outs:
             shp = shapes[name]
+            ne = tuple(reversed(shp))
             if kind == "copy":
-                w.write_tensor_data(np.ascontiguousarray(src.tensors[name].data))
-                report.tensors.append(TensorReport(name, shp, src.tensors[name].tensor_type.name))
+                t = src.tensors[name]
+                w.add_tensor(name, int(t.tensor_type), tuple(int(x) for x in t.shape),
+                             np.ascontiguousarray(t.data))
+                report.tensors.append(TensorReport(name, shp, t.tensor_type.name))
             elif kind == "F32":
                 a = plan.apply(name, src.float32(name))
                 if prune > 0 and _quantizable(name, shp):
@@ -367,7 +360,7 @@ def convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pru
                 a = np.ascontiguousarray(a, np.float32)
                 if not np.isfinite(a).all():
                     raise GGZipError(f"{inp}: tensor {name!r} holds NaN or infinite values")
-                w.write_tensor_data(a)
+                w.add_tensor(name, gguf.GGMLQuantizationType.F32, ne, a)
                 report.tensors.append(TensorReport(name, shp, "F32"))
             else:
                 blocks, tr = quantize_streamed(
@@ -375,20 +368,17 @@ def convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pru
                     row_factor=plan.row_factor(name), col_stat=plan.rescaled_stat(name),
                     prune=prune, target_bpw=target_bpw, step=step, theta=theta,
                     source=str(inp))
-                w.write_tensor_data(blocks)
+                w.add_tensor(name, gguf.GGMLQuantizationType.Q8_0, ne, blocks)
+                del blocks
                 report.tensors.append(tr)
             bar.update(int(np.prod(shp)) * 4)
         bar.close()
+        report.q8_bytes = w.raw_bytes
         w.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)     # mkstemp makes 0600; give the usual mode
-        os.replace(tmp, out)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):      # disk full, ...: the user's problem, named
-            raise GGZipError(f"{out}: writing failed: {e}") from e
+    except BaseException:
+        w.abort()
         raise
+    report.file_bytes = out.stat().st_size
     report.seconds = time.perf_counter() - t0
     return report
 
