@@ -247,7 +247,7 @@ def verify_file(path, progress: bool = True) -> dict:
                 try:
                     fi = codec.info(r.stored(t.name))
                 except codec.CodecError as e:
-                    raise GGZipError(f"{path}: tensor {t.name!r}: frame is damaged: {e}") from e
+                    raise GGZipError(f"{path}: tensor {t.name!r}: frame is damaged ({e.name}): {e}") from e
                 if fi.raw_size != t.nbytes or fi.frame_size != t.stored:
                     raise GGZipError(f"{path}: tensor {t.name!r}: frame holds {fi.raw_size} bytes in "
                                      f"{fi.frame_size}, the file says {t.nbytes} in {t.stored}")

@@ -218,17 +218,7 @@ def parse_header(buf, what: str) -> Header:
             raise GGZipError(f"{what}: duplicate metadata key {key!r}")
         kvs[key] = KV(key, vtype, start, c.pos, at)
     info_start = c.pos
-    tensors = []
-    for _ in range(n_tensors):
-        start = c.pos
-        name = c.string()
-        n_dims = c.u32()
-        if n_dims > 8:
-            raise GGZipError(f"{what}: tensor {name!r} has {n_dims} dimensions (damaged header?)")
-        ne = tuple(c.u64() for _ in range(n_dims))
-        ty = c.u32()
-        off = c.u64()
-        tensors.append(TensorInfo(name, ne, ty, off, start, c.pos))
+    tensors = _tensor_infos(c, n_tensors)
     alignment = DEFAULT_ALIGNMENT
     if "general.alignment" in kvs:
         kv = kvs["general.alignment"]
@@ -237,6 +227,30 @@ def parse_header(buf, what: str) -> Header:
             raise GGZipError(f"{what}: general.alignment {alignment!r} is not a power of two")
     return Header(version, kvs, tensors, kv_start, info_start, c.pos, alignment,
                   align(c.pos, alignment), buf)
+
+
+def _tensor_infos(c: _Cursor, n: int) -> list[TensorInfo]:
+    tensors = []
+    for _ in range(n):
+        start = c.pos
+        name = c.string()
+        n_dims = c.u32()
+        if n_dims > 8:
+            raise GGZipError(f"{c.what}: tensor {name!r} has {n_dims} dimensions (damaged header?)")
+        ne = tuple(c.u64() for _ in range(n_dims))
+        ty = c.u32()
+        off = c.u64()
+        tensors.append(TensorInfo(name, ne, ty, off, start, c.pos))
+    return tensors
+
+
+def parse_tensor_infos(buf, what: str) -> list[TensorInfo]:
+    """A tensor-info section alone (all of buf)."""
+    c = _Cursor(buf, 0, what)
+    out = []
+    while c.pos < len(buf):
+        out += _tensor_infos(c, 1)
+    return out
 
 
 # ---- serialisation -----------------------------------------------------------

@@ -56,7 +56,8 @@ def is_ggzip(path) -> bool:
 
 
 class GGZipReader:
-    """Open a GGUF read-only.  tensors: name -> Tensor (original type and shape);
+    """Open a GGUF read-only.  tensors: name -> Tensor (original type and shape), in
+    the original file's order when it is recorded, else in file order;
     data(name): the tensor's bytes decoded (numpy uint8); array(name): as numpy of
     its type when it has one (F32, F16, BF16 as uint16, I8..I64, F64), else the
     bytes shaped (rows, bytes per row).  Plain GGUFs read too (is_ggzip False)."""
@@ -127,7 +128,24 @@ class GGZipReader:
             out[ti.name] = t
         if coded:
             raise GGZipError(f"{what}: compressed tensor {next(iter(coded))!r} is not in the file")
+        order = self.original_order()
+        if order is not None and sorted(order) == sorted(out):
+            out = {n: out[n] for n in order}
         return out
+
+    def original_order(self) -> Optional[list[str]]:
+        """Tensor names in the order of the original GGUF (None if not recorded)."""
+        h = self.header
+        info = h.value(Keys.ORIGINAL_TENSOR_INFO)
+        try:
+            if info is not None:
+                return [t.name for t in G.parse_tensor_infos(info.tobytes(), f"{self.path} (original tensor info)")]
+            head = h.value(Keys.ORIGINAL_HEADER)
+            if head is not None:
+                return [t.name for t in G.parse_header(head.tobytes(), f"{self.path} (original header)").tensors]
+        except GGZipError:
+            return None
+        return None
 
     # ---- access ------------------------------------------------------------------
     def stored(self, name: str) -> memoryview:
@@ -148,7 +166,7 @@ class GGZipReader:
         try:
             got = codec.decode(src, out=out, threads=threads)
         except codec.CodecError as e:
-            raise GGZipError(f"{self.path}: tensor {name!r}: frame is damaged: {e}") from e
+            raise GGZipError(f"{self.path}: tensor {name!r}: frame is damaged ({e.name}): {e}") from e
         if got.size != t.nbytes:
             raise GGZipError(f"{self.path}: tensor {name!r}: frame decodes to {got.size} bytes, "
                              f"its {t.type_name} shape {list(t.ne)} needs {t.nbytes}")
