@@ -44,54 +44,6 @@ def smollm2_q4_1() -> Path:
     return fetch("smollm2")
 
 
-def compress(src: Path, dst: Path) -> None:
-    """Lossless ggzip GGUF of src: ggzip.container.compress_file, or until it lands, a
-    minimal writer here (every Q8_0 tensor coded with the Q8_0 layout)."""
-    try:
-        from ggzip.container import compress_file
-    except ImportError:
-        _compress_q8_0_tensors(src, dst)
-        return
-    compress_file(src, dst, progress=False)
-
-
-def _compress_q8_0_tensors(src: Path, dst: Path) -> None:
-    import gguf
-
-    from ggzip import codec
-    from ggzip.constants import Keys
-
-    r = gguf.GGUFReader(src)
-    w = gguf.GGUFWriter(dst, arch=r.fields["general.architecture"].contents())
-    for name, f in r.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture":
-            continue
-        sub = f.types[1] if f.types[0] == gguf.GGUFValueType.ARRAY else None
-        w.add_key_value(name, f.contents(), f.types[0], sub_type=sub)
-    plain = [t for t in r.tensors if t.tensor_type != gguf.GGMLQuantizationType.Q8_0]
-    coded = [t for t in r.tensors if t.tensor_type == gguf.GGMLQuantizationType.Q8_0]
-    names, types, shapes = [], [], []
-    for t in coded:
-        ne = [int(x) for x in t.shape] + [1] * (4 - len(t.shape))
-        names.append(t.name)
-        types.append(int(t.tensor_type))
-        shapes.extend(ne)
-    w.add_uint32(Keys.FORMAT_VERSION, 1)
-    w.add_array(Keys.TENSOR_NAMES, names)
-    w.add_key_value(Keys.TENSOR_TYPES, types, gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType.UINT32)
-    w.add_key_value(Keys.TENSOR_SHAPES, shapes, gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType.UINT64)
-    for t in plain:
-        w.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
-    for t in coded:
-        raw = np.ascontiguousarray(t.data).tobytes()
-        frame = codec.encode(raw, layout="q8_0", row_size=int(t.shape[0]) // 32 * 34, threads=2)
-        w.add_tensor(t.name, np.frombuffer(frame, dtype=np.int8), raw_dtype=gguf.GGMLQuantizationType.I8)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-
-
 @pytest.fixture(scope="module")
 def q8_0(tmp_path_factory) -> Path:
     quantize = tool("llama-quantize")
@@ -104,8 +56,9 @@ def q8_0(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ggz(q8_0) -> Path:
+    from ggzip.container import compress_file
     out = q8_0.with_name("smollm2.Q8_0.ggzip.gguf")
-    compress(q8_0, out)
+    compress_file(q8_0, out, progress=False)
     return out
 
 
@@ -123,10 +76,14 @@ def perplexity(model: Path, *extra) -> str:
     return m.group(1)
 
 
-def test_ggzip_file_is_compressed(ggz, q8_0):
+def test_ggzip_file_is_compressed(ggz, q8_0, tmp_path):
     names = ggzip_tensors(ggz)
     assert len(names) > 0
     assert ggz.stat().st_size < q8_0.stat().st_size
+    from ggzip.container import decompress_file   # and it is lossless, byte for byte
+    back = tmp_path / "back.gguf"
+    decompress_file(ggz, back, progress=False)
+    assert back.read_bytes() == q8_0.read_bytes()
 
 
 @pytest.mark.parametrize("mode", ["mmap", "none", "dio"])
