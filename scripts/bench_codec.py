@@ -152,9 +152,16 @@ class Htscodecs:
         if not path:
             return None
         lib = ctypes.CDLL(path)
-        lib.rans_compress_to_4x16.restype = ctypes.c_void_p
-        lib.rans_uncompress_to_4x16.restype = ctypes.c_void_p
-        lib.rans_compress_bound_4x16.restype = ctypes.c_uint
+        # full prototypes: without them ctypes passes pointers as 32-bit ints
+        P, U, I = ctypes.c_void_p, ctypes.c_uint, ctypes.c_int
+        lib.rans_compress_to_4x16.argtypes = [P, U, P, ctypes.POINTER(U), I]
+        lib.rans_compress_to_4x16.restype = P
+        lib.rans_uncompress_to_4x16.argtypes = [P, U, P, ctypes.POINTER(U)]
+        lib.rans_uncompress_to_4x16.restype = P
+        lib.rans_compress_bound_4x16.argtypes = [U, I]
+        lib.rans_compress_bound_4x16.restype = U
+        lib.rans_set_cpu.argtypes = [I]
+        lib.rans_set_cpu.restype = None
         return lib
 
     def prepare(self):

@@ -5,12 +5,15 @@
 #   scripts/build_llama.sh llama-perplexity   # only these targets (CI)
 #   scripts/build_llama.sh --python           # also a patched llama-cpp-python wheel, installed
 #   scripts/build_llama.sh --python-only      # only the wheel
+#   scripts/build_llama.sh --stock            # only an UNPATCHED llama-simple (tests: a stock
+#                                             # llama.cpp must refuse ggzip files cleanly)
 #
 # Pin: the llama.cpp vendored in the PyPI sdist llama-cpp-python==0.3.36 (commit 0c1e570).
 # Outputs (override with env):
 #   GGZIP_LLAMA_DIR   build/llama          tools in $GGZIP_LLAMA_DIR/bin
 #   GGZIP_LLAMA_SRC   build/llama-src      the downloaded sdist and the patched tree
 #   GGZIP_WHEEL_DIR   build/wheels         the patched llama-cpp-python wheel
+#   GGZIP_LLAMA_STOCK_DIR build/llama-stock  the unpatched llama-simple (--stock)
 #   GGZIP_LLAMA_CMAKE_ARGS                 extra CMake arguments (e.g. -DGGML_NATIVE=OFF)
 # Idempotent: the patched tree and each build carry a stamp keyed on the hash of the
 # patch series and native/; work whose stamp matches is skipped.
@@ -26,12 +29,13 @@ SRC_ROOT=${GGZIP_LLAMA_SRC:-$ROOT/build/llama-src}
 WHEEL_DIR=${GGZIP_WHEEL_DIR:-$ROOT/build/wheels}
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2}
 
-want_tools=1 want_python=0 targets=()
+want_tools=1 want_python=0 want_stock=0 targets=()
 for arg in "$@"; do
     case $arg in
         --python) want_python=1 ;;
         --python-only) want_python=1; want_tools=0 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        --stock) want_stock=1; want_tools=0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         -*) echo "build_llama.sh: unknown option $arg" >&2; exit 2 ;;
         *) targets+=("$arg") ;;
     esac
@@ -56,6 +60,25 @@ if [ ! -f "$sdist" ]; then
     pip download --no-deps --no-binary llama-cpp-python --no-build-isolation "llama-cpp-python==$VERSION" -d "$tmp" >&2
     mv "$tmp/llama_cpp_python-$VERSION.tar.gz" "$sdist"
     rm -rf "$tmp"
+fi
+
+# 1b. --stock: the pinned llama.cpp as it is, llama-simple only (ccache shares
+# every object the series does not touch with the patched build)
+if [ $want_stock = 1 ]; then
+    STOCK_DIR=${GGZIP_LLAMA_STOCK_DIR:-$ROOT/build/llama-stock}
+    stock_tree=$SRC_ROOT/stock/llama_cpp_python-$VERSION
+    if [ ! -x "$STOCK_DIR/bin/llama-simple" ]; then
+        start=$(date +%s)
+        [ -d "$stock_tree" ] || { mkdir -p "$SRC_ROOT/stock"; tar -xzf "$sdist" -C "$SRC_ROOT/stock"; }
+        stock_launcher=()
+        command -v ccache >/dev/null && stock_launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+        cmake -S "$stock_tree/vendor/llama.cpp" -B "$STOCK_DIR" -DCMAKE_BUILD_TYPE=Release "${stock_launcher[@]}" \
+            -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_CURL=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON >&2
+        cmake --build "$STOCK_DIR" --target llama-simple >&2
+        log "built the unpatched llama-simple in $(( $(date +%s) - start )) s into $STOCK_DIR/bin"
+    else
+        log "unpatched llama-simple up to date in $STOCK_DIR/bin"
+    fi
 fi
 
 # 2. a fresh tree with the series applied, unless the stamp says it is current

@@ -33,6 +33,8 @@ $PY -c "import ggzip.codec as c; print('ggzip codec kernels:', ', '.join(c.kerne
 if [ -z "${GGZIP_SKIP_LLAMA:-}" ] && [ -f scripts/build_llama.sh ]; then
     step "patched llama.cpp (tools + llama-cpp-python wheel)"
     bash scripts/build_llama.sh --python
+    step "unpatched llama-simple (a stock llama.cpp must refuse ggzip files)"
+    bash scripts/build_llama.sh --stock
 fi
 
 step "models for the tests"
