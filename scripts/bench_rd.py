@@ -1,33 +1,44 @@
 #!/usr/bin/env python3
-"""Rate vs quality: ggzip convert against llama.cpp's quantizations, one run.
+"""Rate vs quality: ggzip against llama.cpp's k-quants, every point run in llama.cpp.
 
     python scripts/bench_rd.py [--models embeddinggemma-300m,gemma3-270m]
-                               [--rates 3,3.5,3.9,4.5,5,5.5,6,6.5,7] [--no-write]
-                               [--embeddinggemma DIR] [--gemma3 FILE]
+                               [--rates 3.5,3.9,5,6,7] [--quick] [--chunks 6]
+                               [--sentences 300] [--plain] [--work DIR] [--no-write]
 
-Weights: every 2-D weight but the token embedding (as in DESIGN.md), of
-  * EmbeddingGemma-300M: true F32 safetensors;
-  * Gemma-3-270M: exists only as a Q4_K_M GGUF, so it is *dequantized* first: its
-    weights lie on a 4-8-bit grid, which flatters every method's SNR there.
-Quality: weight SNR, 10 log10(|W|^2 / |W - W_hat|^2) per tensor, averaged over
-tensors weighted by size (dB; a tensor coded without loss counts 99 dB).  No activation statistics (alpha 0): the rescaling
-trades weight SNR for output error and is judged in tests/test_convert.py.
-Rate, bits per weight of those tensors:
-  * ggzip: the real size of the codec's frames (ggzip.codec.encode, layout q8_0,
-    everything included) when the native codec is installed, and the order-0
-    entropy of symbols + scales;
-  * llama.cpp: tensor bytes of files made by build/llama/bin/llama-quantize
-    (Q3_K_M, Q4_K_M, Q5_K_M, Q6_K, Q8_0) from an F32 GGUF of the same weights,
-    dequantized by gguf-py; and Q4_0/Q5_0/Q8_0 by gguf-py's port of llama.cpp's
-    reference quantizers, which needs no build.
-Output quality (--kl, on by default): SmolLM2-135M (llama; dequantized from its
-Q4_1/Q8_0 GGUF, the only form it exists in) run by ggzip's numpy forward pass
-(ggzip.quantize.calibrate, checked against the float model in the tests): mean
-KL(float || quantized) of next-token distributions on a held-out English text, for
-ggzip without statistics (alpha 0) and calibrated on another text (--calib-text,
-alpha 0.25), against Q4_0/Q5_0/Q8_0 (gguf-py) and the k-quants when llama-quantize
-is built.
-Writes the tables to BENCHMARKS.md (section "rd") and docs/rd.png unless --no-write.
+Models (each made into one F32 GGUF, the input of every method):
+  * EmbeddingGemma-300M: true F32 safetensors, written as a GGUF here without torch,
+    as llama.cpp's convert_hf_to_gguf.py (EmbeddingGemma) names it: Gemma norms
+    stored as 1 + w, the sentence-transformers 2_Dense/3_Dense projections as
+    dense_2/dense_3, mean pooling; the tokenizer metadata is copied from the
+    Gemma-3-270M GGUF (the same 262144-token SentencePiece vocabulary).
+  * Gemma-3-270M: exists only as a Q4_K_M GGUF, so it is *dequantized* to F32
+    with gguf-py: its weights lie on a 4-8-bit grid, which flatters every method.
+Methods:
+  * llama.cpp: build/llama/bin/llama-quantize Q3_K_M, Q4_K_M, Q5_K_M, Q6_K, Q8_0,
+    without and with an imatrix (Q8_0 ignores it);
+  * ggzip convert --target-bpw B: with the same imatrix (alpha 0.25, the converter's
+    default with statistics) and, with --plain, also without statistics (alpha 0).
+  The imatrix is llama-imatrix's on tests/data/declaration.txt (calibration); every
+  evaluation text is another one (scripts/data/alice-ch1-3.txt, Alice's Adventures
+  in Wonderland, chapters I-III, public domain).
+Rate, bits per weight: 8 x (bytes of all tensor data in the file) / (number of
+  values of all tensors): every weight, the token embedding and norms included,
+  metadata (tokenizer, ~4 MB) excluded.  A ggzip file counts its rANS frames: a
+  ggzip GGUF as stored; a plain Q8_0 GGUF from convert as ggzip.codec.encode's frame
+  of each Q8_0 tensor (what `ggzip compress` stores), other tensors as they are.
+Quality:
+  * weight SNR: over every 2-D weight matrix (the token embedding included),
+    size-weighted mean of 10 log10(|W|^2/|W-W_hat|^2) per tensor, W from the F32
+    GGUF; ggzip's rescaling is undone first (W_hat in W's coordinates);
+  * Gemma-3-270M: llama-perplexity on the evaluation text, --chunks N of 512
+    tokens: KL divergence of each scored token's next-token distribution from the
+    F32 model's (--kl-divergence), how often the top token agrees, and perplexity;
+  * EmbeddingGemma-300M: llama-embedding of the first S sentences of the text
+    (mean pooling, L2-normalized): cosine to the F32 model's embedding, mean and
+    worst over sentences.
+Everything is cached under build/bench-rd/MODEL/ (GGUFs, imatrix, one JSON per
+point), so a rerun computes only what is missing.  Writes the table to BENCHMARKS.md
+(section "rd") and the curves to docs/rd.png unless --no-write.
 """
 from __future__ import annotations
 
@@ -35,9 +46,10 @@ import argparse
 import json
 import os
 import platform
+import re
+import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -48,14 +60,17 @@ import gguf
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmd import write_section  # noqa: E402
 
-from ggzip.convert import quantize_tensor  # noqa: E402
-from ggzip.convert.convert import _find_llama_tool  # noqa: E402
+from ggzip.convert import GGUFModel, convert  # noqa: E402
+from ggzip.convert.convert import KEY_ALPHA, _find_llama_tool, _quantizable  # noqa: E402
 from ggzip.convert.safetensors import SafeTensors  # noqa: E402
+from ggzip.quantize import load_imatrix, plan_rescale  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+CALIB_TEXT = ROOT / "tests" / "data" / "declaration.txt"
+EVAL_TEXT = ROOT / "scripts" / "data" / "alice-ch1-3.txt"
 KQUANTS = ["Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0"]
-LEGACY = [gguf.GGMLQuantizationType.Q4_0, gguf.GGMLQuantizationType.Q5_0,
-          gguf.GGMLQuantizationType.Q8_0]
+SNR_CAP = 99.0       # a tensor coded without loss
+CTX = 512            # llama-perplexity / llama-imatrix context
 
 
 def cpu_name() -> str:
@@ -69,16 +84,43 @@ def cpu_name() -> str:
 
 
 def fetch_path(name: str) -> Path:
-    try:
-        from ggzip.fetch import fetch
-    except ImportError:
-        sys.exit(f"bench_rd: no ggzip.fetch; pass the path of {name} explicitly")
+    from ggzip.fetch import fetch
     return Path(fetch(name))
 
 
-# ---- models ----------------------------------------------------------------
+def tool(name: str) -> Path:
+    exe = _find_llama_tool(name)
+    if exe is None:
+        sys.exit(f"bench_rd: {name} not found: build llama.cpp first (scripts/setup.sh)")
+    return exe
 
-# HF Gemma-3 names -> llama.cpp GGUF names (convert_hf_to_gguf.py's mapping)
+
+def run(cmd: list, what: str) -> str:
+    """Run a llama.cpp tool; its stdout+stderr, or exit naming the failure."""
+    t0 = time.perf_counter()
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+    if r.returncode != 0:
+        tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-15:])
+        sys.exit(f"bench_rd: {what} failed ({r.returncode}):\n  {shlex.join(map(str, cmd))}\n"
+                 f"{tail}")
+    print(f"    {what}: {time.perf_counter() - t0:.0f} s", flush=True)
+    return r.stdout + "\n" + r.stderr
+
+
+def atomic(path: Path, make) -> Path:
+    """make(tmp) writes the file; it appears at path only when complete."""
+    if path.exists():
+        return path
+    tmp = path.with_name(path.name + ".part")
+    tmp.unlink(missing_ok=True)
+    make(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+# ---- F32 GGUFs ------------------------------------------------------------------
+
+# HF Gemma-3 layer names -> llama.cpp GGUF names (convert_hf_to_gguf.py's mapping)
 _GEMMA_MAP = {
     "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q",
     "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
@@ -89,430 +131,548 @@ _GEMMA_MAP = {
 }
 
 
-class Model:
-    """name, label, GGUF-named tensors (float32), and how to make an F32 GGUF."""
-
-    def __init__(self, name, label, tensors, kv, arch):
-        self.name, self.label, self.tensors, self.kv, self.arch = name, label, tensors, kv, arch
-
-    def weights(self):
-        return {n: a for n, a in self.tensors.items()
-                if a.ndim == 2 and n != "token_embd.weight" and a.shape[1] % 32 == 0}
-
-    def write_f32_gguf(self, path: Path):
-        w = gguf.GGUFWriter(path, self.arch)
-        for k, (v, t, sub) in self.kv.items():
-            w.add_key_value(k, v, t, sub_type=sub)
-        w.add_file_type(gguf.LlamaFileType.ALL_F32)
-        for n, a in self.tensors.items():
-            w.add_tensor(n, np.ascontiguousarray(a, np.float32))
-        w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file()
-        w.close()
-
-
-def load_embeddinggemma(folder: Path) -> Model:
-    st = SafeTensors(folder / "model.safetensors")
+def write_embeddinggemma_f32(folder: Path, tokenizer_gguf: Path, out: Path) -> None:
+    """EmbeddingGemma's safetensors folder -> F32 GGUF that llama.cpp loads."""
     cfg = json.loads((folder / "config.json").read_text())
-    t = {}
+    tok_cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    arch = "gemma-embedding"
+    w = gguf.GGUFWriter(out, arch)
+    w.add_name("EmbeddingGemma-300M")
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
+    w.add_key_length(cfg["head_dim"])
+    w.add_value_length(cfg["head_dim"])
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_rope_freq_base(cfg["rope_theta"])
+    w.add_uint32(f"{arch}.attention.sliding_window", cfg["sliding_window"])
+    w.add_float32(f"{arch}.rope.freq_base_swa", cfg["rope_local_base_freq"])
+    pool = json.loads((folder / "1_Pooling" / "config.json").read_text())
+    if not pool.get("pooling_mode_mean_tokens"):
+        sys.exit(f"{folder}: expected mean pooling")
+    w.add_pooling_type(gguf.PoolingType.MEAN)
+    dense = {}
+    for sub, name in (("2_Dense", "dense_2"), ("3_Dense", "dense_3")):
+        dc = json.loads((folder / sub / "config.json").read_text())
+        w.add_uint32(f"{arch}.{name}_feat_in", dc["in_features"])
+        w.add_uint32(f"{arch}.{name}_feat_out", dc["out_features"])
+        dense[f"{name}.weight"] = SafeTensors(folder / sub / "model.safetensors").get(
+            "linear.weight")
+    # the vocabulary: Gemma 3's, as the Gemma-3-270M GGUF carries it
+    r = gguf.GGUFReader(tokenizer_gguf)
+    for k, f in r.fields.items():
+        if not k.startswith("tokenizer.") or k == "tokenizer.ggml.add_eos_token":
+            continue
+        typ = f.types[0]
+        w.add_key_value(k, f.contents(), typ,
+                        sub_type=f.types[-1] if typ == gguf.GGUFValueType.ARRAY else None)
+    w.add_add_eos_token(bool(tok_cfg.get("add_eos_token", False)))
+    st = SafeTensors(folder / "model.safetensors")
+    n_vocab = len(r.fields["tokenizer.ggml.tokens"].data)
     for n in st.names():
-        a = np.asarray(st.get(n), np.float32)
+        a = st.get(n)
         base = n[len("model."):] if n.startswith("model.") else n
         if base == "embed_tokens.weight":
-            t["token_embd.weight"] = a
+            if a.shape[0] != n_vocab:
+                sys.exit(f"{folder}: {a.shape[0]} embeddings for {n_vocab} tokens")
+            g = "token_embd.weight"
         elif base == "norm.weight":
-            t["output_norm.weight"] = a + 1      # llama.cpp stores Gemma's 1 + w
-        elif base.startswith("layers."):
+            g, a = "output_norm.weight", a + 1       # llama.cpp stores Gemma's 1 + w
+        else:
             _, il, rest = base.split(".", 2)
             key = rest[:-len(".weight")]
             g = f"blk.{il}.{_GEMMA_MAP[key]}.weight"
-            t[g] = a + 1 if key.endswith("norm") else a
-    A = gguf.GGUFValueType
-    arch = "gemma-embedding"
-    kv = {f"{arch}.{k}": (v, A.UINT32, None) for k, v in {
-        "context_length": cfg["max_position_embeddings"], "embedding_length": cfg["hidden_size"],
-        "block_count": cfg["num_hidden_layers"], "feed_forward_length": cfg["intermediate_size"],
-        "attention.head_count": cfg["num_attention_heads"],
-        "attention.head_count_kv": cfg["num_key_value_heads"],
-        "attention.key_length": cfg["head_dim"], "attention.value_length": cfg["head_dim"],
-        "attention.sliding_window": cfg["sliding_window"]}.items()}
-    kv[f"{arch}.attention.layer_norm_rms_epsilon"] = (cfg["rms_norm_eps"], A.FLOAT32, None)
-    kv[f"{arch}.rope.freq_base"] = (cfg["rope_theta"], A.FLOAT32, None)
-    return Model("embeddinggemma-300m", "EmbeddingGemma-300M (true F32)", t, kv, arch)
+            if key.endswith("norm"):
+                a = a + 1
+        w.add_tensor(g, np.ascontiguousarray(a, np.float32))
+    for g, a in dense.items():
+        w.add_tensor(g, np.ascontiguousarray(a, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
 
 
-def load_gemma3(path: Path) -> Model:
-    r = gguf.GGUFReader(path)
-    t = {x.name: gguf.quants.dequantize(x.data, x.tensor_type).reshape(
-        tuple(int(v) for v in reversed(x.shape))).astype(np.float32) for x in r.tensors}
-    kv = {}
+def write_dequantized_f32(src: Path, out: Path) -> None:
+    """A quantized GGUF -> F32 GGUF of the same model (gguf-py's dequantizers).
+    Not `ggzip convert --keep-float`: its ggzip.convert.* keys make a second
+    convert of the file fail ("metadata key given twice")."""
+    r = gguf.GGUFReader(src)
+    w = gguf.GGUFWriter(out, r.fields["general.architecture"].contents())
     for k, f in r.fields.items():
-        if k.startswith("GGUF.") or k in ("general.architecture", "general.file_type"):
+        if k.startswith("GGUF.") or k in ("general.architecture", "general.file_type",
+                                          "general.quantization_version"):
             continue
         typ = f.types[0]
-        kv[k] = (f.contents(), typ, f.types[-1] if typ == gguf.GGUFValueType.ARRAY else None)
-    types = sorted({x.tensor_type.name for x in r.tensors if len(x.shape) == 2})
-    return Model("gemma3-270m", f"Gemma-3-270M (dequantized from {'/'.join(types)})", t, kv,
-                 r.fields["general.architecture"].contents())
+        w.add_key_value(k, f.contents(), typ,
+                        sub_type=f.types[-1] if typ == gguf.GGUFValueType.ARRAY else None)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    for t in r.tensors:
+        a = gguf.quants.dequantize(t.data, t.tensor_type)
+        w.add_tensor(t.name, a.reshape(tuple(int(x) for x in reversed(t.shape)))
+                     .astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
 
 
-# ---- measurements ------------------------------------------------------------
+# ---- rate and weight SNR -------------------------------------------------------
 
-SNR_CAP = 99.0   # a tensor coded without loss (a dequantized Q5_0 tensor re-coded as Q5_0)
-
-
-def snr_db(w, deq):
-    e = float(np.sum(np.square(w - deq, dtype=np.float64)))
-    s = float(np.sum(np.square(w, dtype=np.float64)))
-    return SNR_CAP if e <= s * 10 ** (-SNR_CAP / 10) else 10 * np.log10(s / e)
-
-
-def mean_snr(items):
-    """items: (snr_db, weights) -> size-weighted mean dB."""
-    return float(np.average([s for s, _ in items], weights=[n for _, n in items]))
+def plain_for_llama(path: Path) -> Path:
+    """A GGUF stock llama.cpp loads: path itself, or its decompressed twin."""
+    try:
+        from ggzip.container import decompress_file, is_ggzip
+    except ImportError:
+        return path
+    if not is_ggzip(path):
+        return path
+    plain = path.with_name(path.stem + ".plain.gguf")
+    return atomic(plain, lambda t: decompress_file(path, t, progress=False))
 
 
-def ggzip_point(weights, bpw, codec):
-    n = sum(a.size for a in weights.values())
-    bits_h = bits_c = 0.0
-    snrs = []
-    t0 = time.perf_counter()
-    for name, a in weights.items():
-        blocks, rep = quantize_tensor(name, a, target_bpw=bpw, theta=0.0)
-        bits_h += rep.stats.bpw * a.size
-        snrs.append((rep.stats.snr_db, a.size))
-        if codec is not None:
-            frame = codec.encode(blocks, layout="q8_0", row_size=blocks.shape[1], threads=0)
-            bits_c += len(frame) * 8
-    return {"method": f"ggzip target {bpw:g}", "bpw_entropy": bits_h / n,
-            "bpw": (bits_c / n) if codec is not None else bits_h / n,
-            "snr": mean_snr(snrs), "seconds": time.perf_counter() - t0, "kind": "ggzip"}
+def file_rate(path: Path, ggzip_file: bool = False) -> dict:
+    """Bits per value of all tensor data (see the module docstring); ggzip_file:
+    a plain Q8_0 GGUF of convert, whose Q8_0 tensors count as their rANS frames."""
+    try:
+        from ggzip.container import GGZipReader, is_ggzip
+        if is_ggzip(path):
+            with GGZipReader(path) as r:
+                ts = list(r.tensors.values())
+                return {"bpw": 8 * sum(t.stored for t in ts) / sum(t.n_elements for t in ts),
+                        "rate_from": "ggzip GGUF"}
+    except ImportError:
+        pass
+    import ggzip.codec as codec
+    r = gguf.GGUFReader(path)
+    bits = n = 0
+    coded = False
+    for t in r.tensors:
+        n += int(t.n_elements)
+        if ggzip_file and t.tensor_type == gguf.GGMLQuantizationType.Q8_0:
+            data = np.ascontiguousarray(t.data).reshape(-1)
+            row = int(t.shape[0]) // 32 * 34
+            bits += 8 * len(codec.encode(data, layout="q8_0", row_size=row))
+            coded = True
+        else:
+            bits += 8 * int(t.n_bytes)
+    return {"bpw": bits / n, "rate_from": "rANS frames" if coded else "tensor bytes"}
 
 
-def legacy_point(weights, qtype):
-    n = sum(a.size for a in weights.values())
-    bits, snrs = 0, []
-    for a in weights.values():
-        b = gguf.quants.quantize(a, qtype)
-        bits += b.nbytes * 8
-        snrs.append((snr_db(a, gguf.quants.dequantize(b, qtype)), a.size))
-    return {"method": f"{qtype.name} (gguf-py)", "bpw": bits / n, "snr": mean_snr(snrs),
-            "kind": "legacy"}
+def sum_sq(x: np.ndarray) -> float:
+    """sum of squares in float64, by chunks (no float64 copy of a large tensor)."""
+    x = x.reshape(-1)
+    total = 0.0
+    for i in range(0, x.size, 1 << 20):
+        c = x[i:i + (1 << 20)].astype(np.float64)
+        total += float(np.dot(c, c))
+    return total
 
 
-def kquant_points(model, weights, tmp: Path):
-    exe = _find_llama_tool("llama-quantize")
-    if exe is None:
-        return [], "llama-quantize not found (scripts/build_llama.sh): no k-quant points"
-    src = tmp / f"{model.name}.f32.gguf"
-    model.write_f32_gguf(src)
-    pts, notes = [], []
-    n = sum(a.size for a in weights.values())
-    for qt in KQUANTS:
-        out = tmp / f"{model.name}.{qt}.gguf"
-        r = subprocess.run([str(exe), str(src), str(out), qt, "2"], capture_output=True, text=True)
-        if r.returncode != 0:
-            notes.append(f"llama-quantize {qt} failed: {r.stderr.strip().splitlines()[-1:]}")
+_SIGNAL: dict = {}    # (file, tensor) -> |W|^2 of the reference
+
+
+def weight_snr(ref: GGUFModel, path: Path, plan=None) -> float:
+    """Size-weighted mean over the 2-D weights of each tensor's SNR in dB (a tensor
+    coded without loss counts SNR_CAP); plan: ggzip's rescaling, undone first."""
+    q = GGUFModel(path)
+    snrs, sizes = [], []
+    for name in ref.tensors:
+        shp = ref.shape(name)
+        if not _quantizable(name, shp):
             continue
-        rd = gguf.GGUFReader(out)
-        bits, snrs = 0, []
-        for t in rd.tensors:
-            if t.name in weights:
-                a = weights[t.name]
-                deq = gguf.quants.dequantize(t.data, t.tensor_type).reshape(a.shape)
-                bits += int(t.n_bytes) * 8
-                snrs.append((snr_db(a, deq), a.size))
-        pts.append({"method": f"{qt} (llama-quantize)", "bpw": bits / n, "snr": mean_snr(snrs),
-                    "kind": "kquant"})
-        out.unlink()
-    src.unlink()
-    return pts, "; ".join(notes)
+        w = ref.float32(name)
+        d = q.float32(name)
+        if plan is not None:        # W' = W diag(cols) / rows  ->  W = W' rows / diag(cols)
+            if name in plan.divide:
+                d = d * plan.divide[name].astype(np.float32)[:, None]
+            if name in plan.cols:
+                d = d / plan.cols[name].astype(np.float32)[None, :]
+        sig = _SIGNAL.setdefault((ref.path, name), sum_sq(w))
+        err = sum_sq(w - d)
+        snrs.append(SNR_CAP if err <= sig * 10 ** (-SNR_CAP / 10) else 10 * np.log10(sig / err))
+        sizes.append(w.size)
+    return float(np.average(snrs, weights=sizes))
 
 
-# k-quants of EmbeddingGemma-300M (same tensors, no imatrix) as /work/shared's
-# DESIGN.md quotes them: shown, labelled as quoted, only when llama-quantize is missing
-QUOTED_KQUANTS = {"embeddinggemma-300m": [("Q3_K_M", 4.05, 17.9), ("Q4_K_M", 5.05, 23.6),
-                                          ("Q5_K_M", 5.87, 29.1), ("Q6_K", 6.95, 35.5)]}
+# ---- llama.cpp quality measures --------------------------------------------------
 
-
-def run_model(model, rates, codec, tmp):
-    weights = model.weights()
-    n = sum(a.size for a in weights.values())
-    print(f"\n{model.label}: {len(weights)} tensors, {n / 1e6:.1f} M weights", flush=True)
-    pts = []
-    for b in rates:
-        p = ggzip_point(weights, b, codec)
-        pts.append(p)
-        print(f"  {p['method']:24s} {p['bpw']:.3f} bpw ({p['bpw_entropy']:.3f} entropy) "
-              f"{p['snr']:.2f} dB  [{p['seconds']:.1f} s]", flush=True)
-    for q in LEGACY:
-        p = legacy_point(weights, q)
-        pts.append(p)
-        print(f"  {p['method']:24s} {p['bpw']:.3f} bpw  {p['snr']:.2f} dB", flush=True)
-    kp, note = kquant_points(model, weights, tmp)
-    for p in kp:
-        print(f"  {p['method']:24s} {p['bpw']:.3f} bpw  {p['snr']:.2f} dB", flush=True)
-    if not kp and model.name in QUOTED_KQUANTS:
-        kp = [{"method": f"{q} (quoted from DESIGN.md, not measured here)", "bpw": b, "snr": d,
-               "kind": "kquant"} for q, b, d in QUOTED_KQUANTS[model.name]]
-        note += "; k-quant rows quoted from DESIGN.md (same tensors, no imatrix)"
-    if note:
-        print("  note:", note)
-    return pts + kp, note
-
-
-CALIB_TEXT = """The history of the city begins with a small village on the river. Over the
-years the people built houses, a market and a school, and the village grew into a
-town. Merchants came from the north and the south to trade grain, wine and cloth.
-When the railway arrived, the town became a city, and new factories opened near the
-station. Today the old market is a museum, and visitors walk along the river to see
-the bridges and the gardens. In the winter the river sometimes freezes, and children
-skate on the ice while their parents sell hot chestnuts on the banks."""
-
-EVAL_TEXT = """A young engineer moved to the capital to work for a company that made radios.
-She learned to repair old machines, and in the evenings she studied mathematics at
-the library. After ten years she opened her own shop near the harbour, where sailors
-and fishermen brought their instruments. Her work was known for being careful and
-honest, and her shop is still open today. Every spring she teaches a short course for
-students who want to understand how a receiver turns a weak signal into a voice."""
-
-
-def kl_mean(ref, got):
-    la = ref - ref.max(1, keepdims=True)
-    la -= np.log(np.exp(la).sum(1, keepdims=True))
-    lb = got - got.max(1, keepdims=True)
-    lb -= np.log(np.exp(lb).sum(1, keepdims=True))
-    return float((np.exp(la) * (la - lb)).sum(1).mean())
-
-
-def kl_points(smol_path: Path, rates, tmp: Path):
-    """Output quality on SmolLM2: (method, bpw, KL, top-1 agreement) rows."""
-    from ggzip.convert import GGUFModel, convert
-    from ggzip.quantize.calibrate import BPETokenizer, logits
-    src = GGUFModel(smol_path)
-    ids = BPETokenizer(src.kv).encode(EVAL_TEXT)
-    with np.errstate(over="ignore"):
-        ref = logits(src, ids).astype(np.float64)
-    mats = [n for n in src.tensors if len(src.shape(n)) == 2]
-    n = sum(int(np.prod(src.shape(x))) for x in mats)
-    calib = tmp / "calib.txt"
-    calib.write_text(CALIB_TEXT)
-    rows = []
-
-    def score(method, kind, bpw, path):
-        with np.errstate(over="ignore"):
-            got = logits(GGUFModel(path), ids).astype(np.float64)
-        rows.append({"method": method, "kind": kind, "bpw": bpw, "kl": kl_mean(ref, got),
-                     "top1": float((got.argmax(1) == ref.argmax(1)).mean())})
-        print(f"  {method:34s} {bpw:.3f} bpw  KL {rows[-1]['kl']:.4f}  "
-              f"top-1 {rows[-1]['top1']:.3f}", flush=True)
-
-    out = tmp / "smol.gguf"
-    for b in rates:
-        for label, kw in (("no statistics", dict(alpha=0.0)),
-                          ("calibrated", dict(calib_text=calib))):
-            rep = convert(smol_path, out, target_bpw=b, progress=False, **kw)
-            score(f"ggzip {b:g}, {label}", "ggzip-calib" if kw.get("calib_text") else "ggzip",
-                  rep.totals()["bpw"], out)
-    f32 = tmp / "smol.f32.gguf"
-    convert(smol_path, f32, alpha=0.0, keep_float=True, progress=False)
-    f32m = GGUFModel(f32)
-    for qt in LEGACY:
-        wr = gguf.GGUFWriter(out, f32m.arch)
-        from ggzip.convert.convert import _copy_kv
-        _copy_kv(wr, f32m)
-        for name in f32m.tensors:
-            a = f32m.float32(name)
-            if a.ndim == 2 and a.shape[1] % 32 == 0:
-                wr.add_tensor(name, gguf.quants.quantize(a, qt), raw_dtype=qt)
-            else:
-                wr.add_tensor(name, a)
-        wr.write_header_to_file(); wr.write_kv_data_to_file(); wr.write_tensors_to_file()
-        wr.close()
-        bpw = gguf.GGML_QUANT_SIZES[qt][1] * 8 / gguf.GGML_QUANT_SIZES[qt][0]
-        score(f"{qt.name} (gguf-py)", "legacy", bpw, out)
-    exe = _find_llama_tool("llama-quantize")
-    note = ""
-    if exe is None:
-        note = "llama-quantize not found: no k-quant points"
-    for qt in (KQUANTS if exe else []):
-        r = subprocess.run([str(exe), str(f32), str(out), qt, "2"], capture_output=True,
-                           text=True)
-        if r.returncode != 0:
-            note += f" llama-quantize {qt} failed;"
-            continue
-        rd = gguf.GGUFReader(out)
-        bits = sum(int(t.n_bytes) * 8 for t in rd.tensors if t.name in mats)
-        score(f"{qt} (llama-quantize)", "kquant", bits / n, out)
-    del f32m
-    return rows, note
-
-
-def verdict(pts):
-    """The two targets of the project, checked on these points."""
-    g = sorted([p for p in pts if p["kind"] == "ggzip"], key=lambda p: p["bpw"])
-    k = [p for p in pts if p["kind"] == "kquant"]
-    if not k:
-        return "k-quant points missing: targets not checked"
+def sentences(text: str, n: int) -> list[str]:
+    """The first n sentences of at least 4 words, paragraph by paragraph (headings,
+    all in capitals, skipped)."""
     out = []
-    bpw_g = np.array([p["bpw"] for p in g])
-    snr_g = np.array([p["snr"] for p in g])
-    q4 = next((p for p in k if p["method"].startswith("Q4_K_M")), None)
-    if q4 and bpw_g.min() <= 3.9 <= bpw_g.max():
-        at = float(np.interp(3.9, bpw_g, snr_g))   # the ggzip curve at exactly 3.9 bpw
-        out.append(f"3.9 bpw vs Q4_K_M ({q4['snr']:.2f} dB at {q4['bpw']:.2f} bpw): ggzip "
-                   f"{at:.2f} dB - " + ("met" if at >= q4["snr"] else "NOT met")
-                   + f" (Gaussian R(D) bound at 3.9 bpw: {6.02 * 3.9:.1f} dB)")
-    worse = []
-    for p in k:
-        if 4 <= p["bpw"] <= 7 and bpw_g.min() <= p["bpw"] <= bpw_g.max():
-            mine = float(np.interp(p["bpw"], bpw_g, snr_g))
-            if mine <= p["snr"]:
-                worse.append(p["method"])
-            out.append(f"{p['method']} {p['bpw']:.2f} bpw: k-quant {p['snr']:.2f} dB, "
-                       f"ggzip {mine:.2f} dB ({mine - p['snr']:+.2f})")
-    out.append("4-7 bpw: ggzip above every k-quant point" if not worse else
-               "4-7 bpw: NOT above " + ", ".join(worse))
-    return "\n".join(out)
+    for para in re.split(r"\n\s*\n", text.replace("*", " ")):
+        flat = re.sub(r"\s+", " ", para).strip()
+        if not flat or flat.upper() == flat:
+            continue
+        out += [s.strip(" '\"") for s in re.split(r"(?<=[.!?])['\"]?\s+", flat)]
+    return [s for s in out if len(s.split()) >= 4][:n]
+
+
+def embeddings(model: Path, sent_file: Path, threads: int) -> np.ndarray:
+    out = run([tool("llama-embedding"), "-m", model, "-f", sent_file, "-t", threads,
+               "--embd-output-format", "raw", "--embd-normalize", "2", "-c", "2048",
+               "-b", "2048", "-ub", "2048", "--no-warmup"], "llama-embedding")
+    rows = []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 64:
+            try:
+                rows.append(np.array([float(x) for x in parts], np.float32))
+            except ValueError:
+                continue
+    return np.stack(rows)
+
+
+def perplexity(model: Path, base: Path, args) -> dict:
+    out = run([tool("llama-perplexity"), "-m", model, "--kl-divergence-base", base,
+               "--kl-divergence", "-c", CTX, "-b", CTX, "--chunks", args.chunks,
+               "-t", args.threads], "llama-perplexity --kl-divergence")
+
+    def grab(pat):
+        m = re.search(pat + r"\s*:?\s*([0-9.eE+-]+)", out)
+        if not m:
+            sys.exit(f"bench_rd: no {pat!r} in llama-perplexity's output:\n{out[-2000:]}")
+        return float(m.group(1))
+    return {"ppl": grab(r"Mean PPL\(Q\)\s*"), "kld": grab(r"Mean\s+KLD:"),
+            "top1": grab(r"Same top p:") / 100}
+
+
+# ---- one model -----------------------------------------------------------------
+
+class Bench:
+    def __init__(self, name: str, args):
+        self.name, self.args = name, args
+        self.dir = args.work / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.embedding = name == "embeddinggemma-300m"
+        self.plans = {}
+
+    def prepare(self):
+        a = self.args
+        g3 = fetch_path("gemma3-270m")
+        g3 = next(iter(sorted(g3.rglob("*.gguf")))) if g3.is_dir() else g3
+        f32 = self.dir / "f32.gguf"
+        if self.embedding:
+            folder = fetch_path("embeddinggemma-300m")
+            if (folder / "model_download").is_dir():
+                folder = folder / "model_download"
+            self.label = "EmbeddingGemma-300M (true F32)"
+            atomic(f32, lambda t: write_embeddinggemma_f32(folder, g3, t))
+        else:
+            types = sorted({t.tensor_type.name for t in gguf.GGUFReader(g3).tensors
+                            if len(t.shape) == 2})
+            self.label = f"Gemma-3-270M (dequantized from {'/'.join(types)})"
+            atomic(f32, lambda t: write_dequantized_f32(g3, t))
+        self.f32 = f32
+        self.imatrix = atomic(self.dir / "imatrix.gguf", lambda t: run(
+            [tool("llama-imatrix"), "-m", f32, "-f", CALIB_TEXT, "-o", t, "-c", CTX,
+             "-b", CTX, "-t", a.threads, "--no-ppl"] +
+            # llama-imatrix asserts that no EOS is appended (EmbeddingGemma appends one)
+            (["--override-kv", "tokenizer.ggml.add_eos_token=bool:false"]
+             if self.embedding else []), "llama-imatrix"))
+        if not self.embedding:
+            # the F32 model's logits on the evaluation text, for --kl-divergence
+            self.kld_base = self.dir / f"kld-base-{a.chunks}.bin"
+            atomic(self.kld_base, lambda t: run(
+                [tool("llama-perplexity"), "-m", f32, "-f", EVAL_TEXT, "-c", CTX, "-b", CTX,
+                 "--chunks", a.chunks, "-t", a.threads, "--kl-divergence-base", t],
+                "llama-perplexity (F32 logits)"))
+        else:
+            sents = sentences(EVAL_TEXT.read_text(), a.sentences)
+            self.sent_file = self.dir / f"sentences-{len(sents)}.txt"
+            atomic(self.sent_file, lambda t: t.write_text("\n".join(sents) + "\n"))
+            ref = self.dir / f"f32.emb{len(sents)}.npy"
+            if not ref.exists():
+                e = embeddings(f32, self.sent_file, a.threads)
+                if len(e) != len(sents):
+                    sys.exit(f"bench_rd: {len(e)} embeddings for {len(sents)} sentences")
+                np.save(ref, e)
+            self.ref_emb = np.load(ref)
+        self.ref = GGUFModel(f32)
+
+    def points(self):
+        a = self.args
+        pts = [("kq", q, False) for q in KQUANTS] + [("kq", q, True) for q in KQUANTS
+                                                     if q != "Q8_0"]
+        pts += [("gz", r, True) for r in a.rates]
+        if a.plain:
+            pts += [("gz", r, False) for r in a.rates]
+        return pts
+
+    def make(self, kind, q, imat) -> Path:
+        key = f"{kind}-{q}{'-imat' if imat else ''}"
+        out = self.dir / f"{key}.gguf"
+        if kind == "kq":
+            atomic(out, lambda t: run([tool("llama-quantize")] +
+                                      (["--imatrix", self.imatrix] if imat else []) +
+                                      [self.f32, t, q, self.args.threads],
+                                      f"llama-quantize {q}"))
+        else:
+            def mk(t):
+                t0 = time.perf_counter()
+                convert(self.f32, t, target_bpw=float(q), alpha=None if imat else 0.0,
+                        imatrix=self.imatrix if imat else None, progress=False)
+                print(f"    ggzip convert {q}: {time.perf_counter() - t0:.0f} s", flush=True)
+            atomic(out, mk)
+        return out
+
+    def plan(self, path: Path):
+        alpha = float(GGUFModel(path).kv.get(KEY_ALPHA, 0.0))
+        if alpha == 0:
+            return None
+        if alpha not in self.plans:
+            r = self.ref
+            shapes = {n: r.shape(n) for n in r.tensors}
+            self.plans[alpha] = plan_rescale(r.arch, shapes, r.kv, r.float32,
+                                             load_imatrix(self.imatrix), alpha)
+        return self.plans[alpha]
+
+    def measure(self, kind, q, imat) -> dict:
+        a = self.args
+        key = f"{kind}-{q}{'-imat' if imat else ''}"
+        cache = self.dir / f"{key}.json"
+        want = {"chunks": a.chunks} if not self.embedding else \
+            {"sentences": len(self.ref_emb)}
+        if cache.exists():
+            res = json.loads(cache.read_text())
+            if all(res.get(k) == v for k, v in want.items()):
+                return res
+        print(f"  {key}", flush=True)
+        path = self.make(kind, q, imat)
+        res = {"key": key, "kind": kind + ("-imat" if imat else ""), **want,
+               "method": (f"{q}" if kind == "kq" else f"ggzip {q}") +
+               (" + imatrix" if imat and not (kind == "kq" and q == "Q8_0") else ""),
+               **file_rate(path, ggzip_file=kind == "gz")}
+        llama_in = plain_for_llama(path)
+        res["snr"] = weight_snr(self.ref, llama_in,
+                                self.plan(llama_in) if kind == "gz" else None)
+        if self.embedding:
+            e = embeddings(llama_in, self.sent_file, a.threads)
+            cos = np.sum(e * self.ref_emb, 1) / (np.linalg.norm(e, axis=1) *
+                                                  np.linalg.norm(self.ref_emb, axis=1))
+            res.update(cos_mean=float(cos.mean()), cos_min=float(cos.min()))
+        else:
+            res.update(perplexity(llama_in, self.kld_base, a))
+        if llama_in != path:
+            llama_in.unlink()
+        cache.write_text(json.dumps(res, indent=1))
+        return res
+
+    def f32_point(self) -> dict:
+        r = {"key": "f32", "kind": "f32", "method": "F32 (reference)", **file_rate(self.f32),
+             "snr": SNR_CAP}
+        if self.embedding:
+            r.update(cos_mean=1.0, cos_min=1.0)
+        else:
+            cache = self.dir / f"f32-ppl-{self.args.chunks}.json"
+            if not cache.exists():
+                out = run([tool("llama-perplexity"), "-m", self.f32, "-f", EVAL_TEXT, "-c", CTX,
+                           "-b", CTX, "--chunks", self.args.chunks, "-t", self.args.threads],
+                          "llama-perplexity F32")
+                m = re.search(r"Final estimate: PPL = ([0-9.]+)", out)
+                cache.write_text(json.dumps({"ppl": float(m.group(1))}))
+            r.update(json.loads(cache.read_text()), kld=0.0, top1=1.0)
+        return r
+
+    def run(self) -> list[dict]:
+        print(f"\n{self.name}", flush=True)
+        self.prepare()
+        res = [self.f32_point()]
+        for p in self.points():
+            res.append(self.measure(*p))
+            r = res[-1]
+            q = (f"cos {r['cos_mean']:.5f} (min {r['cos_min']:.4f})" if self.embedding else
+                 f"KLD {r['kld']:.4f} top-1 {r['top1']:.3f} PPL {r['ppl']:.2f}")
+            print(f"  {r['method']:24s} {r['bpw']:.3f} bpw  {r['snr']:.2f} dB  {q}", flush=True)
+        return res
+
+
+# ---- verdict and report --------------------------------------------------------
+
+def quality(p, embedding):
+    """Higher is better: cosine, or -log KLD."""
+    return p["cos_mean"] if embedding else -np.log(max(p["kld"], 1e-9))
+
+
+def interp(curve, x, key):
+    xs = np.array([p["bpw"] for p in curve])
+    return float(np.interp(x, xs, [key(p) for p in curve]))
+
+
+def verdict(res, embedding) -> list[str]:
+    """The project's two targets, on one model's points; ggzip's best curve (with
+    the imatrix) against the k-quants, each with and without the imatrix."""
+    gz = sorted([p for p in res if p["kind"] == "gz-imat"], key=lambda p: p["bpw"])
+    kq = [p for p in res if p["kind"].startswith("kq")]
+    if len(gz) < 2 or not kq:
+        return ["too few points: targets not checked"]
+    qname = "embedding cosine" if embedding else "KL divergence"
+    fmt = (lambda p: f"{p['cos_mean']:.5f}") if embedding else (lambda p: f"{p['kld']:.4f}")
+    out = []
+    lo, hi = gz[0]["bpw"], gz[-1]["bpw"]
+    for q4 in [p for p in kq if p["method"].startswith("Q4_K_M")]:
+        if not lo <= 3.9 <= hi:
+            out.append("target 1: ggzip's points do not bracket 3.9 bpw: not checked")
+            break
+        # ggzip's curve at exactly 3.9 bpw (its points at file level sit a little
+        # above their target rates), interpolated in the quality measure
+        at = interp(gz, 3.9, lambda g: quality(g, embedding))
+        snr = interp(gz, 3.9, lambda g: g["snr"])
+        shown = f"{at:.5f}" if embedding else f"{np.exp(-at):.4f}"
+        ok = at >= quality(q4, embedding)
+        out.append(f"target 1 (at 3.9 bpw no worse than Q4_K_M): ggzip + imatrix at 3.9 bpw "
+                   f"{qname} {shown} (weight SNR {snr:.2f} dB) vs {q4['method']} at "
+                   f"{q4['bpw']:.2f} bpw {fmt(q4)} ({q4['snr']:.2f} dB): "
+                   + ("met" if ok else "NOT met"))
+    inside = [p for p in kq if 4 <= p["bpw"] <= 7]
+    worse, lines = [], []
+    for p in sorted(inside, key=lambda p: p["bpw"]):
+        if not lo <= p["bpw"] <= hi:
+            lines.append(f"{p['method']} at {p['bpw']:.2f} bpw outside ggzip's measured range")
+            continue
+        mine = interp(gz, p["bpw"], lambda g: quality(g, embedding))
+        ok = mine > quality(p, embedding)
+        shown = f"{mine:.5f}" if embedding else f"{np.exp(-mine):.4f}"
+        lines.append(f"{p['method']} {p['bpw']:.2f} bpw: {fmt(p)} vs ggzip {shown}")
+        if not ok:
+            worse.append(p["method"])
+    out.append("target 2 (4-7 bpw: ggzip's curve above every k-quant point, " + qname +
+               " interpolated at the k-quant's rate): " +
+               ("met" if not worse and inside else "NOT met (" + ", ".join(worse) + ")") +
+               "; " + "; ".join(lines))
+    return out
+
+
+def table(res, embedding) -> list[str]:
+    if embedding:
+        head = ["| method | bits/weight | weight SNR (dB) | cosine to F32, mean | worst |",
+                "|---|---|---|---|---|"]
+    else:
+        head = ["| method | bits/weight | weight SNR (dB) | KLD vs F32 (nats) | top-1 = F32 "
+                "| PPL |", "|---|---|---|---|---|---|"]
+    rows = []
+    for p in sorted(res, key=lambda p: p["bpw"]):
+        snr = "-" if p["kind"] == "f32" else f"{p['snr']:.2f}"
+        if embedding:
+            rows.append(f"| {p['method']} | {p['bpw']:.3f} | {snr} | {p['cos_mean']:.5f} | "
+                        f"{p['cos_min']:.4f} |")
+        else:
+            rows.append(f"| {p['method']} | {p['bpw']:.3f} | {snr} | {p['kld']:.4f} | "
+                        f"{p['top1']:.3f} | {p['ppl']:.3f} |")
+    return head + rows
+
+
+STYLE = {"f32": None, "kq": ("s", "C1", "k-quant"), "kq-imat": ("D", "C3", "k-quant + imatrix"),
+         "gz": ("o--", "C0", "ggzip, no statistics"),
+         "gz-imat": ("o-", "C2", "ggzip + imatrix (alpha 0.25)")}
+
+
+def plot(results, png: Path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(2, len(results), figsize=(6.5 * len(results), 9), squeeze=False)
+    for col, (label, (res, embedding)) in enumerate(results.items()):
+        for row, (key, ylab, log) in enumerate((
+                (("cos_mean", "1 - cosine to F32 (mean)", True) if embedding else
+                 ("kld", "KL divergence from F32 (nats)", True)),
+                ("snr", "weight SNR (dB)", False))):
+            ax = axes[row][col]
+            for kind, st in STYLE.items():
+                ps = sorted([p for p in res if p["kind"] == kind], key=lambda p: p["bpw"])
+                if not ps or st is None:
+                    continue
+                ys = [(1 - p[key]) if key == "cos_mean" else p[key] for p in ps]
+                xs = [p["bpw"] for p in ps]
+                if kind.startswith("gz"):
+                    ax.plot(xs, ys, st[0], color=st[1], label=st[2])
+                else:
+                    ax.scatter(xs, ys, marker=st[0], color=st[1], label=st[2])
+                    for p, x, y in zip(ps, xs, ys):
+                        ax.annotate(p["method"].split()[0], (x, y), fontsize=7,
+                                    xytext=(3, 3), textcoords="offset points")
+            if log:
+                ax.set_yscale("log")
+            ax.axvspan(4, 7, color="0.93", zorder=0)
+            ax.axvline(3.9, color="0.6", ls=":")
+            ax.set_title(label, fontsize=10)
+            ax.set_xlabel("bits per weight (whole file)")
+            ax.set_ylabel(ylab + (" - lower is better" if log else ""))
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = png.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, png)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="embeddinggemma-300m,gemma3-270m")
-    ap.add_argument("--rates", default="3,3.5,3.9,4.5,5,5.5,6,6.5,7")
-    ap.add_argument("--embeddinggemma", type=Path, help="safetensors folder")
-    ap.add_argument("--gemma3", type=Path, help="Gemma-3-270M GGUF")
-    ap.add_argument("--smollm2", type=Path, help="SmolLM2 GGUF (output-quality section)")
-    ap.add_argument("--no-kl", action="store_true", help="skip the output-quality section")
-    ap.add_argument("--kl-rates", default="3.5,3.9,4.5,5.5,6.5")
+    ap.add_argument("--rates", default="3.5,3.9,5,6,7")
+    ap.add_argument("--quick", action="store_true",
+                    help="rates 3.9,5,6 only, 4 chunks, 100 sentences")
+    ap.add_argument("--chunks", type=int, default=6, help="512-token chunks of perplexity")
+    ap.add_argument("--sentences", type=int, default=300)
+    ap.add_argument("--plain", action="store_true",
+                    help="also ggzip without statistics (alpha 0) at every rate")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--work", type=Path, default=ROOT / "build" / "bench-rd")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
-    try:
-        import ggzip.codec as codec
-    except Exception as e:   # native library not built: entropy rates only
-        print(f"bench_rd: no native codec ({e}); ggzip rates are order-0 entropy")
-        codec = None
-    rates = [float(x) for x in args.rates.split(",")]
+    if args.quick:
+        args.rates, args.chunks, args.sentences = "3.9,5,6", 4, 100
+    args.rates = [f"{float(x):g}" for x in args.rates.split(",")]
+    cmdline = "python scripts/bench_rd.py" + "".join(f" {shlex.quote(x)}" for x in
+                                                        (argv if argv is not None else sys.argv[1:]))
+    t0 = time.perf_counter()
     results = {}
-    with tempfile.TemporaryDirectory(prefix="ggzip-rd-") as tmp:
-        for name in args.models.split(","):
-            if name == "embeddinggemma-300m":
-                p = args.embeddinggemma or fetch_path(name)
-                if (p / "model_download").is_dir():
-                    p = p / "model_download"
-                model = load_embeddinggemma(p)
-            elif name == "gemma3-270m":
-                p = args.gemma3 or fetch_path(name)
-                if p.is_dir():
-                    p = next(iter(sorted(p.rglob("*.gguf"))))
-                model = load_gemma3(p)
-            else:
-                sys.exit(f"bench_rd: unknown model {name}")
-            pts, note = run_model(model, rates, codec, Path(tmp))
-            results[model.label] = (pts, note, verdict(pts))
-            print(results[model.label][2])
-            del model
-        kl_rows, kl_note = [], ""
-        if not args.no_kl:
-            p = args.smollm2 or fetch_path("smollm2")
-            if p.is_dir():
-                p = next(iter(sorted(p.rglob("*.gguf"))))
-            print("\nSmolLM2-135M output quality (KL on held-out text)", flush=True)
-            kl_rows, kl_note = kl_points(p, [float(x) for x in args.kl_rates.split(",")],
-                                         Path(tmp))
+    for name in args.models.split(","):
+        if name not in ("embeddinggemma-300m", "gemma3-270m"):
+            sys.exit(f"bench_rd: unknown model {name}")
+        b = Bench(name, args)
+        res = b.run()
+        results[b.label] = (res, b.embedding)
+        for line in verdict(res, b.embedding):
+            print(" ", line)
+    minutes = (time.perf_counter() - t0) / 60
 
-    lines = [f"Weight SNR vs bits per weight, `python scripts/bench_rd.py` on {cpu_name()}, "
-             f"{time.strftime('%Y-%m-%d')}. All 2-D weights but the token embedding; SNR is "
-             "the size-weighted mean over tensors of 10 log10(|W|^2/|W-W_hat|^2). ggzip: "
-             "one step per row, rate-controlled per tensor, no imatrix (alpha 0); its rate is "
-             + ("the real size of the rANS frames (all overhead included)"
-                if codec is not None else "the order-0 entropy of symbols + scales")
-             + ". llama.cpp: tensor bytes of llama-quantize's files; Q4_0/Q5_0/Q8_0 also "
-             "from gguf-py's port of the reference quantizers (on the dequantized Gemma-3 they "
-             "re-code its Q5_0/Q8_0 tensors without loss: 99 dB each, so they look better "
-             "than they are). Shannon's bound for a Gaussian source, 6.02 dB per bit, "
-             "is the reference line: no quantizer of i.i.d. Gaussian weights can beat it.", ""]
-    for label, (pts, note, ver) in results.items():
-        lines += [f"**{label}**", "", "| method | bits/weight | weight SNR (dB) |",
-                  "|---|---|---|"]
-        for p in sorted(pts, key=lambda p: p["bpw"]):
-            extra = f" (entropy {p['bpw_entropy']:.3f})" if "bpw_entropy" in p and codec else ""
-            lines.append(f"| {p['method']} | {p['bpw']:.3f}{extra} | {p['snr']:.2f} |")
-        lines += [""] + ([f"Note: {note}", ""] if note else []) + \
-            ["Targets: " + ver.replace("\n", "; "), ""]
-    if kl_rows:
-        lines += ["**Output quality, SmolLM2-135M** (dequantized from Q4_1/Q8_0; ggzip's numpy "
-                  "forward pass; mean KL(float || quantized) of the next-token distribution "
-                  "on a held-out text, and how often the top token agrees; every 2-D weight "
-                  "counted, the tied embedding too; ggzip bpw = order-0 entropy)", "",
-                  "| method | bits/weight | KL (nats) | top-1 agreement |", "|---|---|---|---|"]
-        for p in sorted(kl_rows, key=lambda p: p["bpw"]):
-            lines.append(f"| {p['method']} | {p['bpw']:.3f} | {p['kl']:.4f} | {p['top1']:.3f} |")
-        lines += [""] + ([f"Note: {kl_note}", ""] if kl_note else [])
-        q4 = next((p for p in kl_rows if p["method"].startswith("Q4_K_M")), None)
-        low = [p for p in kl_rows if p["kind"] == "ggzip-calib" and p["bpw"] <= 3.9]
-        if q4 and low:
-            best = min(low, key=lambda p: p["kl"])
-            lines += [f"Target (output quality): ggzip calibrated at {best['bpw']:.2f} bpw KL "
-                      f"{best['kl']:.4f} vs Q4_K_M at {q4['bpw']:.2f} bpw KL {q4['kl']:.4f}: "
-                      + ("met" if best["kl"] <= q4["kl"] else "NOT met"), ""]
+    lines = [
+        f"`{cmdline}` on {cpu_name()} ({os.cpu_count()} threads), {time.strftime('%Y-%m-%d')}; "
+        f"this run {minutes:.0f} min (intermediate files cached under build/bench-rd/).", "",
+        "Every point is a GGUF made from the same F32 GGUF and run by llama.cpp's own tools "
+        "(the pinned build in build/llama/bin). k-quants: `llama-quantize`, with and "
+        "without an imatrix of `llama-imatrix` on tests/data/declaration.txt. ggzip: "
+        "`ggzip convert --target-bpw B` with that imatrix (rescaling alpha 0.25)" +
+        (" and without statistics (alpha 0)" if args.plain else "") + ". **Bits/weight** = 8 x all tensor bytes in the file "
+        "/ all tensor values (token embedding and norms included, metadata not); a ggzip "
+        "file counts its rANS frames. **Weight SNR**: size-weighted mean over every 2-D "
+        "weight of 10 log10(|W|^2/|W-W_hat|^2), ggzip's rescaling undone. Evaluation text "
+        "(never the calibration text): scripts/data/alice-ch1-3.txt (Alice's Adventures in "
+        "Wonderland, chapters I-III, public domain).", ""]
+    for label, (res, embedding) in results.items():
+        n_eval = (f"{res[1].get('sentences', '?')} sentences, llama-embedding (mean pooling, "
+                  "L2-normalized): cosine of each to the F32 model's embedding"
+                  if embedding else
+                  f"`llama-perplexity --kl-divergence`, {args.chunks} chunks of {CTX} tokens "
+                  "(the second half of each scored): mean KL divergence of the next-token "
+                  "distribution from the F32 model's, share of tokens whose top choice agrees, "
+                  "perplexity")
+        lines += [f"**{label}**: {n_eval}.", ""] + table(res, embedding) + [""]
+        lines += [f"- {v}" for v in verdict(res, embedding)] + [""]
     text = "\n".join(lines)
     print("\n" + text)
     if args.no_write:
         return 0
+    png = ROOT / "docs" / "rd.png"
+    plot(results, png)
     write_section("rd", "## Rate vs quality (`scripts/bench_rd.py`)\n\n" + text +
                   "\n![rate vs quality](docs/rd.png)\n")
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    n_ax = len(results) + (1 if kl_rows else 0)
-    fig, axes = plt.subplots(1, n_ax, figsize=(6 * n_ax, 4.5), squeeze=False)
-    if kl_rows:
-        ax = axes[0][-1]
-        for kind, mk, lab in (("ggzip", "o-", "ggzip, no statistics"),
-                              ("ggzip-calib", "o-", "ggzip, calibrated"),
-                              ("legacy", "^", "gguf-py legacy"), ("kquant", "s", "llama-quantize")):
-            ps = sorted([p for p in kl_rows if p["kind"] == kind], key=lambda p: p["bpw"])
-            if not ps:
-                continue
-            if mk == "o-":
-                ax.plot([p["bpw"] for p in ps], [p["kl"] for p in ps], mk, label=lab)
-            else:
-                ax.scatter([p["bpw"] for p in ps], [p["kl"] for p in ps], marker=mk, label=lab)
-                for p in ps:
-                    ax.annotate(p["method"].split()[0], (p["bpw"], p["kl"]), fontsize=7,
-                                xytext=(3, 3), textcoords="offset points")
-        ax.set_yscale("log")
-        ax.set_title("SmolLM2-135M output (dequantized from Q4_1)", fontsize=10)
-        ax.set_xlabel("bits per weight")
-        ax.set_ylabel("KL(float || quantized), nats")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    for ax, (label, (pts, _, _)) in zip(axes[0], results.items()):
-        g = sorted([p for p in pts if p["kind"] == "ggzip"], key=lambda p: p["bpw"])
-        ax.plot([p["bpw"] for p in g], [p["snr"] for p in g], "o-", label="ggzip (coded size)")
-        xs = np.array([2.8, 8.6])
-        ax.plot(xs, 6.02 * xs, ":", color="gray", label="Gaussian R(D) bound")
-        for kind, mk in (("kquant", "s"), ("legacy", "^")):
-            ps = [p for p in pts if p["kind"] == kind]
-            if not ps:
-                continue
-            ax.scatter([p["bpw"] for p in ps], [p["snr"] for p in ps], marker=mk,
-                       label=("llama-quantize" if "quoted" not in ps[0]["method"] else
-                       "k-quants (quoted)") if kind == "kquant" else "gguf-py legacy")
-            for p in ps:
-                ax.annotate(p["method"].split()[0], (p["bpw"], p["snr"]), fontsize=7,
-                            xytext=(3, -9), textcoords="offset points")
-        ax.set_title(label, fontsize=10)
-        ax.set_ylim(10, 52)
-        ax.set_xlabel("bits per weight")
-        ax.set_ylabel("weight SNR (dB)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    png = ROOT / "docs" / "rd.png"
-    tmp_png = png.with_suffix(".tmp.png")
-    fig.savefig(tmp_png, dpi=110)
-    os.replace(tmp_png, png)
     print(f"wrote BENCHMARKS.md (section rd) and {png}")
     return 0
 
