@@ -219,6 +219,10 @@ def parse_header(buf, what: str) -> Header:
         kvs[key] = KV(key, vtype, start, c.pos, at)
     info_start = c.pos
     tensors = _tensor_infos(c, n_tensors)
+    if len({t.name for t in tensors}) != len(tensors):
+        seen = set()
+        dup = next(t.name for t in tensors if t.name in seen or seen.add(t.name))
+        raise GGZipError(f"{what}: tensor {dup!r} appears twice")
     alignment = DEFAULT_ALIGNMENT
     if "general.alignment" in kvs:
         kv = kvs["general.alignment"]
