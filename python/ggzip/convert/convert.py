@@ -13,6 +13,7 @@ renamed only when complete.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -205,9 +206,16 @@ def imatrix_from_text(model: Path, text: Path, out: Path, threads: int = 2) -> P
     if exe is None:
         raise GGZipError(f"{text}: --calib-text needs llama-imatrix (build it with "
                          "scripts/build_llama.sh, or set GGZIP_LLAMA_BIN), or pass --imatrix")
-    cmd = [str(exe), "-m", str(model), "-f", str(text), "-o", str(out), "--no-ppl",
-           "-t", str(threads), "-c", "512"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    ctx = 512
+    while True:
+        cmd = [str(exe), "-m", str(model), "-f", str(text), "-o", str(out), "--no-ppl",
+               "-t", str(threads), "-c", str(ctx)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        # llama-imatrix wants two contexts of tokens: a short text gets a shorter context
+        short = re.search(r"tokenizes to only (\d+) tokens", r.stderr)
+        if r.returncode == 0 or not short or ctx <= 32:
+            break
+        ctx = max(32, 1 << (int(short.group(1)) // 2).bit_length() - 1)
     if r.returncode != 0 or not out.exists():
         tail = "\n".join(r.stderr.strip().splitlines()[-5:])
         raise GGZipError(f"{model}: llama-imatrix failed on {text}:\n{tail}")
