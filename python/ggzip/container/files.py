@@ -56,12 +56,13 @@ class CompressReport:
                 f"{n}/{len(self.tensors)} tensors coded, {self.in_size / 1e6 / max(self.seconds, 1e-9):.0f} MB/s")
 
 
-def _sha256(mm, progress: bool, desc: str = "sha256") -> str:
+def _sha256(r: GGZipReader, progress: bool, desc: str = "sha256") -> str:
     h = hashlib.sha256()
-    step = 1 << 24
+    mm, step = r._mm, 1 << 24
     with _bar(len(mm), desc, progress) as bar:
         for i in range(0, len(mm), step):
             h.update(mm[i:i + step])
+            r.release_range(i, i + step)
             bar.update(min(step, len(mm) - i))
     return h.hexdigest()
 
@@ -115,7 +116,7 @@ def compress_file(src, dst, threads: Optional[int] = None, progress: bool = True
         if padding.count(0) != len(padding):
             extra.append((Keys.ORIGINAL_PADDING, G.kv_bytes(Keys.ORIGINAL_PADDING, np.frombuffer(
                 padding, np.uint8), VT.ARRAY, VT.UINT8)))
-        extra.append((Keys.ORIGINAL_SHA256, G.kv_bytes(Keys.ORIGINAL_SHA256, _sha256(mm, progress), VT.STRING)))
+        extra.append((Keys.ORIGINAL_SHA256, G.kv_bytes(Keys.ORIGINAL_SHA256, _sha256(r, progress), VT.STRING)))
 
         w = GGZipWriter(dst, alignment=h.alignment, threads=threads)
         try:
@@ -124,6 +125,7 @@ def compress_file(src, dst, threads: Optional[int] = None, progress: bool = True
             with _bar(sum(t.nbytes for t in r.tensors.values()), "compress", progress) as bar:
                 for name, t in r.tensors.items():
                     w.add_tensor(name, t.ggml_type, t.ne, r.stored(name))
+                    r.release(name)
                     bar.update(t.nbytes)
             w.close(extra)
         except BaseException:
@@ -192,6 +194,8 @@ def _restore(r: GGZipReader, write, progress: bool, desc: str) -> tuple[int, str
                                  "tensor info (damaged metadata)")
             data = r.data(ti.name, out=scratch[:t.nbytes] if t.coded else None)
             put(memoryview(data).cast("B"))
+            del data
+            r.release(ti.name)
             bar.update(t.nbytes)
     return done, digest.hexdigest(), h.value(Keys.ORIGINAL_SHA256)
 

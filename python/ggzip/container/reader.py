@@ -153,6 +153,19 @@ class GGZipReader:
         t = self._get(name)
         return memoryview(self._mm)[t.offset:t.offset + t.stored]
 
+    def release(self, name: str) -> None:
+        """Drop the mapped pages of a tensor's stored bytes from this process's
+        resident memory (they stay in the page cache): a pass over every tensor
+        then keeps about one tensor resident, not the file."""
+        t = self._get(name)
+        self.release_range(t.offset, t.offset + t.stored)
+
+    def release_range(self, start: int, end: int) -> None:
+        page = mmap.PAGESIZE
+        a, b = (start + page - 1) // page * page, end // page * page
+        if b > a and hasattr(self._mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            self._mm.madvise(mmap.MADV_DONTNEED, a, b - a)
+
     def data(self, name: str, out: Optional[np.ndarray] = None, threads: int = 0) -> np.ndarray:
         """The tensor's bytes (decoded if coded) as uint8.  Plain tensors: a
         read-only view of the mapping unless out is given."""

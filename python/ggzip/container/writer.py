@@ -94,7 +94,6 @@ class GGZipWriter:
                             for _ in range(2)]
         except OSError as e:
             raise GGZipError(f"{path}: cannot write here: {e.strerror}") from None
-        self._scratch = None
 
     # ---- metadata ------------------------------------------------------------
     def add_kv(self, key: str, value, vtype: int, sub_type: Optional[int] = None) -> None:
@@ -166,11 +165,17 @@ class GGZipWriter:
         return t
 
     def _check_frame(self, name: str, frame: bytes, view: memoryview) -> None:
-        n = view.nbytes
-        if self._scratch is None or self._scratch.nbytes < n:
-            self._scratch = np.empty(n, np.uint8)
-        out = codec.decode(frame, out=self._scratch[:n], threads=self.threads)
-        if not np.array_equal(out, np.frombuffer(view, np.uint8)):
+        """Decode chunk by chunk (memory: one chunk) and compare with the input."""
+        fi = codec.info(frame)
+        src = np.frombuffer(view, np.uint8)
+        ok = fi.raw_size == src.size
+        for j in range(fi.n_chunks if ok else 0):
+            part = codec.decode_chunk(frame, j)
+            a = j * fi.chunk_raw_size
+            if not np.array_equal(part, src[a:a + part.size]):
+                ok = False
+                break
+        if not ok:
             raise GGZipError(f"{self.path}: tensor {name!r}: the frame does not decode to the "
                              "input (codec bug): not written")
 
@@ -181,7 +186,6 @@ class GGZipWriter:
         if self._closed:
             return
         self._closed = True
-        self._scratch = None
         coded = [t for t, _ in self._coded]
         shapes = []
         for t in coded:
@@ -236,7 +240,6 @@ class GGZipWriter:
     def abort(self) -> None:
         """Drop everything; the output path is left as it was."""
         self._closed = True
-        self._scratch = None
         self._close_spools()
 
     def _close_spools(self) -> None:
