@@ -19,6 +19,10 @@ STEPS = ["native", "sanitize", "fuzz", "neon-a53", "neon-a76", "neon-zig", "avx2
 
 @pytest.mark.parametrize("step", STEPS)
 def test_native_step(step):
+    if step == "neon-zig" and not os.environ.get("GGZIP_NATIVE_FULL"):
+        # the gcc build of the same kernel runs under qemu in neon-a53/neon-a76
+        pytest.skip("second compiler (zig cc, musl): building zig's aarch64 libc takes ~9 min "
+                    "on 2 cores; GGZIP_NATIVE_FULL=1 runs it")
     args = ["bash", str(SCRIPT), "--step", step]
     if not os.environ.get("GGZIP_NATIVE_FULL"):
         args.insert(2, "--quick")
