@@ -28,7 +28,7 @@ from . import gguf_io as G
 from .reader import GGZipReader
 from .writer import layout_for
 
-SAMPLE_BYTES = 1 << 20
+SAMPLE_BYTES = 512 * 1024
 GRAIN_ROWS = 512
 _Q8_0 = 8
 
@@ -66,7 +66,13 @@ def _sample(data: np.ndarray, row: int, limit: int) -> tuple[bytes, float]:
 
 
 def _entropy_bits(sym: np.ndarray) -> float:
-    c = np.bincount(sym.reshape(-1), minlength=256)
+    """Order-0 entropy in bits of uint8 symbols (any shape; counted by slices of
+    rows, since np.bincount widens its input to int64)."""
+    c = np.zeros(256, np.int64)
+    rows = sym.reshape(sym.shape[0], -1) if sym.ndim > 1 else sym.reshape(1, -1)
+    per = max(1, (1 << 22) // max(rows.shape[1], 1))
+    for i in range(0, rows.shape[0], per):
+        c += np.bincount(rows[i:i + per].reshape(-1), minlength=256)
     p = c[c > 0] / sym.size
     return float(-(p * np.log2(p)).sum())
 
@@ -130,6 +136,8 @@ def analyze_file(path, *, sample_bytes: int = SAMPLE_BYTES, grain_rows: int = GR
             for col in columns:
                 e["bpw" if col == "raw" else f"bpw_{col}"] = 8 * e[_bytes(col)] / max(t.n_elements, 1)
             out.append(e)
+            del data, sample
+            r.release(t.name)
             bar.update(t.nbytes)
         bar.close()
         size = r.size

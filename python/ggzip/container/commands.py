@@ -94,8 +94,8 @@ def register(sub) -> None:
     p.add_argument("--plot", metavar="PNG", help="plot bits/weight per tensor (matplotlib)")
     p.add_argument("--full", action="store_true", help="run zstd/lz4 on whole tensors (slow: zstd -19 "
                                                        "is a few MB/s), not on samples")
-    p.add_argument("--sample-bytes", type=int, default=1 << 20, metavar="B",
-                   help="bytes per tensor given to zstd/lz4 (default 1 MiB)")
+    p.add_argument("--sample-bytes", type=int, default=512 * 1024, metavar="B",
+                   help="bytes per tensor given to zstd/lz4 (default 512 KiB)")
     p.add_argument("--threads", type=int, default=None, metavar="N")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_analyze)
