@@ -136,7 +136,8 @@ def compress_file(src, dst, threads: Optional[int] = None, progress: bool = True
 
 
 # ---- restore: the original file's bytes, in order --------------------------------
-def _restore(r: GGZipReader, write, progress: bool, desc: str) -> tuple[int, str, Optional[str]]:
+def _restore(r: GGZipReader, write, progress: bool, desc: str,
+             threads: int = 0) -> tuple[int, str, Optional[str]]:
     """Write the decompressed file through write(bytes-like); returns (size,
     sha256 of what was written, the original's sha256 or None)."""
     h, what = r.header, str(r.path)
@@ -148,13 +149,15 @@ def _restore(r: GGZipReader, write, progress: bool, desc: str) -> tuple[int, str
         head = stored_head.tobytes()
     elif tinfo is not None:
         head = _rebuild_header(len(r.tensors), kv_raw, tinfo.tobytes(), h.alignment)
-    else:   # made by convert: no original; a plain GGUF, tensors in file order, packed
+    else:   # no original recorded (another writer): a plain GGUF, tensors in file order, packed
         infos, off = [], 0
         for t in r.tensors.values():
             infos.append(G.tensor_info_bytes(t.name, t.ne, t.ggml_type, off))
             off = G.align(off + t.nbytes, h.alignment)
         head = _rebuild_header(len(r.tensors), kv_raw, b"".join(infos), h.alignment)
         size = len(head) + off
+    if size is None:
+        raise GGZipError(f"{what}: {Keys.ORIGINAL_SIZE} is missing (damaged metadata)")
     oh = G.parse_header(head, f"{what} (original header)")
     if oh.data_start != len(head) or len(oh.tensors) != len(r.tensors):
         raise GGZipError(f"{what}: the stored original header is damaged")
@@ -192,7 +195,7 @@ def _restore(r: GGZipReader, write, progress: bool, desc: str) -> tuple[int, str
             if t is None or t.ggml_type != ti.ggml_type or t.nbytes != ti.nbytes:
                 raise GGZipError(f"{what}: tensor {ti.name!r} does not match the original's "
                                  "tensor info (damaged metadata)")
-            data = r.data(ti.name, out=scratch[:t.nbytes] if t.coded else None)
+            data = r.data(ti.name, out=scratch[:t.nbytes] if t.coded else None, threads=threads)
             put(memoryview(data).cast("B"))
             del data
             r.release(ti.name)
@@ -216,7 +219,7 @@ def decompress_file(src, dst, progress: bool = True, threads: int = 0) -> dict:
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as f:
-                size, got, want = _restore(r, f.write, progress, "decompress")
+                size, got, want = _restore(r, f.write, progress, "decompress", threads)
             if want is not None and got != want:
                 raise GGZipError(f"{src}: the decompressed file's sha256 {got} is not the "
                                  f"original's {want} (damaged metadata?)")
