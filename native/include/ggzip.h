@@ -147,6 +147,31 @@ size_t ggz_decode_tensor(void * dst, size_t dstCapacity,
                          const void * src, size_t srcSize,
                          int n_threads, int64_t * bad_chunk);
 
+/* One frame of a batch (ggz_decode_batch). */
+typedef struct {
+    void *       dst;          /* receives the decoded tensor                              */
+    size_t       dstCapacity;  /* >= its raw_size                                          */
+    const void * src;          /* the frame                                                */
+    size_t       srcSize;
+    size_t       result;       /* out: raw_size, or an error code (GGZ_ERR_GENERIC: not
+                                  decoded because another frame of the batch failed)      */
+    int64_t      bad_chunk;    /* out: the failing chunk of this frame, or -1              */
+} ggz_batch_item;
+
+/* Called once per decoded frame, as soon as its last chunk is written (to release
+ * the frame's pages, say); from a worker thread, never two calls at once. */
+typedef void (*ggz_frame_done_fn)(void * opaque, size_t index);
+
+/*! ggz_decode_batch() : decode n frames with one pool of n_threads threads (<=1:
+ *  the calling thread only).  Frames are opened in array order and the chunks of
+ *  all of them are shared by all threads, so many small frames keep every core
+ *  busy, and frames mapped from a file are read in order (decode follows the
+ *  readahead).  Every chunk's CRC32C is checked before it is decoded; the batch
+ *  stops at the first error.  done may be NULL.
+ *  @return n, or the first error code (items[i].result says which frame) */
+size_t ggz_decode_batch(ggz_batch_item * items, size_t n, int n_threads,
+                        ggz_frame_done_fn done, void * opaque);
+
 /*! ggz_decode_chunk() : decode chunk `index` alone into dst, which receives the
  *  raw bytes [index * chunk_raw_size, ...) of the tensor.
  *  @return the chunk's raw size, or an error code */

@@ -644,6 +644,193 @@ size_t ggz_decode_tensor(void * dst, size_t dstCapacity, const void * src, size_
     return decode_all(dst ? (uint8_t *)dst : &dummy, dstCapacity, src, srcSize, n_threads, bad_chunk);
 }
 
+/* ---- batch decode: one pool for many frames ------------------------------ */
+
+/* A frame of the batch once opened: its parsed header, decode tables and chunk
+ * offsets, freed by the thread that decodes its last chunk. */
+typedef struct {
+    frame_hdr   h;
+    dtabs       d;
+    uint64_t  * offsets;
+    atomic_uint remaining;    /* chunks not yet decoded */
+    atomic_int  failed;
+} batch_frame;
+
+typedef struct {
+    ggz_batch_item  * items;
+    size_t            n;
+    int               n_threads;
+    int               pair;       /* the kernel has decode2 */
+    pthread_mutex_t   lock;       /* guards cur, next_chunk, open */
+    size_t            cur;        /* frame whose chunks are handed out */
+    uint32_t          next_chunk;
+    batch_frame     * open;       /* frame cur once opened */
+    batch_frame    ** frames;     /* every opened frame not yet freed */
+    pthread_mutex_t   done_lock;
+    ggz_frame_done_fn done;
+    void            * opaque;
+    atomic_int        err;
+} batch_job;
+
+static void batch_frame_free(batch_frame * f)
+{
+    if (!f) return;
+    free(f->offsets);
+    dtabs_free(&f->d);
+    free(f);
+}
+
+static void batch_fail(batch_job * job, size_t i, int err, int64_t bad)
+{
+    job->items[i].result = (size_t)-(ptrdiff_t)err;
+    job->items[i].bad_chunk = bad;
+    int zero = 0;
+    atomic_compare_exchange_strong(&job->err, &zero, err);
+}
+
+/* frame i is decoded: report it and free what it held */
+static void batch_finish(batch_job * job, size_t i, batch_frame * f)
+{
+    if (!f || !atomic_load(&f->failed)) {
+        job->items[i].result = f ? (size_t)f->h.raw_size : 0;
+        if (job->done) {
+            pthread_mutex_lock(&job->done_lock);
+            job->done(job->opaque, i);
+            pthread_mutex_unlock(&job->done_lock);
+        }
+    }
+    if (f) {
+        job->frames[i] = NULL;
+        batch_frame_free(f);
+    }
+}
+
+/* Parse frame i, build its tables and chunk offsets (called under job->lock).
+ * @return the frame, or NULL with the error recorded (or, for an empty frame,
+ * NULL after finishing it: *empty set). */
+static batch_frame * batch_open(batch_job * job, size_t i, int * empty)
+{
+    ggz_batch_item * it = &job->items[i];
+    *empty = 0;
+    batch_frame * f = calloc(1, sizeof(*f));
+    if (!f) { batch_fail(job, i, GGZ_ERR_ALLOC, -1); return NULL; }
+    const size_t r = it->src ? parse(&f->h, it->src, it->srcSize) : GGZ_ERROR(PARAM);
+    int err = ggz_is_error(r) ? (int)ggz_error_code(r) : GGZ_OK;
+    if (!err && (it->dst ? it->dstCapacity < f->h.raw_size : f->h.raw_size != 0)) err = GGZ_ERR_DST_TOO_SMALL;
+    if (err) { free(f); batch_fail(job, i, err, -1); return NULL; }
+    if (!f->h.n_chunks) { free(f); *empty = 1; batch_finish(job, i, NULL); return NULL; }
+    if (dtabs_build(&f->d, &f->h)) { free(f); batch_fail(job, i, GGZ_ERR_ALLOC, -1); return NULL; }
+    f->offsets = malloc(f->h.n_chunks * sizeof(uint64_t));
+    if (!f->offsets) { dtabs_free(&f->d); free(f); batch_fail(job, i, GGZ_ERR_ALLOC, -1); return NULL; }
+    uint64_t off = f->h.data_offset;
+    for (uint32_t j = 0; j < f->h.n_chunks; j++) {
+        f->offsets[j] = off;
+        for (unsigned s = 0; s < f->h.n_streams; s++) off += ggz_rd32(f->h.index + (size_t)j * f->h.index_entry + 4 * s);
+    }
+    atomic_init(&f->remaining, f->h.n_chunks);
+    atomic_init(&f->failed, 0);
+    job->frames[i] = f;
+    return f;
+}
+
+static void * batch_worker(void * arg)
+{
+    batch_job * job = arg;
+    uint8_t * scratch = NULL;   /* the Q8_0 scales of two chunks, grown on demand */
+    size_t scratch_per = 0;
+    for (;;) {
+        /* claim the next one or two chunks, opening frames in order */
+        batch_frame * f = NULL;
+        size_t fi = 0;
+        uint32_t j = 0, take = 0;
+        pthread_mutex_lock(&job->lock);
+        while (!atomic_load(&job->err) && job->cur < job->n) {
+            if (!job->open) {
+                int empty;
+                job->open = batch_open(job, job->cur, &empty);
+                job->next_chunk = 0;
+                if (!job->open) {
+                    if (empty) { job->cur++; continue; }
+                    break;
+                }
+            }
+            f = job->open;
+            fi = job->cur;
+            j = job->next_chunk;
+            const uint32_t left = f->h.n_chunks - j;
+            /* pairs run faster on one thread, but the last frame's last chunks go
+             * one by one so that no thread idles at the end */
+            const int tail = job->cur + 1 == job->n && left < 2u * (unsigned)job->n_threads;
+            take = job->pair && left >= 2 && !tail ? 2 : 1;
+            job->next_chunk += take;
+            if (job->next_chunk == f->h.n_chunks) { job->cur++; job->open = NULL; }
+            break;
+        }
+        pthread_mutex_unlock(&job->lock);
+        if (!f) break;
+
+        const frame_hdr * h = &f->h;
+        const uint64_t max_chunk = h->chunk_raw < h->raw_size ? h->chunk_raw : h->raw_size;
+        const size_t per = (size_t)(max_chunk / Q8_0_BLOCK) * 2 + 64;
+        if (per > scratch_per) {
+            free(scratch);
+            scratch = malloc(2 * per);
+            scratch_per = scratch ? per : 0;
+            if (!scratch) {
+                atomic_store(&f->failed, 1);
+                batch_fail(job, fi, GGZ_ERR_ALLOC, -1);
+                atomic_fetch_sub(&f->remaining, take);
+                break;
+            }
+        }
+        uint8_t * const scr[2] = { scratch, scratch + scratch_per };
+        uint8_t * dst = job->items[fi].dst;
+        uint8_t * const out[2] = { dst + (uint64_t)j * h->chunk_raw, dst + (uint64_t)(j + take - 1) * h->chunk_raw };
+        int64_t bad = -1;
+        const int err = decode_chunks(h, &f->d, job->items[fi].src, f->offsets, j, take == 2 ? (int64_t)j + 1 : -1,
+                                      out, scr, &bad);
+        if (err) {
+            atomic_store(&f->failed, 1);
+            batch_fail(job, fi, err, bad);
+        }
+        /* the thread that decodes a frame's last chunk finishes it; a failed frame
+         * is left for the caller to free (other threads may still decode in it) */
+        if (atomic_fetch_sub(&f->remaining, take) == take && !atomic_load(&f->failed)) batch_finish(job, fi, f);
+        if (err) break;
+    }
+    free(scratch);
+    return NULL;
+}
+
+size_t ggz_decode_batch(ggz_batch_item * items, size_t n, int n_threads,
+                        ggz_frame_done_fn done, void * opaque)
+{
+    if (!items && n) return GGZ_ERROR(PARAM);
+    for (size_t i = 0; i < n; i++) {
+        items[i].result = GGZ_ERROR(GENERIC);
+        items[i].bad_chunk = -1;
+    }
+    if (!n) return 0;
+    batch_job job = { .items = items, .n = n, .done = done, .opaque = opaque };
+    job.frames = calloc(n, sizeof(batch_frame *));
+    if (!job.frames) return GGZ_ERROR(ALLOC);
+    if (n_threads < 1) n_threads = 1;
+    if (n_threads > 64) n_threads = 64;
+    job.n_threads = n_threads;
+    job.pair = ggz_decoder()->decode2 != NULL;
+    atomic_init(&job.err, 0);
+    pthread_mutex_init(&job.lock, NULL);
+    pthread_mutex_init(&job.done_lock, NULL);
+    run_threads(batch_worker, &job, n_threads);
+    pthread_mutex_destroy(&job.done_lock);
+    pthread_mutex_destroy(&job.lock);
+    /* frames opened but not finished: a failure stopped the batch */
+    for (size_t i = 0; i < n; i++) batch_frame_free(job.frames[i]);
+    free(job.frames);
+    const int err = atomic_load(&job.err);
+    return err ? (size_t)-(ptrdiff_t)err : n;
+}
+
 size_t ggz_verify_tensor(const void * src, size_t srcSize, int64_t * bad_chunk)
 {
     return decode_all(NULL, 0, src, srcSize, 1, bad_chunk);
