@@ -94,10 +94,11 @@ def encode(data, layout="bytes", row_size: int = 0, chunk_size: int = 0, threads
         raise CodecError(f"cannot encode {n} bytes as {C.LAYOUT_NAMES[params.layout]} with row size "
                          f"{row_size}: the size must be a multiple of the row size, itself a multiple of {unit}",
                          "PARAM")
-    out = bytearray(cap)
+    # np.empty, not bytearray: pages of the worst-case bound that the frame does
+    # not reach are never touched (a zeroed bound would double the peak memory)
+    out = np.empty(cap, np.uint8)
     r = _check(lib.ggz_encode_tensor(ffi.from_buffer(out), cap, src, n, params), "encode")
-    del out[r:]
-    return bytes(out)
+    return out[:r].tobytes()
 
 
 @dataclass(frozen=True)
