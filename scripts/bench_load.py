@@ -2,15 +2,19 @@
 """Load time, peak RSS and tokens/s of a ggzip GGUF against its plain Q8_0 twin,
 through the patched llama.cpp (scripts/build_llama.sh llama-bench).
 
-    scripts/bench_load.py PLAIN_Q8_0.gguf GGZIP.gguf [--runs 3] [--no-write]
+    scripts/bench_load.py PLAIN_Q8_0.gguf GGZIP.gguf [--runs 5] [--threads 1 2] [--before LLAMA_DIR] [--no-write]
 
 Load is measured as the wall time and peak RSS of `llama-bench -p 0 -n 1 -r 1`
 (model load, one context, one token: for these sizes the load dominates; the
 same work is done for both files), page cache warm (file read once before) and
 cold (the model file's pages dropped: /proc/sys/vm/drop_caches when permitted,
 else posix_fadvise(DONTNEED) on the file, which evicts its clean pages without
-root).  Tokens/s is llama-bench's tg32 after load.  Writes section "load" of
-BENCHMARKS.md."""
+root).  Both files are loaded with mmap (llama.cpp's default) and without
+(`--load-mode none`): plain Q8_0 with mmap copies nothing, without it reads
+every byte into fresh memory as ggzip's decode writes it.  The four loads of a
+cell run interleaved, `--runs` rounds, and the median is kept: the machines this
+runs on are shared, and the load average is printed with the table.  Tokens/s
+is llama-bench's tg32 after load.  Writes section "load" of BENCHMARKS.md."""
 from __future__ import annotations
 
 import argparse
@@ -61,13 +65,14 @@ def warm(path: Path) -> None:
             pass
 
 
-def measure_load(model: Path, threads: int, cold: bool) -> tuple[float, float]:
+def measure_load(model: Path, threads: int, cold: bool, extra: list[str], bindir: Path = BIN) -> tuple[float, float]:
     """Wall time and peak RSS of one load in a fresh process (RSS via wait4)."""
     if cold:
         drop_cache(model)
     else:
         warm(model)
-    cmd = [str(BIN / "llama-bench"), "-m", str(model), "-p", "0", "-n", "1", "-r", "1", "-t", str(threads), "-o", "json"]
+    cmd = [str(bindir / "llama-bench"), "-m", str(model), "-p", "0", "-n", "1", "-r", "1", "-t", str(threads),
+           "-o", "json", *extra]
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, ru = os.wait4(p.pid, 0)
@@ -75,6 +80,15 @@ def measure_load(model: Path, threads: int, cold: bool) -> tuple[float, float]:
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"bench_load: {' '.join(cmd)} failed:\n{p.stderr.read().decode()[-2000:]}")
     return wall, ru.ru_maxrss / 1024
+
+
+def largest_frame(path: Path) -> int:
+    """Bytes of the largest ggzip frame of path (the RSS target allows one beyond the decoded size)."""
+    import gguf
+    r = gguf.GGUFReader(path)
+    f = r.fields.get("ggzip.tensor_names")
+    names = set(f.contents()) if f else set()
+    return max((int(t.n_bytes) for t in r.tensors if t.name in names), default=0)
 
 
 def tokens_per_s(model: Path, threads: int) -> float:
@@ -89,42 +103,61 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("plain", type=Path, help="the plain Q8_0 GGUF")
     ap.add_argument("ggzip", type=Path, help="its ggzip GGUF")
-    ap.add_argument("--runs", type=int, default=3, help="loads per cell (median)")
+    ap.add_argument("--runs", type=int, default=5, help="interleaved rounds per cell (median)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--no-write", action="store_true", help="print only, do not touch BENCHMARKS.md")
+    ap.add_argument("--before", type=Path, metavar="LLAMA_DIR",
+                    help="another patched build (its bin/llama-bench): ggzip loads with it too, as a before column")
     args = ap.parse_args(argv)
     if not (BIN / "llama-bench").exists():
         raise SystemExit(f"bench_load: {BIN}/llama-bench missing: run scripts/build_llama.sh llama-bench")
 
     cache_how = drop_cache(args.plain)
+    loads = [("Q8_0", args.plain, [], BIN), ("Q8_0 no-mmap", args.plain, ["--load-mode", "none"], BIN),
+             ("ggzip", args.ggzip, [], BIN), ("ggzip no-mmap", args.ggzip, ["--load-mode", "none"], BIN)]
+    if args.before:
+        loads.append(("before", args.ggzip, [], args.before / "bin"))
+    load_before = os.getloadavg()[0]
     rows = []
     for threads in args.threads:
         for cold in (False, True):
-            cell = {}
-            for label, model in (("Q8_0", args.plain), ("ggzip", args.ggzip)):
-                samples = [measure_load(model, threads, cold) for _ in range(args.runs)]
-                cell[label] = (statistics.median(s[0] for s in samples), max(s[1] for s in samples))
+            samples = {label: [] for label, *_ in loads}
+            for _ in range(args.runs):  # interleaved: a burst of load on the machine hits every column
+                for label, model, extra, bindir in loads:
+                    samples[label].append(measure_load(model, threads, cold, extra, bindir))
+            cell = {label: (statistics.median(s[0] for s in v), max(s[1] for s in v)) for label, v in samples.items()}
             rows.append((threads, "cold" if cold else "warm", cell))
             print(rows[-1], flush=True)
     tps = {(t, label): tokens_per_s(m, t) for t in args.threads
            for label, m in (("Q8_0", args.plain), ("ggzip", args.ggzip))}
+    load_after = os.getloadavg()[0]
 
-    mib = lambda p: p.stat().st_size / 2**20  # noqa: E731
+    mib = lambda n: n / 2**20  # noqa: E731
+    big = largest_frame(args.ggzip)
     lines = [
-        f"Load of `{args.ggzip.name}` ({mib(args.ggzip):.1f} MiB) vs its plain Q8_0 twin "
-        f"`{args.plain.name}` ({mib(args.plain):.1f} MiB) in the patched llama.cpp.",
-        f"CPU: {cpu_name()} ({os.cpu_count()} logical cores, shared). Cold cache by {cache_how}.",
-        f"Load = wall time of `llama-bench -p 0 -n 1 -r 1` (load + one token), median of {args.runs}; "
-        "peak RSS of that process; tokens/s = llama-bench tg32. `threads` is llama-bench -t; the loader "
-        "decodes frames on every core (std::thread::hardware_concurrency) whatever -t says.",
+        f"Load of `{args.ggzip.name}` ({mib(args.ggzip.stat().st_size):.1f} MiB) vs its plain Q8_0 twin "
+        f"`{args.plain.name}` ({mib(args.plain.stat().st_size):.1f} MiB) in the patched llama.cpp.",
+        f"CPU: {cpu_name()} ({os.cpu_count()} logical cores, shared: load average {load_before:.1f} before, "
+        f"{load_after:.1f} after). Cold cache by {cache_how}.",
+        f"Load = wall time of `llama-bench -p 0 -n 1 -r 1` (load + one token), median of {args.runs} interleaved "
+        "rounds; peak RSS of that process; tokens/s = llama-bench tg32. `threads` is llama-bench -t; the loader "
+        "decodes all frames with one pool of threads on every core (std::thread::hardware_concurrency) whatever "
+        "-t says. mmap = llama.cpp's default load; no-mmap = `--load-mode none`."
+        + (f" before = ggzip (mmap) loaded by the build in `{args.before}`." if args.before else ""),
         "",
-        "| threads | cache | Q8_0 load s | ggzip load s | ratio | Q8_0 peak RSS MiB | ggzip peak RSS MiB |",
-        "|---|---|---|---|---|---|---|",
+        "| threads | cache | Q8_0 s | Q8_0 no-mmap s | ggzip s | ggzip no-mmap s | ggzip / Q8_0 | ggzip / Q8_0 no-mmap "
+        "| peak RSS MiB: Q8_0, no-mmap, ggzip, ggzip no-mmap |" + (" ggzip before s | before / Q8_0 |" if args.before else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if args.before else ""),
     ]
     for threads, cache, cell in rows:
-        (tp, rp), (tg, rg) = cell["Q8_0"], cell["ggzip"]
-        lines.append(f"| {threads} | {cache} | {tp:.3f} | {tg:.3f} | {tg / tp:.2f}x | {rp:.0f} | {rg:.0f} |")
-    lines += ["", "| threads | Q8_0 tokens/s | ggzip tokens/s |", "|---|---|---|"]
+        t = {k: v[0] for k, v in cell.items()}
+        r = {k: v[1] for k, v in cell.items()}
+        lines.append(f"| {threads} | {cache} | {t['Q8_0']:.3f} | {t['Q8_0 no-mmap']:.3f} | {t['ggzip']:.3f} | "
+                     f"{t['ggzip no-mmap']:.3f} | {t['ggzip'] / t['Q8_0']:.2f}x | {t['ggzip'] / t['Q8_0 no-mmap']:.2f}x | "
+                     f"{r['Q8_0']:.0f}, {r['Q8_0 no-mmap']:.0f}, {r['ggzip']:.0f}, {r['ggzip no-mmap']:.0f} |"
+                     + (f" {t['before']:.3f} | {t['before'] / t['Q8_0']:.2f}x |" if args.before else ""))
+    lines += ["", f"Largest frame: {mib(big):.1f} MiB (the RSS target is the decoded size plus that).",
+              "", "| threads | Q8_0 tokens/s | ggzip tokens/s |", "|---|---|---|"]
     for t in args.threads:
         lines.append(f"| {t} | {tps[(t, 'Q8_0')]:.1f} | {tps[(t, 'ggzip')]:.1f} |")
     lines += ["", "Made by: `" + " ".join(["scripts/bench_load.py"] + (argv if argv is not None else sys.argv[1:])) + "`"]
