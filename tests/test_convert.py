@@ -194,6 +194,10 @@ def test_keep_float_file_computes_the_same_function(smol, smol_path, calib, tmp_
     got = _load_q8(out)
     assert np.abs(got["blk.2.ffn_down.weight"] - m.float32("blk.2.ffn_down.weight")).max() > 0.01
     assert _rel(llama_forward(m.kv, got, ids), ref) < 2e-5
+    # convert's own output is valid input: its ggzip.* keys are not copied twice
+    again = convert(out, tmp_path / "again.gguf", target_bpw=5.0, progress=False)
+    assert (tmp_path / "again.gguf").is_file() and len(again.tensors) == len(rep.tensors)
+    assert not list(tmp_path.glob(".again.gguf.input-*"))  # the decoded input is removed
 
 
 def test_bpe_tokenizer_on_smollm2(smol):

@@ -208,8 +208,10 @@ def imatrix_from_text(model: Path, text: Path, out: Path, threads: int = 2) -> P
                          "scripts/build_llama.sh, or set GGZIP_LLAMA_BIN), or pass --imatrix")
     ctx = 512
     while True:
+        # add_eos off: llama-imatrix stops on models that append EOS (EmbeddingGemma);
+        # statistics of the text's tokens do not need it
         cmd = [str(exe), "-m", str(model), "-f", str(text), "-o", str(out), "--no-ppl",
-               "-t", str(threads), "-c", str(ctx)]
+               "-t", str(threads), "-c", str(ctx), "--override-kv", "tokenizer.ggml.add_eos_token=bool:false"]
         r = subprocess.run(cmd, capture_output=True, text=True)
         # llama-imatrix wants two contexts of tokens: a short text gets a shorter context
         short = re.search(r"tokenizes to only (\d+) tokens", r.stderr)
@@ -252,8 +254,10 @@ def _stats_from_text(src: GGUFModel, text: Path, progress: bool):
 def _copy_kv(writer, inp: GGUFModel) -> None:
     import gguf
     for k, f in inp.reader.fields.items():
-        if k.startswith("GGUF.") or k in ("general.architecture", "general.file_type",
-                                          "general.quantization_version"):
+        # ggzip.*: the input's own container/convert keys (a file convert wrote
+        # with --keep-float, say) would clash with the ones written for OUT
+        if k.startswith(("GGUF.", "ggzip.")) or k in ("general.architecture", "general.file_type",
+                                                       "general.quantization_version"):
             continue
         vtype = f.types[0]
         sub = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
@@ -267,7 +271,23 @@ def _quantizable(name: str, shape: tuple[int, ...]) -> bool:
             and not any(k in name for k in _KEEP_FLOAT))
 
 
-def convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, prune: float = 0.0,
+def convert(inp: str | Path, out: str | Path, **kw) -> ConvertReport:
+    """Convert IN to OUT (see _convert).  A ggzip GGUF as input (one this command
+    wrote with --keep-float, say) is decoded to a temporary plain GGUF first."""
+    from ..container import decompress_file, is_ggzip
+    inp, out = Path(inp), Path(out)
+    if not (inp.is_file() and is_ggzip(inp)):
+        return _convert(inp, out, **kw)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.input-", suffix=".gguf", dir=out.parent)
+    os.close(fd)
+    try:
+        decompress_file(inp, tmp, progress=kw.get("progress", True))
+        return _convert(Path(tmp), out, **kw)
+    finally:
+        os.unlink(tmp)
+
+
+def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, prune: float = 0.0,
             target_bpw: float | None = None, step: float | None = None,
             imatrix: str | Path | None = None, calib_text: str | Path | None = None,
             theta: float = DEFAULT_THETA, progress: bool = True,
