@@ -46,6 +46,14 @@ int ggz_decode_avx512(const uint8_t * src, size_t src_size, uint8_t * dst, size_
     __m512i x0 = _mm512_loadu_si512(x), x1 = _mm512_loadu_si512(x + 16);
     size_t k = 0;
     /* a step reads at most 32 words: with 64 bytes left no check is needed */
+    if (period == 1) {  /* one table: no per-lane offset (the common case) */
+        const __m512i zero = _mm512_setzero_si512();
+        for (; k < steps && end - p >= 2 * GGZ_LANES; k++) {
+            uint8_t * out = dst + k * dst_stride;
+            x0 = step16(x0, zero, tab, out, &p);
+            x1 = step16(x1, zero, tab, out + 16, &p);
+        }
+    }
     for (; k < steps && end - p >= 2 * GGZ_LANES; k++) {
         uint8_t * out = dst + k * dst_stride;
         x0 = step16(x0, toff, tab, out, &p);
