@@ -521,3 +521,16 @@ def test_bert_fold_is_exact_on_minilm():
     broken = _rescaled(None, w, plan)
     broken["blk.3.attn_v.bias"] = w["blk.3.attn_v.bias"]
     assert _rel(bert_forward(broken, ids), ref) > 1e-4
+
+
+def test_bpw_for_sets_the_rate_of_matching_tensors(smol_path, tmp_path):
+    rep = convert(smol_path, tmp_path / "split.gguf", target_bpw=5.0, progress=False,
+                  bpw_for={"token_embd.weight": 3.0, "blk.1.*": 4.0})
+    bpw = {t.name: t.stats.bpw for t in rep.tensors if t.stats}
+    assert abs(bpw["token_embd.weight"] - 3.0) < 0.05
+    assert abs(bpw["blk.1.ffn_up.weight"] - 4.0) < 0.05
+    assert abs(bpw["blk.2.ffn_up.weight"] - 5.0) < 0.05
+    with pytest.raises(GGZipError, match="bpw-for"):
+        convert(smol_path, tmp_path / "bad.gguf", target_bpw=5.0, progress=False,
+                bpw_for={"token_embd.weight": 12.0})
+    assert not (tmp_path / "bad.gguf").exists()

@@ -11,7 +11,8 @@ def _run(args) -> int:
     rep = convert(args.input, args.output, alpha=args.alpha, prune=args.prune,
                   target_bpw=args.target_bpw, step=args.step, imatrix=args.imatrix,
                   calib_text=args.calib_text, theta=args.theta,
-                  progress=not args.quiet, keep_float=args.keep_float, plain=args.plain,
+                  progress=not args.quiet, keep_float=args.keep_float,
+                  bpw_for=dict(args.bpw_for or []), plain=args.plain,
                   threads=args.threads)
     if args.json:
         doc = {"input": str(rep.inp), "output": str(rep.out), "arch": rep.arch,
@@ -27,6 +28,16 @@ def _run(args) -> int:
     else:
         print(rep.summary())
     return 0
+
+
+def _pattern_rate(text: str) -> tuple[str, float]:
+    pat, sep, val = text.rpartition("=")
+    try:
+        if not sep or not pat:
+            raise ValueError
+        return pat, float(val)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected GLOB=BITS, e.g. 'token_embd.weight=3.5'") from None
 
 
 def register(sub) -> None:
@@ -49,6 +60,9 @@ def register(sub) -> None:
                       help="bits per weight of each tensor (order-0 entropy of symbols + scales)")
     rate.add_argument("--step", type=float, metavar="S",
                       help="step = S x median row absmax/127 (default 1: about Q8_0 quality)")
+    p.add_argument("--bpw-for", action="append", type=_pattern_rate, metavar="GLOB=B",
+                   help="bits per weight for the tensors matching GLOB (repeatable; first match "
+                        "wins), e.g. --bpw-for 'token_embd.weight=3.5'")
     p.add_argument("--imatrix", metavar="FILE",
                    help="llama-imatrix output (GGUF, or legacy .dat); without it a weight-only "
                         "proxy is used")

@@ -12,6 +12,7 @@ renamed only when complete.
 """
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import shutil
@@ -292,12 +293,15 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
             imatrix: str | Path | None = None, calib_text: str | Path | None = None,
             theta: float = DEFAULT_THETA, progress: bool = True,
             keep_float: bool = False, plain: bool = False,
-            threads: int | None = None) -> ConvertReport:
+            threads: int | None = None, bpw_for: dict[str, float] | None = None) -> ConvertReport:
     """Convert IN to a ggzip GGUF at OUT (Q8_0 tensors rANS-coded), or with
     plain=True to an ordinary Q8_0 GGUF; see the module docstring.  alpha None:
     ALPHA_IMATRIX with an imatrix, ALPHA_PROXY without.  keep_float: write the
     rescaled (and pruned) model in F32 without quantizing it, to check the folding
-    through llama.cpp.  threads: rANS encoder threads (None: all cores)."""
+    through llama.cpp.  threads: rANS encoder threads (None: all cores).
+    bpw_for: {glob: bits per weight} for the tensors whose name matches (the
+    first match wins), e.g. {"token_embd.weight": 3.5}; others follow
+    target_bpw / step."""
     import gguf
     inp, out = Path(inp), Path(out)
     if target_bpw is not None and step is not None:
@@ -310,6 +314,10 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
         raise GGZipError(f"--step {step}: must be > 0")
     if not 0.0 <= prune < 1.0:
         raise GGZipError(f"--prune {prune}: must be in [0, 1)")
+    bpw_for = dict(bpw_for or {})
+    for pat, b in bpw_for.items():
+        if not 0.05 <= b <= 8.5:
+            raise GGZipError(f"--bpw-for {pat}={b}: bits per weight must be in [0.05, 8.5]")
     if alpha is not None and not 0.0 <= alpha <= 1.0:
         raise GGZipError(f"--alpha {alpha}: must be in [0, 1]")
     t0 = time.perf_counter()
@@ -391,10 +399,15 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
                 w.add_tensor(name, gguf.GGMLQuantizationType.F32, ne, a)
                 report.tensors.append(TensorReport(name, shp, "F32"))
             else:
+                tb, ts = target_bpw, step
+                for pat, b in bpw_for.items():
+                    if fnmatch.fnmatchcase(name, pat):
+                        tb, ts = b, None
+                        break
                 blocks, tr = quantize_streamed(
                     name, shp, lambda r, n=name: plan.apply(n, src.rows32(n, r), rows=r),
                     row_factor=plan.row_factor(name), col_stat=plan.rescaled_stat(name),
-                    prune=prune, target_bpw=target_bpw, step=step, theta=theta,
+                    prune=prune, target_bpw=tb, step=ts, theta=theta,
                     source=str(inp))
                 w.add_tensor(name, gguf.GGMLQuantizationType.Q8_0, ne, blocks)
                 del blocks
