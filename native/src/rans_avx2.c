@@ -34,6 +34,34 @@ GGZ_INLINE __m256i step8(__m256i x, __m256i toff, const uint32_t * tab, __m256i 
     return x;
 }
 
+/* Whole steps of 32 lanes while 64 bytes remain (a step reads at most 32
+ * words, so no check is needed inside); returns the steps done. */
+GGZ_INLINE size_t loop32(__m256i * px0, __m256i * px1, __m256i * px2, __m256i * px3, __m256i toff,
+                         const uint32_t * tab, uint8_t * dst, size_t dst_stride, size_t steps,
+                         const uint8_t ** pp, const uint8_t * end)
+{
+    const __m256i low8 = _mm256_set1_epi32(0xFF);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    __m256i x0 = *px0, x1 = *px1, x2 = *px2, x3 = *px3;
+    const uint8_t * p = *pp;
+    size_t k = 0;
+    for (; k < steps && end - p >= 2 * GGZ_LANES; k++) {
+        __m256i e0, e1, e2, e3;
+        x0 = step8(x0, toff, tab, &e0, &p);
+        x1 = step8(x1, toff, tab, &e1, &p);
+        x2 = step8(x2, toff, tab, &e2, &p);
+        x3 = step8(x3, toff, tab, &e3, &p);
+        /* low bytes of 32 entries -> 32 symbols in lane order */
+        const __m256i a = _mm256_packus_epi32(_mm256_and_si256(e0, low8), _mm256_and_si256(e1, low8));
+        const __m256i b = _mm256_packus_epi32(_mm256_and_si256(e2, low8), _mm256_and_si256(e3, low8));
+        const __m256i s = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(a, b), order);
+        _mm256_storeu_si256((__m256i *)(dst + k * dst_stride), s);
+    }
+    *px0 = x0; *px1 = x1; *px2 = x2; *px3 = x3;
+    *pp = p;
+    return k;
+}
+
 int ggz_decode_avx2(const uint8_t * src, size_t src_size, uint8_t * dst, size_t n, size_t dst_stride,
                     const ggz_dtab * tabs, unsigned period)
 {
@@ -49,24 +77,14 @@ int ggz_decode_avx2(const uint8_t * src, size_t src_size, uint8_t * dst, size_t 
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i toff = _mm256_slli_epi32(_mm256_and_si256(lane, _mm256_set1_epi32((int)period - 1)), GGZ_PROB_BITS);
     const uint32_t * tab = tabs->slot[0];
-    const __m256i low8 = _mm256_set1_epi32(0xFF);
-    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
 
     __m256i x0 = _mm256_loadu_si256((const __m256i *)x), x1 = _mm256_loadu_si256((const __m256i *)(x + 8));
     __m256i x2 = _mm256_loadu_si256((const __m256i *)(x + 16)), x3 = _mm256_loadu_si256((const __m256i *)(x + 24));
     size_t k = 0;
-    for (; k < steps && end - p >= 2 * GGZ_LANES; k++) {
-        __m256i e0, e1, e2, e3;
-        x0 = step8(x0, toff, tab, &e0, &p);
-        x1 = step8(x1, toff, tab, &e1, &p);
-        x2 = step8(x2, toff, tab, &e2, &p);
-        x3 = step8(x3, toff, tab, &e3, &p);
-        /* low bytes of 32 entries -> 32 symbols in lane order */
-        const __m256i a = _mm256_packus_epi32(_mm256_and_si256(e0, low8), _mm256_and_si256(e1, low8));
-        const __m256i b = _mm256_packus_epi32(_mm256_and_si256(e2, low8), _mm256_and_si256(e3, low8));
-        const __m256i s = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(a, b), order);
-        _mm256_storeu_si256((__m256i *)(dst + k * dst_stride), s);
-    }
+    /* one table (bytes, Q8_0 symbols): the loop again without per-lane offsets */
+    if (period == 1)
+        k = loop32(&x0, &x1, &x2, &x3, _mm256_setzero_si256(), tab, dst, dst_stride, steps, &p, end);
+    k += loop32(&x0, &x1, &x2, &x3, toff, tab, dst + k * dst_stride, dst_stride, steps - k, &p, end);
     _mm256_storeu_si256((__m256i *)x, x0);
     _mm256_storeu_si256((__m256i *)(x + 8), x1);
     _mm256_storeu_si256((__m256i *)(x + 16), x2);
