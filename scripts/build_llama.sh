@@ -62,6 +62,9 @@ if [ ! -f "$sdist" ]; then
     rm -rf "$tmp"
 fi
 
+launcher=()
+command -v ccache >/dev/null && launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+
 # 1b. --stock: the pinned llama.cpp as it is, llama-simple only (ccache shares
 # every object the series does not touch with the patched build)
 if [ $want_stock = 1 ]; then
@@ -70,9 +73,7 @@ if [ $want_stock = 1 ]; then
     if [ ! -x "$STOCK_DIR/bin/llama-simple" ]; then
         start=$(date +%s)
         [ -d "$stock_tree" ] || { mkdir -p "$SRC_ROOT/stock"; tar -xzf "$sdist" -C "$SRC_ROOT/stock"; }
-        stock_launcher=()
-        command -v ccache >/dev/null && stock_launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
-        cmake -S "$stock_tree/vendor/llama.cpp" -B "$STOCK_DIR" -DCMAKE_BUILD_TYPE=Release "${stock_launcher[@]}" \
+        cmake -S "$stock_tree/vendor/llama.cpp" -B "$STOCK_DIR" -DCMAKE_BUILD_TYPE=Release "${launcher[@]}" \
             -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_CURL=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON >&2
         cmake --build "$STOCK_DIR" --target llama-simple >&2
         log "built the unpatched llama-simple in $(( $(date +%s) - start )) s into $STOCK_DIR/bin"
@@ -100,8 +101,6 @@ if [ "$(cat "$tree/.ggzip-series" 2>/dev/null)" != "$series_hash" ]; then
     echo "$series_hash" > "$tree/.ggzip-series"
 fi
 
-launcher=()
-command -v ccache >/dev/null && launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 common=(-DGGZIP_NATIVE_DIR="$ROOT/native" -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_CURL=OFF -DGGML_NATIVE=ON
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON)
 # shellcheck disable=SC2206

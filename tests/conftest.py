@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 
-def _fetch(name: str) -> Path:
+def fetch_or_skip(name: str) -> Path:
+    """The fetched model, or a visible skip when it cannot be had."""
     from ggzip.errors import GGZipError
     from ggzip.fetch import fetch
     try:
@@ -19,10 +20,16 @@ def _fetch(name: str) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct, Q4_1 with a Q8_0 token embedding (llama)."""
-    return _fetch("smollm2")
+    return fetch_or_skip("smollm2")
 
 
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     """all-MiniLM-L6-v2 folder (config.json, vocab.txt, model.safetensors), true F32."""
-    return _fetch("minilm")
+    return fetch_or_skip("minilm")
+
+
+@pytest.fixture(scope="session")
+def gemma3_gguf() -> Path:
+    """Gemma-3-270M, Q4_K_M with Q8_0/Q5_0/Q6_K tensors (gemma3)."""
+    return fetch_or_skip("gemma3-270m")

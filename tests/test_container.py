@@ -62,15 +62,6 @@ def minilm_types(minilm_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def gemma3_gguf() -> Path:
-    from ggzip.fetch import fetch
-    try:
-        return fetch("gemma3-270m", quiet=True)
-    except GGZipError as e:
-        pytest.skip(f"model gemma3-270m unavailable: {e}")
-
-
-@pytest.fixture(scope="module")
 def packed(minilm_types, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("packed") / "minilm.ggz.gguf"
     compress_file(minilm_types, out, progress=False)

@@ -33,19 +33,10 @@ def run(cmd, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=900, **kw)
 
 
-def smollm2_q4_1() -> Path:
-    from ggzip.errors import GGZipError
-    from ggzip.fetch import fetch
-    try:
-        return fetch("smollm2", quiet=True)
-    except GGZipError as e:
-        pytest.skip(f"SmolLM2 unavailable: {e}")
-
-
 @pytest.fixture(scope="module")
-def q8_0(tmp_path_factory) -> Path:
+def q8_0(tmp_path_factory, smollm2_gguf) -> Path:
     quantize = tool("llama-quantize")
-    src = smollm2_q4_1()
+    src = smollm2_gguf
     out = tmp_path_factory.mktemp("llama") / "smollm2.Q8_0.gguf"
     r = run([quantize, "--allow-requantize", src, out, "Q8_0", "2"])
     assert r.returncode == 0, r.stderr[-2000:]
@@ -91,9 +82,9 @@ def test_same_perplexity(ggz, q8_0, mode):
     assert perplexity(ggz, *extra) == plain
 
 
-def test_plain_gguf_still_loads(q8_0):
+def test_plain_gguf_still_loads(q8_0, smollm2_gguf):
     """Stock-format check: the original Q4_1 GGUF (no ggzip keys) loads and runs."""
-    assert float(perplexity(smollm2_q4_1()).split()[0]) > 1.0
+    assert float(perplexity(smollm2_gguf).split()[0]) > 1.0
 
 
 def test_corrupted_frame_names_tensor(ggz, tmp_path):

@@ -19,11 +19,8 @@ _MAIN = {"smollm2": "*.gguf", "minilm": "model.safetensors"}
 
 def model_file(name: str) -> Path:
     """The model file of `name` (a GGUF, or a folder's model.safetensors), by ggzip fetch."""
-    from ggzip.fetch import fetch
-    try:
-        p = Path(fetch(name, quiet=True))
-    except GGZipError as e:
-        pytest.skip(f"model {name} unavailable: {e}")
+    from conftest import fetch_or_skip
+    p = fetch_or_skip(name)
     if p.is_dir():
         p = next(iter(sorted(p.rglob(_MAIN[name]))))
     return p

