@@ -55,4 +55,18 @@ def Llama(model_path, *args, **kwargs):
     try:
         return llama_cpp.Llama(str(model_path), *args, **kwargs)
     except ValueError as e:
-        raise GGZipError(f"{model_path}: llama.cpp could not load the model ({e})") from None
+        # llama.cpp's reason went to its log, which is off unless verbose: for a
+        # ggzip file, find the damaged tensor ourselves (only on this failure path)
+        raise GGZipError(f"{model_path}: llama.cpp could not load the model: "
+                         f"{_damage(model_path) or e}") from None
+
+
+def _damage(model_path):
+    """What is wrong with a ggzip GGUF that failed to load, or None."""
+    from ..container import is_ggzip, verify_file
+    try:
+        if is_ggzip(model_path):
+            verify_file(model_path, progress=False)
+    except GGZipError as err:
+        return str(err)
+    return None
