@@ -172,6 +172,26 @@ typedef void (*ggz_frame_done_fn)(void * opaque, size_t index);
 size_t ggz_decode_batch(ggz_batch_item * items, size_t n, int n_threads,
                         ggz_frame_done_fn done, void * opaque);
 
+/* A batch decoding in the background (ggz_batch_start). */
+typedef struct ggz_batch ggz_batch;
+
+/*! ggz_batch_start() : as ggz_decode_batch, but returns at once while n_threads
+ *  background threads (0: none) decode; the caller goes on with other work and
+ *  later joins in with ggz_batch_finish.  items, their buffers and opaque must
+ *  stay valid until then.
+ *  @return the batch, or NULL if it could not be started (decode synchronously) */
+ggz_batch * ggz_batch_start(ggz_batch_item * items, size_t n, int n_threads,
+                            ggz_frame_done_fn done, void * opaque);
+
+/*! ggz_batch_finish() : the calling thread decodes what is left along with the
+ *  background threads, waits for them and frees the batch.
+ *  @return as ggz_decode_batch */
+size_t ggz_batch_finish(ggz_batch * batch);
+
+/*! ggz_batch_cancel() : stop handing out chunks, wait for the chunks in flight and
+ *  free the batch; frames not finished keep result GGZ_ERR_GENERIC.  NULL is a no-op. */
+void ggz_batch_cancel(ggz_batch * batch);
+
 /*! ggz_decode_chunk() : decode chunk `index` alone into dst, which receives the
  *  raw bytes [index * chunk_raw_size, ...) of the tensor.
  *  @return the chunk's raw size, or an error code */

@@ -670,6 +670,7 @@ typedef struct {
     ggz_frame_done_fn done;
     void            * opaque;
     atomic_int        err;
+    atomic_int        cancel;     /* ggz_batch_cancel: hand out no more chunks */
 } batch_job;
 
 static void batch_frame_free(batch_frame * f)
@@ -744,7 +745,7 @@ static void * batch_worker(void * arg)
         size_t fi = 0;
         uint32_t j = 0, take = 0;
         pthread_mutex_lock(&job->lock);
-        while (!atomic_load(&job->err) && job->cur < job->n) {
+        while (!atomic_load(&job->err) && !atomic_load(&job->cancel) && job->cur < job->n) {
             if (!job->open) {
                 int empty;
                 job->open = batch_open(job, job->cur, &empty);
@@ -802,33 +803,75 @@ static void * batch_worker(void * arg)
     return NULL;
 }
 
-size_t ggz_decode_batch(ggz_batch_item * items, size_t n, int n_threads,
-                        ggz_frame_done_fn done, void * opaque)
+struct ggz_batch {
+    batch_job job;
+    pthread_t tid[64];
+    int       started;
+};
+
+ggz_batch * ggz_batch_start(ggz_batch_item * items, size_t n, int n_threads,
+                            ggz_frame_done_fn done, void * opaque)
 {
-    if (!items && n) return GGZ_ERROR(PARAM);
+    if (!items && n) return NULL;
     for (size_t i = 0; i < n; i++) {
         items[i].result = GGZ_ERROR(GENERIC);
         items[i].bad_chunk = -1;
     }
-    if (!n) return 0;
-    batch_job job = { .items = items, .n = n, .done = done, .opaque = opaque };
-    job.frames = calloc(n, sizeof(batch_frame *));
-    if (!job.frames) return GGZ_ERROR(ALLOC);
-    if (n_threads < 1) n_threads = 1;
-    if (n_threads > 64) n_threads = 64;
-    job.n_threads = n_threads;
-    job.pair = ggz_decoder()->decode2 != NULL;
-    atomic_init(&job.err, 0);
-    pthread_mutex_init(&job.lock, NULL);
-    pthread_mutex_init(&job.done_lock, NULL);
-    run_threads(batch_worker, &job, n_threads);
-    pthread_mutex_destroy(&job.done_lock);
-    pthread_mutex_destroy(&job.lock);
-    /* frames opened but not finished: a failure stopped the batch */
-    for (size_t i = 0; i < n; i++) batch_frame_free(job.frames[i]);
-    free(job.frames);
-    const int err = atomic_load(&job.err);
+    ggz_batch * b = calloc(1, sizeof(*b));
+    if (!b) return NULL;
+    batch_job * job = &b->job;
+    job->items = items;
+    job->n = n;
+    job->done = done;
+    job->opaque = opaque;
+    job->frames = calloc(n ? n : 1, sizeof(batch_frame *));
+    if (!job->frames) { free(b); return NULL; }
+    if (n_threads < 0) n_threads = 0;
+    if (n_threads > 63) n_threads = 63;
+    job->n_threads = n_threads + 1;   /* the finishing thread joins in */
+    job->pair = ggz_decoder()->decode2 != NULL;
+    atomic_init(&job->err, 0);
+    atomic_init(&job->cancel, 0);
+    pthread_mutex_init(&job->lock, NULL);
+    pthread_mutex_init(&job->done_lock, NULL);
+    for (int t = 0; t < n_threads; t++) {
+        if (pthread_create(&b->tid[b->started], NULL, batch_worker, job)) break;
+        b->started++;
+    }
+    return b;
+}
+
+size_t ggz_batch_finish(ggz_batch * b)
+{
+    if (!b) return GGZ_ERROR(PARAM);
+    batch_job * job = &b->job;
+    batch_worker(job);
+    for (int t = 0; t < b->started; t++) pthread_join(b->tid[t], NULL);
+    pthread_mutex_destroy(&job->done_lock);
+    pthread_mutex_destroy(&job->lock);
+    /* frames opened but not finished: a failure or a cancel stopped the batch */
+    for (size_t i = 0; i < job->n; i++) batch_frame_free(job->frames[i]);
+    free(job->frames);
+    const int err = atomic_load(&job->err);
+    const size_t n = job->n;
+    free(b);
     return err ? (size_t)-(ptrdiff_t)err : n;
+}
+
+void ggz_batch_cancel(ggz_batch * b)
+{
+    if (!b) return;
+    atomic_store(&b->job.cancel, 1);
+    (void)ggz_batch_finish(b);
+}
+
+size_t ggz_decode_batch(ggz_batch_item * items, size_t n, int n_threads,
+                        ggz_frame_done_fn done, void * opaque)
+{
+    if (!items && n) return GGZ_ERROR(PARAM);
+    if (!n) return 0;
+    ggz_batch * b = ggz_batch_start(items, n, n_threads > 1 ? n_threads - 1 : 0, done, opaque);
+    return b ? ggz_batch_finish(b) : GGZ_ERROR(ALLOC);
 }
 
 size_t ggz_verify_tensor(const void * src, size_t srcSize, int64_t * bad_chunk)

@@ -504,8 +504,32 @@ static void test_batch(void)
             items[5].dstCapacity = sizes[5] - 1;
             check(ggz_error_code(ggz_decode_batch(items, N, threads, NULL, NULL)) == GGZ_ERR_DST_TOO_SMALL &&
                   ggz_error_code(items[5].result) == GGZ_ERR_DST_TOO_SMALL, "batch: dst one byte short", ctx);
+            items[5].dstCapacity = sizes[5];
+
+            /* in the background: threads - 1 workers start, the caller finishes (0 workers: all on finish) */
+            for (int i = 0; i < N; i++) memset(out[i], 0xEE, sizes[i] + 1);
+            batch_done_count = 0;
+            memset(batch_done_seen, 0, sizeof(batch_done_seen));
+            ggz_batch * b = ggz_batch_start(items, N, threads - 1, batch_done, NULL);
+            check(b != NULL && ggz_batch_finish(b) == N, "batch start/finish: decode", ctx);
+            same = 1;
+            for (int i = 0; i < N; i++)
+                same &= items[i].result == sizes[i] && !memcmp(out[i], raw[i], sizes[i]) && out[i][sizes[i]] == 0xEE &&
+                        batch_done_seen[i] == 1;
+            check(same && batch_done_count == N, "batch start/finish: every frame, done once", ctx);
+            /* cancelled at once: whatever was not finished is marked, nothing is reported twice */
+            batch_done_count = 0;
+            memset(batch_done_seen, 0, sizeof(batch_done_seen));
+            ggz_batch_cancel(ggz_batch_start(items, N, threads - 1, batch_done, NULL));
+            int marked = 1;
+            for (int i = 0; i < N; i++)
+                marked &= (items[i].result == sizes[i] && batch_done_seen[i] == 1) ||
+                          (ggz_error_code(items[i].result) == GGZ_ERR_GENERIC && batch_done_seen[i] == 0);
+            check(marked, "batch cancel: frames decoded or marked not reached", ctx);
         }
     }
+    ggz_batch_cancel(NULL);
+    check(ggz_error_code(ggz_batch_finish(NULL)) == GGZ_ERR_PARAM, "batch finish: NULL", "");
     check(ggz_decode_batch(NULL, 0, 2, NULL, NULL) == 0, "batch: empty", "");
     check(ggz_error_code(ggz_decode_batch(NULL, 1, 2, NULL, NULL)) == GGZ_ERR_PARAM, "batch: NULL items", "");
     for (int i = 0; i < N; i++) { free(raw[i]); free(frame[i]); free(out[i]); }
