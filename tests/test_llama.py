@@ -82,6 +82,41 @@ def test_same_perplexity(ggz, q8_0, mode):
     assert perplexity(ggz, *extra) == plain
 
 
+def test_background_decode(ggz):
+    """With mmap (the default) a CPU-only load decodes the frames in the background
+    (patch 0004); without mmap it decodes them at load_all_data (patch 0002)."""
+    n = len(ggzip_tensors(ggz))
+    for mode, expect in (("mmap", True), ("none", False)):
+        r = run([tool("llama-perplexity"), "-m", ggz, "-f", TEXT, "-c", "128", "-b", "128", "--chunks", "1",
+                 "-t", "2", "--load-mode", mode, "-v"])
+        assert r.returncode == 0, r.stderr[-3000:]
+        started = re.search(r"ggzip: decoding (\d+) frames in the background", r.stderr)
+        assert bool(started) == expect, (mode, r.stderr[-3000:])
+        if started:
+            assert int(started.group(1)) == n
+
+
+def test_failed_load_cancels_background_decode(ggz, tmp_path):
+    """A load that fails after the background decode started (here: an unknown
+    tokenizer, read while the frames decode) ends with llama.cpp's error, not a
+    crash or a hang: the loader cancels the decode before freeing its buffers."""
+    data = bytearray(ggz.read_bytes())
+    key = b"tokenizer.ggml.model"
+    at = data.index(key) + len(key)
+    vlen = int.from_bytes(data[at + 4:at + 12], "little")  # value type u32, then the string's u64 length
+    data[at + 12:at + 12 + vlen] = b"z" * vlen
+    bad = tmp_path / "badvocab.gguf"
+    bad.write_bytes(bytes(data))
+    for _ in range(5):   # see test_corrupted_frame_names_tensor for the retries
+        # --fit off: the memory-fit pass (no-alloc, no background decode) would fail first
+        r = run([tool("llama-perplexity"), "-m", bad, "-f", TEXT, "-c", "128", "-t", "2", "--fit", "off", "-v"])
+        if r.stderr.strip():
+            break
+    assert r.returncode > 0, r.stderr[-3000:]   # an error exit, not a signal
+    assert "frames in the background" in r.stderr, r.stderr[-3000:]
+    assert "unknown tokenizer" in r.stderr, r.stderr[-3000:]
+
+
 def test_plain_gguf_still_loads(q8_0, smollm2_gguf):
     """Stock-format check: the original Q4_1 GGUF (no ggzip keys) loads and runs."""
     assert float(perplexity(smollm2_gguf).split()[0]) > 1.0
