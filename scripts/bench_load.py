@@ -2,7 +2,7 @@
 """Load time, peak RSS and tokens/s of a ggzip GGUF against its plain Q8_0 twin,
 through the patched llama.cpp (scripts/build_llama.sh llama-bench).
 
-    scripts/bench_load.py PLAIN_Q8_0.gguf GGZIP.gguf [--runs 5] [--threads 1 2] [--before LLAMA_DIR] [--no-write]
+    scripts/bench_load.py PLAIN_Q8_0.gguf GGZIP.gguf [PLAIN GGZIP ...] [--runs 5] [--threads 1 2] [--before LLAMA_DIR] [--no-write]
 
 Load is measured as the wall time and peak RSS of `llama-bench -p 0 -n 1 -r 1`
 (model load, one context, one token: for these sizes the load dominates; the
@@ -99,24 +99,12 @@ def tokens_per_s(model: Path, threads: int) -> float:
     return float(json.loads(r.stdout)[0]["avg_ts"])
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("plain", type=Path, help="the plain Q8_0 GGUF")
-    ap.add_argument("ggzip", type=Path, help="its ggzip GGUF")
-    ap.add_argument("--runs", type=int, default=5, help="interleaved rounds per cell (median)")
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--no-write", action="store_true", help="print only, do not touch BENCHMARKS.md")
-    ap.add_argument("--before", type=Path, metavar="LLAMA_DIR",
-                    help="another patched build (its bin/llama-bench): ggzip loads with it too, as a before column")
-    args = ap.parse_args(argv)
-    if not (BIN / "llama-bench").exists():
-        raise SystemExit(f"bench_load: {BIN}/llama-bench missing: run scripts/build_llama.sh llama-bench")
-
-    cache_how = drop_cache(args.plain)
-    loads = [("Q8_0", args.plain, [], BIN), ("Q8_0 no-mmap", args.plain, ["--load-mode", "none"], BIN),
-             ("ggzip", args.ggzip, [], BIN), ("ggzip no-mmap", args.ggzip, ["--load-mode", "none"], BIN)]
+def bench_pair(plain: Path, ggz: Path, args) -> list[str]:
+    """Measure one ggzip GGUF against its plain Q8_0 twin; the lines of its tables."""
+    loads = [("Q8_0", plain, [], BIN), ("Q8_0 no-mmap", plain, ["--load-mode", "none"], BIN),
+             ("ggzip", ggz, [], BIN), ("ggzip no-mmap", ggz, ["--load-mode", "none"], BIN)]
     if args.before:
-        loads.append(("before", args.ggzip, [], args.before / "bin"))
+        loads.append(("before", ggz, [], args.before / "bin"))
     load_before = os.getloadavg()[0]
     rows = []
     for threads in args.threads:
@@ -129,21 +117,16 @@ def main(argv=None) -> int:
             rows.append((threads, "cold" if cold else "warm", cell))
             print(rows[-1], flush=True)
     tps = {(t, label): tokens_per_s(m, t) for t in args.threads
-           for label, m in (("Q8_0", args.plain), ("ggzip", args.ggzip))}
+           for label, m in (("Q8_0", plain), ("ggzip", ggz))}
     load_after = os.getloadavg()[0]
 
     mib = lambda n: n / 2**20  # noqa: E731
-    big = largest_frame(args.ggzip)
+    big = largest_frame(ggz)
     lines = [
-        f"Load of `{args.ggzip.name}` ({mib(args.ggzip.stat().st_size):.1f} MiB) vs its plain Q8_0 twin "
-        f"`{args.plain.name}` ({mib(args.plain.stat().st_size):.1f} MiB) in the patched llama.cpp.",
-        f"CPU: {cpu_name()} ({os.cpu_count()} logical cores, shared: load average {load_before:.1f} before, "
-        f"{load_after:.1f} after). Cold cache by {cache_how}.",
-        f"Load = wall time of `llama-bench -p 0 -n 1 -r 1` (load + one token), median of {args.runs} interleaved "
-        "rounds; peak RSS of that process; tokens/s = llama-bench tg32. `threads` is llama-bench -t; the loader "
-        "decodes all frames with one pool of threads on every core (std::thread::hardware_concurrency) whatever "
-        "-t says. mmap = llama.cpp's default load; no-mmap = `--load-mode none`."
-        + (f" before = ggzip (mmap) loaded by the build in `{args.before}`." if args.before else ""),
+        f"### `{ggz.name}` ({mib(ggz.stat().st_size):.1f} MiB) vs its plain Q8_0 twin `{plain.name}` "
+        f"({mib(plain.stat().st_size):.1f} MiB)",
+        "",
+        f"Load average {load_before:.1f} before, {load_after:.1f} after.",
         "",
         "| threads | cache | Q8_0 s | Q8_0 no-mmap s | ggzip s | ggzip no-mmap s | ggzip / Q8_0 | ggzip / Q8_0 no-mmap "
         "| peak RSS MiB: Q8_0, no-mmap, ggzip, ggzip no-mmap |" + (" ggzip before s | before / Q8_0 |" if args.before else ""),
@@ -160,6 +143,39 @@ def main(argv=None) -> int:
               "", "| threads | Q8_0 tokens/s | ggzip tokens/s |", "|---|---|---|"]
     for t in args.threads:
         lines.append(f"| {t} | {tps[(t, 'Q8_0')]:.1f} | {tps[(t, 'ggzip')]:.1f} |")
+    return lines
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("pairs", type=Path, nargs="+", metavar="PLAIN GGZIP",
+                    help="a plain Q8_0 GGUF and its ggzip GGUF; more pairs may follow")
+    ap.add_argument("--runs", type=int, default=5, help="interleaved rounds per cell (median)")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--no-write", action="store_true", help="print only, do not touch BENCHMARKS.md")
+    ap.add_argument("--how", default="", help="how the files were made (printed with the tables)")
+    ap.add_argument("--before", type=Path, metavar="LLAMA_DIR",
+                    help="another patched build (its bin/llama-bench): ggzip loads with it too, as a before column")
+    args = ap.parse_args(argv)
+    if len(args.pairs) % 2:
+        ap.error("give files in pairs: PLAIN GGZIP [PLAIN GGZIP ...]")
+    if not (BIN / "llama-bench").exists():
+        raise SystemExit(f"bench_load: {BIN}/llama-bench missing: run scripts/build_llama.sh llama-bench")
+
+    cache_how = drop_cache(args.pairs[0])
+    lines = [
+        f"CPU: {cpu_name()} ({os.cpu_count()} logical cores, shared). Patched llama.cpp. Cold cache by {cache_how}.",
+        f"Load = wall time of `llama-bench -p 0 -n 1 -r 1` (load + one token), median of {args.runs} interleaved "
+        "rounds; peak RSS of that process; tokens/s = llama-bench tg32. `threads` is llama-bench -t; the loader "
+        "decodes all frames with one pool of threads on every core (std::thread::hardware_concurrency) whatever "
+        "-t says. mmap = llama.cpp's default load (ggzip: frames decode in the background from the start of the "
+        "load, patch 0004); no-mmap = `--load-mode none` (ggzip: frames decode at load_all_data)."
+        + (f" before = ggzip (mmap) loaded by the build in `{args.before}`." if args.before else ""),
+    ]
+    if args.how:
+        lines += ["", args.how]
+    for plain, ggz in zip(args.pairs[0::2], args.pairs[1::2]):
+        lines += [""] + bench_pair(plain, ggz, args)
     lines += ["", "Made by: `" + " ".join(["scripts/bench_load.py"] + (argv if argv is not None else sys.argv[1:])) + "`"]
     text = "\n".join(lines)
     print(text)
