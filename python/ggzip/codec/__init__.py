@@ -173,7 +173,7 @@ def crc32c(data, crc: int = 0) -> int:
 
 
 def kernels() -> list[str]:
-    """Kernels compiled in that this host can run (fastest last)."""
+    """Kernels compiled in that this host can run, widest vectors last (kernel() names the one chosen)."""
     out = []
     avail = ffi.new("int *")
     for i in range(lib.ggz_kernel_count()):
