@@ -17,7 +17,10 @@ Methods:
   * llama.cpp: build/llama/bin/llama-quantize Q3_K_M, Q4_K_M, Q5_K_M, Q6_K, Q8_0,
     without and with an imatrix (Q8_0 ignores it);
   * ggzip convert --target-bpw B: with the same imatrix (alpha 0.25, the converter's
-    default with statistics) and, with --plain, also without statistics (alpha 0).
+    default with statistics) and, with --plain, also without statistics (alpha 0);
+  * EmbeddingGemma also with split rates (--bpw-for token_embd.weight=share x B, the
+    other tensors raised to keep B): the share is picked among SHARES at 3.9 bpw by
+    the embedding cosine on the calibration text's sentences, never the evaluation's.
   The imatrix is llama-imatrix's on tests/data/declaration.txt (calibration); every
   evaluation text is another one (scripts/data/alice-ch1-3.txt, Alice's Adventures
   in Wonderland, chapters I-III, public domain).
@@ -74,10 +77,11 @@ SNR_CAP = 99.0       # a tensor coded without loss
 # when this share of the weights is re-coded without loss, the point is nearly the
 # source file again, not a fair comparison
 REGRID_SHARE = 0.9
-# split allocation: the token embedding at this share of the target rate.  Picked
-# on EmbeddingGemma at 3.9 bpw (shares 0.51/0.64/0.77/0.90 gave cosine
-# 0.982/0.991/0.994/0.992; uniform 0.982), so it is tuned on the evaluation set.
-EMBD_SHARE = 0.77
+# split allocation for an encoder: the token embedding at a share of the target
+# rate, the share picked among these at SELECT_RATE by the embedding cosine on the
+# calibration text's sentences (never the evaluation text); 1 = uniform rates
+SHARES = (0.51, 0.64, 0.77, 0.9, 1.0)
+SELECT_RATE = "3.9"
 CTX = 512            # llama-perplexity / llama-imatrix context
 
 
@@ -361,6 +365,7 @@ class Bench:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.embedding = name == "embeddinggemma-300m"
         self.plans = {}
+        self.share, self.share_cos = 1.0, {}
 
     def prepare(self):
         a = self.args
@@ -415,7 +420,7 @@ class Bench:
         pts = [("kq", q, False) for q in KQUANTS] + [("kq", q, True) for q in KQUANTS
                                                      if q != "Q8_0"]
         pts += [("gz", r, True) for r in a.rates]
-        if self.embedding:
+        if self.embedding and self.share != 1.0:
             # the token embedding of an encoder is an input lookup (no output head):
             # a lower rate there buys a higher one for the matrices at equal size
             pts += [("gzs", r, True) for r in a.rates if float(r) <= 5]
@@ -423,9 +428,13 @@ class Bench:
             pts += [("gz", r, False) for r in a.rates]
         return pts
 
-    def make(self, kind, q, imat) -> Path:
-        key = f"{kind}-{q}{'-imat' if imat else ''}"
-        out = self.dir / f"{key}.gguf"
+    def key(self, kind, q, imat, share=None) -> str:
+        if kind == "gzs":
+            kind = f"gzs{self.share if share is None else share:g}"
+        return f"{kind}-{q}{'-imat' if imat else ''}"
+
+    def make(self, kind, q, imat, share=None) -> Path:
+        out = self.dir / f"{self.key(kind, q, imat, share)}.gguf"
         if kind == "kq":
             atomic(out, lambda t: run([tool("llama-quantize")] +
                                       (["--imatrix", self.imatrix] if imat else []) +
@@ -434,7 +443,7 @@ class Bench:
         else:
             rate, split = float(q), {}
             if kind == "gzs":
-                rate, split = self.split_rates(float(q))
+                rate, split = self.split_rates(float(q), self.share if share is None else share)
 
             def mk(t):
                 t0 = time.perf_counter()
@@ -444,13 +453,13 @@ class Bench:
             atomic(out, mk)
         return out
 
-    def split_rates(self, total: float) -> tuple[float, dict]:
+    def split_rates(self, total: float, share: float) -> tuple[float, dict]:
         """Rates for ggzip's split allocation at `total` bits per weight: the
-        token embedding at EMBD_SHARE x total, the other tensors raised so that
+        token embedding at share x total, the other tensors raised so that
         the weighted mean stays `total` (capped at 7, where ggzip's rate saturates)."""
         n = {name: int(np.prod(self.ref.shape(name))) for name in self.ref.tensors}
         frac = n.get("token_embd.weight", 0) / sum(n.values())
-        te = EMBD_SHARE * total
+        te = share * total
         return min(7.0, (total - te * frac) / (1 - frac)), {"token_embd.weight": te}
 
     def plan(self, path: Path):
@@ -464,9 +473,44 @@ class Bench:
                                              load_imatrix(self.imatrix), alpha)
         return self.plans[alpha]
 
+    def select_share(self) -> None:
+        """Pick the token embedding's share (SHARES) at SELECT_RATE by the mean cosine
+        to F32 over the calibration text's sentences, held out from the evaluation."""
+        a = self.args
+        sents = sentences(CALIB_TEXT.read_text(), 10**6)
+        sent_file = atomic(self.dir / f"calib-sentences-{len(sents)}.txt",
+                           lambda t: t.write_text("\n".join(sents) + "\n"))
+        ref_file = self.dir / f"f32.calib{len(sents)}.npy"
+        if not ref_file.exists():
+            np.save(ref_file, embeddings(self.f32, sent_file, a.threads))
+        ref = np.load(ref_file)
+        cache = self.dir / f"share-select-{SELECT_RATE}-{len(sents)}.json"
+        cos = json.loads(cache.read_text()) if cache.exists() else {}
+        for share in SHARES:
+            if f"{share:g}" in cos:
+                continue
+            path = self.make("gz", SELECT_RATE, True) if share == 1.0 else \
+                self.make("gzs", SELECT_RATE, True, share)
+            llama_in = plain_for_llama(path)
+            e = embeddings(llama_in, sent_file, a.threads)
+            if llama_in != path:
+                llama_in.unlink()
+            c = np.sum(e * ref, 1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(ref, axis=1))
+            cos[f"{share:g}"] = float(c.mean())
+            cache.write_text(json.dumps(cos, indent=1))
+        self.share = max(SHARES, key=lambda sh: cos[f"{sh:g}"])
+        self.share_cos, self.n_calib = cos, len(sents)
+        print(f"  token_embd share at {SELECT_RATE} bpw, calibration cosine: " +
+              ", ".join(f"{k} {v:.5f}" for k, v in cos.items()) + f" -> {self.share:g}", flush=True)
+
+    def share_note(self) -> str:
+        return (f"token_embd at {self.share:g}x, the share picked at {SELECT_RATE} bpw by the mean cosine "
+                f"on the calibration text's {self.n_calib} sentences (held out from the evaluation) among " +
+                ", ".join(f"{k} ({v:.4f})" for k, v in self.share_cos.items()))
+
     def measure(self, kind, q, imat) -> dict:
         a = self.args
-        key = f"{kind}-{q}{'-imat' if imat else ''}"
+        key = self.key(kind, q, imat)
         cache = self.dir / f"{key}.json"
         want = {"chunks": a.chunks} if not self.embedding else \
             {"sentences": len(self.ref_emb)}
@@ -488,7 +532,7 @@ class Bench:
         path = self.make(kind, q, imat)
         res = {"key": key, "kind": kind + ("-imat" if imat else ""), **want,
                "method": (f"{q}" if kind == "kq" else f"ggzip {q}" if kind == "gz" else
-                          f"ggzip {q}, token_embd at {EMBD_SHARE * float(q):.2f}") +
+                          f"ggzip {q}, token_embd at {self.share * float(q):.2f}") +
                (" + imatrix" if imat and not (kind == "kq" and q == "Q8_0") else ""),
                **file_rate(path, ggzip_file=kind == "gz")}
         llama_in = plain_for_llama(path)
@@ -519,6 +563,8 @@ class Bench:
     def run(self) -> list[dict]:
         print(f"\n{self.name}", flush=True)
         self.prepare()
+        if self.embedding:
+            self.select_share()
         res = [self.f32_point()]
         for p in self.points():
             res.append(self.measure(*p))
@@ -610,12 +656,11 @@ def verdict(res, embedding, curve="gz-imat") -> list[str]:
     return out
 
 
-def _split_verdict(res, embedding) -> list[str]:
+def _split_verdict(res, embedding, bench) -> list[str]:
     """The targets again on the split-rate curve, where there is one."""
     if not any(p["kind"] == "gzs-imat" for p in res):
         return []
-    return [f"split rates (token_embd at {EMBD_SHARE:g}x, the share picked on this evaluation "
-            f"set among 0.5/0.64/0.77/0.9 at 3.9 bpw): " + v
+    return [f"split rates ({bench.share_note()}): " + v
             for v in verdict(res, embedding, "gzs-imat") if v.startswith("target 1")]
 
 
@@ -650,7 +695,7 @@ def table(res, embedding) -> list[str]:
 STYLE = {"f32": None, "kq": ("s", "C1", "k-quant"), "kq-imat": ("D", "C3", "k-quant + imatrix"),
          "gz": ("o--", "C0", "ggzip, no statistics"),
          "gz-imat": ("o-", "C2", "ggzip + imatrix (alpha 0.25)"),
-         "gzs-imat": ("^-", "C4", "ggzip + imatrix, token_embd at 0.77x the rate")}
+         "gzs-imat": ("^-", "C4", "ggzip + imatrix, token_embd at {share:g}x the rate")}
 
 
 def plot(results, png: Path):
@@ -658,7 +703,7 @@ def plot(results, png: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(2, len(results), figsize=(6.5 * len(results), 9), squeeze=False)
-    for col, (label, (res, embedding)) in enumerate(results.items()):
+    for col, (label, (res, embedding, bench)) in enumerate(results.items()):
         for row, (key, ylab, log) in enumerate((
                 (("cos_mean", "1 - cosine to F32 (mean)", True) if embedding else
                  ("kld", "KL divergence from F32 (nats)", True)),
@@ -671,7 +716,7 @@ def plot(results, png: Path):
                 ys = [(1 - p[key]) if key == "cos_mean" else p[key] for p in ps]
                 xs = [p["bpw"] for p in ps]
                 if kind.startswith("gz"):
-                    ax.plot(xs, ys, st[0], color=st[1], label=st[2])
+                    ax.plot(xs, ys, st[0], color=st[1], label=st[2].format(share=bench.share))
                     for p, x, y in zip(ps, xs, ys):
                         ax.annotate(p["method"].split()[1], (x, y), fontsize=6, color=st[1],
                                     xytext=(-4, -10), textcoords="offset points")
@@ -721,8 +766,8 @@ def main(argv=None):
             sys.exit(f"bench_rd: unknown model {name}")
         b = Bench(name, args)
         res = b.run()
-        results[b.label] = (res, b.embedding)
-        for line in verdict(res, b.embedding) + _split_verdict(res, b.embedding):
+        results[b.label] = (res, b.embedding, b)
+        for line in verdict(res, b.embedding) + _split_verdict(res, b.embedding, b):
             print(" ", line)
     minutes = (time.perf_counter() - t0) / 60
 
@@ -744,7 +789,7 @@ def main(argv=None):
         "is shown). Evaluation text "
         "(never the calibration text): scripts/data/alice-ch1-3.txt (Alice's Adventures in "
         "Wonderland, chapters I-III, public domain).", ""]
-    for label, (res, embedding) in results.items():
+    for label, (res, embedding, b) in results.items():
         n_eval = (f"{res[1].get('sentences', '?')} sentences, llama-embedding (mean pooling, "
                   "L2-normalized): cosine of each to the F32 model's embedding"
                   if embedding else
@@ -758,7 +803,7 @@ def main(argv=None):
             "the SNR column), so the k-quant rows, Q4_K_M above all, partly measure the "
             "source file and are flattered; ggzip re-quantizes every tensor.")
         lines += [f"**{label}**: {n_eval}.{caveat}", ""] + table(res, embedding) + [""]
-        lines += [f"- {v}" for v in verdict(res, embedding) + _split_verdict(res, embedding)] + [""]
+        lines += [f"- {v}" for v in verdict(res, embedding) + _split_verdict(res, embedding, b)] + [""]
     text = "\n".join(lines)
     print("\n" + text)
     if args.no_write:
