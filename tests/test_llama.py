@@ -96,6 +96,16 @@ def test_background_decode(ggz):
             assert int(started.group(1)) == n
 
 
+def test_tensor_override_decodes_at_load(ggz, q8_0):
+    """With a tensor override the background image is not made (the tensor's buffer
+    type is not known in advance): frames decode at load_all_data, same perplexity."""
+    extra = ["--chunks", "2", "-ot", "token_embd.weight=CPU"]
+    r = run([tool("llama-perplexity"), "-m", ggz, "-f", TEXT, "-c", "128", "-b", "128", "-t", "2", "-v", *extra])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "frames in the background" not in r.stderr
+    assert perplexity(ggz, *extra) == perplexity(q8_0, *extra)
+
+
 def test_failed_load_cancels_background_decode(ggz, tmp_path):
     """A load that fails after the background decode started (here: an unknown
     tokenizer, read while the frames decode) ends with llama.cpp's error, not a
