@@ -44,34 +44,14 @@ static inline uint32_t crc_join3(uint32_t c0, uint32_t c1, uint32_t c2, size_t m
     return gf2_mulmod(gf2_mulmod(c0, xm) ^ c1, xm) ^ c2;
 }
 
+/* The hardware instructions, per ISA: one byte, eight bytes, and the target
+ * attribute that enables them. */
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
 #include <nmmintrin.h>
-
-__attribute__((target("sse4.2")))
-static uint32_t crc32c_hw(uint32_t crc, const uint8_t * p, size_t n)
-{
-    uint64_t c = crc;
-    for (; n && ((uintptr_t)p & 7); n--) c = _mm_crc32_u8((uint32_t)c, *p++);
-    /* the crc32 instruction has a latency of 3 and a throughput of 1: three
-     * independent lanes over three thirds of the buffer, joined at the end */
-    if (n >= CRC_3WAY_MIN) {
-        const size_t m = n / 24 * 8;
-        const uint8_t * q = p + m, * r = p + 2 * m;
-        uint64_t c1 = 0, c2 = 0;
-        for (size_t i = 0; i < m; i += 8) {
-            c  = _mm_crc32_u64(c,  ggz_rd64(p + i));
-            c1 = _mm_crc32_u64(c1, ggz_rd64(q + i));
-            c2 = _mm_crc32_u64(c2, ggz_rd64(r + i));
-        }
-        c = crc_join3((uint32_t)c, (uint32_t)c1, (uint32_t)c2, m);
-        p += 3 * m;
-        n -= 3 * m;
-    }
-    for (; n >= 8; n -= 8, p += 8) c = _mm_crc32_u64(c, ggz_rd64(p));
-    for (; n; n--) c = _mm_crc32_u8((uint32_t)c, *p++);
-    return (uint32_t)c;
-}
+#define CRC_HW_TARGET __attribute__((target("sse4.2")))
+#define CRC_U8(c, b)  _mm_crc32_u8((c), (b))
+#define CRC_U64(c, v) ((uint32_t)_mm_crc32_u64((c), (v)))
 
 static int crc_hw_available(void)
 {
@@ -85,30 +65,37 @@ static int crc_hw_available(void)
 #ifndef HWCAP_CRC32
 #define HWCAP_CRC32 (1 << 7)
 #endif
+#define CRC_HW_TARGET __attribute__((target("+crc")))
+#define CRC_U8(c, b)  __crc32cb((c), (b))
+#define CRC_U64(c, v) __crc32cd((c), (v))
 
-__attribute__((target("+crc")))
+static int crc_hw_available(void) { return (getauxval(AT_HWCAP) & HWCAP_CRC32) != 0; }
+#endif
+
+#ifdef CRC_HW_TARGET
+CRC_HW_TARGET
 static uint32_t crc32c_hw(uint32_t crc, const uint8_t * p, size_t n)
 {
-    for (; n && ((uintptr_t)p & 7); n--) crc = __crc32cb(crc, *p++);
-    if (n >= CRC_3WAY_MIN) {  /* three lanes, as on x86 */
+    for (; n && ((uintptr_t)p & 7); n--) crc = CRC_U8(crc, *p++);
+    /* the crc instruction has a latency of 3 and a throughput of 1: three
+     * independent lanes over three thirds of the buffer, joined at the end */
+    if (n >= CRC_3WAY_MIN) {
         const size_t m = n / 24 * 8;
         const uint8_t * q = p + m, * r = p + 2 * m;
         uint32_t c1 = 0, c2 = 0;
         for (size_t i = 0; i < m; i += 8) {
-            crc = __crc32cd(crc, ggz_rd64(p + i));
-            c1  = __crc32cd(c1,  ggz_rd64(q + i));
-            c2  = __crc32cd(c2,  ggz_rd64(r + i));
+            crc = CRC_U64(crc, ggz_rd64(p + i));
+            c1  = CRC_U64(c1,  ggz_rd64(q + i));
+            c2  = CRC_U64(c2,  ggz_rd64(r + i));
         }
         crc = crc_join3(crc, c1, c2, m);
         p += 3 * m;
         n -= 3 * m;
     }
-    for (; n >= 8; n -= 8, p += 8) crc = __crc32cd(crc, ggz_rd64(p));
-    for (; n; n--) crc = __crc32cb(crc, *p++);
+    for (; n >= 8; n -= 8, p += 8) crc = CRC_U64(crc, ggz_rd64(p));
+    for (; n; n--) crc = CRC_U8(crc, *p++);
     return crc;
 }
-
-static int crc_hw_available(void) { return (getauxval(AT_HWCAP) & HWCAP_CRC32) != 0; }
 #else
 static uint32_t crc32c_hw(uint32_t crc, const uint8_t * p, size_t n) { (void)p; (void)n; return crc; }
 static int crc_hw_available(void) { return 0; }
