@@ -545,105 +545,6 @@ static int decode_chunks(const frame_hdr * h, const dtabs * d, const uint8_t * s
     return GGZ_OK;
 }
 
-typedef struct {
-    const frame_hdr * h;
-    const dtabs     * d;
-    const uint8_t   * src;
-    const uint64_t  * offsets;
-    uint8_t         * dst;      /* NULL: verify into per-thread scratch */
-    int               pairs;    /* workers take two chunks at a time */
-    atomic_uint       next;
-    atomic_int        err;
-    atomic_llong      bad_chunk;
-} dec_job;
-
-static void * dec_worker(void * arg)
-{
-    dec_job * job = arg;
-    const frame_hdr * h = job->h;
-    /* scratch: the Q8_0 scales of a chunk, plus a whole chunk when verifying.
-     * Sized from the largest chunk there is, never from rows_per_chunk alone:
-     * a header may claim 1 GiB chunks for a 100-byte tensor. */
-    const uint64_t max_chunk = h->chunk_raw < h->raw_size ? h->chunk_raw : h->raw_size;
-    const size_t scales = (size_t)(max_chunk / Q8_0_BLOCK) * 2 + 64;
-    const size_t per = scales + (job->dst ? 0 : (size_t)max_chunk);
-    uint8_t * mem = malloc(2 * per);
-    if (!mem) {
-        int zero = 0;
-        atomic_compare_exchange_strong(&job->err, &zero, GGZ_ERR_ALLOC);
-        return NULL;
-    }
-    uint8_t * const scratch[2] = { mem, mem + per };
-    for (;;) {
-        /* chunks go in pairs while there are enough for every thread */
-        const unsigned take = job->pairs ? 2 : 1;
-        const unsigned j = atomic_fetch_add(&job->next, take);
-        if (j >= h->n_chunks || atomic_load(&job->err)) break;
-        const int64_t jb = (take == 2 && j + 1 < h->n_chunks) ? (int64_t)j + 1 : -1;
-        uint8_t * out[2];
-        for (int c = 0; c < 2; c++) {
-            const uint64_t jj = c == 0 ? j : (uint64_t)(jb < 0 ? j : jb);
-            out[c] = job->dst ? job->dst + jj * h->chunk_raw : scratch[c] + scales;
-        }
-        int64_t bad = -1;
-        const int err = decode_chunks(h, job->d, job->src, job->offsets, j, jb, out, scratch, &bad);
-        if (err) {
-            int zero = 0;
-            if (atomic_compare_exchange_strong(&job->err, &zero, err)) atomic_store(&job->bad_chunk, bad);
-            break;
-        }
-    }
-    free(mem);
-    return NULL;
-}
-
-static size_t decode_all(uint8_t * dst, size_t cap, const uint8_t * src, size_t size,
-                         int n_threads, int64_t * bad_chunk)
-{
-    if (bad_chunk) *bad_chunk = -1;
-    frame_hdr h;
-    size_t r = parse(&h, src, size);
-    if (ggz_is_error(r)) return r;
-    if (dst && cap < h.raw_size) return GGZ_ERROR(DST_TOO_SMALL);
-    if (!h.n_chunks) return 0;
-
-    dtabs d;
-    if (dtabs_build(&d, &h)) return GGZ_ERROR(ALLOC);
-    uint64_t * offsets = malloc(h.n_chunks * sizeof(uint64_t));
-    if (!offsets) { dtabs_free(&d); return GGZ_ERROR(ALLOC); }
-    uint64_t off = h.data_offset;
-    for (uint32_t j = 0; j < h.n_chunks; j++) {
-        offsets[j] = off;
-        for (unsigned s = 0; s < h.n_streams; s++) off += ggz_rd32(h.index + (size_t)j * h.index_entry + 4 * s);
-    }
-
-    dec_job job = { .h = &h, .d = &d, .src = src, .offsets = offsets, .dst = dst };
-    atomic_init(&job.next, 0);
-    atomic_init(&job.err, 0);
-    atomic_init(&job.bad_chunk, -1);
-    if (n_threads < 1) n_threads = 1;
-    if (n_threads > (int)h.n_chunks) n_threads = (int)h.n_chunks;
-    job.pairs = ggz_decoder()->decode2 && h.n_chunks >= 2u * (unsigned)n_threads;
-    run_threads(dec_worker, &job, n_threads);
-    free(offsets);
-    dtabs_free(&d);
-
-    const int err = atomic_load(&job.err);
-    if (err) {
-        if (bad_chunk) *bad_chunk = atomic_load(&job.bad_chunk);
-        return (size_t)-(ptrdiff_t)err;
-    }
-    return (size_t)h.raw_size;
-}
-
-size_t ggz_decode_tensor(void * dst, size_t dstCapacity, const void * src, size_t srcSize,
-                         int n_threads, int64_t * bad_chunk)
-{
-    if (!dst && dstCapacity) return GGZ_ERROR(PARAM);
-    uint8_t dummy;
-    return decode_all(dst ? (uint8_t *)dst : &dummy, dstCapacity, src, srcSize, n_threads, bad_chunk);
-}
-
 /* ---- batch decode: one pool for many frames ------------------------------ */
 
 /* A frame of the batch once opened: its parsed header, decode tables and chunk
@@ -671,6 +572,7 @@ typedef struct {
     void            * opaque;
     atomic_int        err;
     atomic_int        cancel;     /* ggz_batch_cancel: hand out no more chunks */
+    int               verify;     /* check and decode into scratch, write nothing */
 } batch_job;
 
 static void batch_frame_free(batch_frame * f)
@@ -717,7 +619,7 @@ static batch_frame * batch_open(batch_job * job, size_t i, int * empty)
     if (!f) { batch_fail(job, i, GGZ_ERR_ALLOC, -1); return NULL; }
     const size_t r = it->src ? parse(&f->h, it->src, it->srcSize) : GGZ_ERROR(PARAM);
     int err = ggz_is_error(r) ? (int)ggz_error_code(r) : GGZ_OK;
-    if (!err && (it->dst ? it->dstCapacity < f->h.raw_size : f->h.raw_size != 0)) err = GGZ_ERR_DST_TOO_SMALL;
+    if (!err && !job->verify && (it->dst ? it->dstCapacity < f->h.raw_size : f->h.raw_size != 0)) err = GGZ_ERR_DST_TOO_SMALL;
     if (err) { free(f); batch_fail(job, i, err, -1); return NULL; }
     if (!f->h.n_chunks) { free(f); *empty = 1; batch_finish(job, i, NULL); return NULL; }
     if (dtabs_build(&f->d, &f->h)) { free(f); batch_fail(job, i, GGZ_ERR_ALLOC, -1); return NULL; }
@@ -737,7 +639,10 @@ static batch_frame * batch_open(batch_job * job, size_t i, int * empty)
 static void * batch_worker(void * arg)
 {
     batch_job * job = arg;
-    uint8_t * scratch = NULL;   /* the Q8_0 scales of two chunks, grown on demand */
+    /* per chunk of a pair: the Q8_0 scales, plus the whole chunk when verifying;
+     * grown on demand, sized from the largest chunk there is, never from
+     * rows_per_chunk alone (a header may claim 1 GiB chunks for a 100-byte tensor) */
+    uint8_t * scratch = NULL;
     size_t scratch_per = 0;
     for (;;) {
         /* claim the next one or two chunks, opening frames in order */
@@ -772,7 +677,8 @@ static void * batch_worker(void * arg)
 
         const frame_hdr * h = &f->h;
         const uint64_t max_chunk = h->chunk_raw < h->raw_size ? h->chunk_raw : h->raw_size;
-        const size_t per = (size_t)(max_chunk / Q8_0_BLOCK) * 2 + 64;
+        const size_t scales = (size_t)(max_chunk / Q8_0_BLOCK) * 2 + 64;
+        const size_t per = scales + (job->verify ? (size_t)max_chunk : 0);
         if (per > scratch_per) {
             free(scratch);
             scratch = malloc(2 * per);
@@ -786,7 +692,9 @@ static void * batch_worker(void * arg)
         }
         uint8_t * const scr[2] = { scratch, scratch + scratch_per };
         uint8_t * dst = job->items[fi].dst;
-        uint8_t * const out[2] = { dst + (uint64_t)j * h->chunk_raw, dst + (uint64_t)(j + take - 1) * h->chunk_raw };
+        uint8_t * const out[2] = {
+            job->verify ? scr[0] + scales : dst + (uint64_t)j * h->chunk_raw,
+            job->verify ? scr[1] + scales : dst + (uint64_t)(j + take - 1) * h->chunk_raw };
         int64_t bad = -1;
         const int err = decode_chunks(h, &f->d, job->items[fi].src, f->offsets, j, take == 2 ? (int64_t)j + 1 : -1,
                                       out, scr, &bad);
@@ -809,8 +717,8 @@ struct ggz_batch {
     int       started;
 };
 
-ggz_batch * ggz_batch_start(ggz_batch_item * items, size_t n, int n_threads,
-                            ggz_frame_done_fn done, void * opaque)
+static ggz_batch * batch_begin(ggz_batch_item * items, size_t n, int n_threads,
+                               ggz_frame_done_fn done, void * opaque, int verify)
 {
     if (!items && n) return NULL;
     for (size_t i = 0; i < n; i++) {
@@ -824,6 +732,7 @@ ggz_batch * ggz_batch_start(ggz_batch_item * items, size_t n, int n_threads,
     job->n = n;
     job->done = done;
     job->opaque = opaque;
+    job->verify = verify;
     job->frames = calloc(n ? n : 1, sizeof(batch_frame *));
     if (!job->frames) { free(b); return NULL; }
     if (n_threads < 0) n_threads = 0;
@@ -839,6 +748,12 @@ ggz_batch * ggz_batch_start(ggz_batch_item * items, size_t n, int n_threads,
         b->started++;
     }
     return b;
+}
+
+ggz_batch * ggz_batch_start(ggz_batch_item * items, size_t n, int n_threads,
+                            ggz_frame_done_fn done, void * opaque)
+{
+    return batch_begin(items, n, n_threads, done, opaque, 0);
 }
 
 size_t ggz_batch_finish(ggz_batch * b)
@@ -874,9 +789,34 @@ size_t ggz_decode_batch(ggz_batch_item * items, size_t n, int n_threads,
     return b ? ggz_batch_finish(b) : GGZ_ERROR(ALLOC);
 }
 
+/* One frame through the batch pool, on at most one thread per chunk. */
+static size_t decode_one(void * dst, size_t dstCapacity, const void * src, size_t srcSize,
+                         int n_threads, int verify, int64_t * bad_chunk)
+{
+    if (bad_chunk) *bad_chunk = -1;
+    /* the header alone first: its errors as they are, and the thread count */
+    ggz_frame_info fi;
+    const size_t r = ggz_frame_info_get(src, srcSize, &fi);
+    if (ggz_is_error(r)) return r;
+    if (n_threads > (int)fi.n_chunks) n_threads = fi.n_chunks ? (int)fi.n_chunks : 1;
+    ggz_batch_item it = { dst, dstCapacity, src, srcSize, 0, -1 };
+    ggz_batch * b = batch_begin(&it, 1, n_threads > 1 ? n_threads - 1 : 0, NULL, NULL, verify);
+    if (!b) return GGZ_ERROR(ALLOC);
+    (void)ggz_batch_finish(b);
+    if (bad_chunk) *bad_chunk = it.bad_chunk;
+    return it.result;
+}
+
+size_t ggz_decode_tensor(void * dst, size_t dstCapacity, const void * src, size_t srcSize,
+                         int n_threads, int64_t * bad_chunk)
+{
+    if (!dst && dstCapacity) return GGZ_ERROR(PARAM);
+    return decode_one(dst, dstCapacity, src, srcSize, n_threads, 0, bad_chunk);
+}
+
 size_t ggz_verify_tensor(const void * src, size_t srcSize, int64_t * bad_chunk)
 {
-    return decode_all(NULL, 0, src, srcSize, 1, bad_chunk);
+    return decode_one(NULL, 0, src, srcSize, 1, 1, bad_chunk);
 }
 
 size_t ggz_decode_chunk(void * dst, size_t dstCapacity, const void * src, size_t srcSize, uint32_t index)
