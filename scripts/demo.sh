@@ -24,5 +24,6 @@ ggzip verify "$GG"
 printf '\n== sizes\n'
 ls -l "$MODEL" "$GG" | awk '{printf "%8.1f MiB  %s\n", $5/1048576, $9}'
 
-printf '\n== ggzip run (llama.cpp through llama-cpp-python)\n'
-ggzip run "$GG" -p "The three most important things to know about rivers are" -n 64 --temp 0
+PROMPT="The three most important things to know about rivers are"
+printf '\n== ggzip run (llama.cpp through llama-cpp-python): the prompt, then what the model writes\n%s' "$PROMPT"
+ggzip run "$GG" -p "$PROMPT" -n 64 --temp 0
