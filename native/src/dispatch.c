@@ -27,6 +27,7 @@ static int has_avx2(void)
 {
     unsigned a, b, c, d;
     if (!os_saves(0x6)) return 0;                 /* XMM | YMM */
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 20) & 1)) return 0; /* SSE4.2: crc32 */
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
     return ((b >> 5) & 1) && ((b >> 8) & 1);      /* AVX2, BMI2 */
 }
@@ -35,6 +36,7 @@ static int has_avx512(void)
 {
     unsigned a, b, c, d;
     if (!os_saves(0xE6)) return 0;                /* XMM | YMM | opmask | ZMM */
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 20) & 1)) return 0; /* SSE4.2: crc32 */
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
     return ((b >> 16) & 1) && ((b >> 30) & 1) && ((b >> 31) & 1) && ((b >> 8) & 1); /* F, BW, VL, BMI2 */
 }
@@ -66,13 +68,13 @@ static int default_ok(const ggz_kernel * k)
 static int always(void) { return 1; }
 
 static const ggz_kernel kernels[] = {
-    { "scalar", always, ggz_decode_scalar, ggz_encode_scalar, NULL },
+    { "scalar", always, ggz_decode_scalar, ggz_encode_scalar },
 #if defined(GGZ_HAVE_X86)
-    { "avx2",   has_avx2,   ggz_decode_avx2,   NULL, NULL },
-    { "avx512", has_avx512, ggz_decode_avx512, NULL, NULL },
+    { "avx2",   has_avx2,   ggz_decode_avx2,   NULL },
+    { "avx512", has_avx512, ggz_decode_avx512, NULL },
 #endif
 #if defined(GGZ_HAVE_NEON)
-    { "neon",   always,     ggz_decode_neon,   NULL, NULL },
+    { "neon",   always,     ggz_decode_neon,   NULL },
 #endif
 };
 #define N_KERNELS ((int)(sizeof(kernels) / sizeof(kernels[0])))

@@ -495,54 +495,44 @@ static ggz_stream stream_desc(const frame_hdr * h, const dtabs * d, unsigned s, 
     return st;
 }
 
-static int decode_stream(const frame_hdr * h, unsigned s, const ggz_stream * st)
+/* Stream s into its output, chaining the CRC-32C of its bytes onto *crc (the
+ * rANS kernels take the CRC in the same pass as the decode). */
+static int decode_stream(const frame_hdr * h, unsigned s, const ggz_stream * st, uint32_t * crc)
 {
     if (h->mode[s] == MODE_RANS)
-        return ggz_decoder()->decode(st->src, st->size, st->dst, st->n, st->stride, st->tabs, st->period);
+        return ggz_decoder()->decode(st->src, st->size, st->dst, st->n, st->stride, st->tabs, st->period, crc);
+    *crc = ggz_crc32c(*crc, st->src, st->size);
     if (st->stride == GGZ_LANES) memcpy(st->dst, st->src, st->n);
     else for (size_t b = 0; b < st->n / Q8_0_QK; b++) memcpy(st->dst + b * st->stride, st->src + b * Q8_0_QK, Q8_0_QK);
     return GGZ_OK;
 }
 
-/* Up to two chunks (ja, jb; jb < 0 for one) checked and decoded into their
- * outputs; with a kernel that has decode2, their first streams run
- * interleaved.  @return 0, or an error with *bad set to the failing chunk. */
-static int decode_chunks(const frame_hdr * h, const dtabs * d, const uint8_t * src,
-                         const uint64_t * offsets, int64_t ja, int64_t jb,
-                         uint8_t * const out[2], uint8_t * const scratch[2], int64_t * bad)
+/* Chunk j, starting at in, checked and decoded into out (its Q8_0 scales through scratch).
+ * The checksum is taken while the chunk decodes, so damaged bytes may reach
+ * the decoders (which bound every read and write) and out is undefined on
+ * error; a checksum mismatch wins over the error a decoder may report first.
+ * @return 0 or an error. */
+static int decode_chunk(const frame_hdr * h, const dtabs * d, const uint8_t * in,
+                        uint32_t j, uint8_t * out, uint8_t * scratch)
 {
-    const int64_t js[2] = { ja, jb };
-    const int n = jb < 0 ? 1 : 2;
-    ggz_stream st[2][GGZ_MAX_STREAMS];
-    for (int c = 0; c < n; c++) {
-        const uint32_t j = (uint32_t)js[c];
-        const uint8_t * e = h->index + (size_t)j * h->index_entry;
-        const uint8_t * in = src + offsets[j];
-        const uint64_t raw = chunk_raw_len(h, j);
-        size_t total = 0;
-        for (unsigned s = 0; s < h->n_streams; s++) {
-            const size_t len = ggz_rd32(e + 4 * s);
-            st[c][s] = stream_desc(h, d, s, in + total, len, raw, out[c], scratch[c]);
-            total += len;
-        }
-        if (ggz_crc32c(0, in, total) != ggz_rd32(e + 4 * h->n_streams)) { *bad = j; return GGZ_ERR_CHECKSUM; }
-    }
-    const ggz_decode2_fn dec2 = ggz_decoder()->decode2;
+    const uint8_t * e = h->index + (size_t)j * h->index_entry;
+    const uint64_t raw = chunk_raw_len(h, j);
+    const uint32_t want = ggz_rd32(e + 4 * h->n_streams);
+    uint32_t crc = 0;
+    size_t total = 0;
     for (unsigned s = 0; s < h->n_streams; s++) {
-        int err[2] = { GGZ_OK, GGZ_OK };
-        if (n == 2 && dec2 && h->mode[s] == MODE_RANS) {
-            dec2(&st[0][s], &st[1][s], err);
-        } else {
-            for (int c = 0; c < n; c++) err[c] = decode_stream(h, s, &st[c][s]);
+        const size_t len = ggz_rd32(e + 4 * s);
+        const ggz_stream st = stream_desc(h, d, s, in + total, len, raw, out, scratch);
+        const int err = decode_stream(h, s, &st, &crc);
+        total += len;
+        if (err) {
+            for (unsigned r = s + 1; r < h->n_streams; r++) total += ggz_rd32(e + 4 * r);
+            return ggz_crc32c(0, in, total) != want ? GGZ_ERR_CHECKSUM : err;
         }
-        for (int c = 0; c < n; c++) {
-            if (err[c]) { *bad = js[c]; return err[c]; }
-            if (h->layout == GGZ_LAYOUT_Q8_0 && s == 1)
-                q8_scales_scatter(out[c], scratch[c], st[c][s].n / 2, h->row_size / Q8_0_BLOCK,
-                                  h->flags & FLAG_SCALE_DELTA);
-        }
+        if (h->layout == GGZ_LAYOUT_Q8_0 && s == 1)
+            q8_scales_scatter(out, scratch, st.n / 2, h->row_size / Q8_0_BLOCK, h->flags & FLAG_SCALE_DELTA);
     }
-    return GGZ_OK;
+    return crc != want ? GGZ_ERR_CHECKSUM : GGZ_OK;
 }
 
 /* ---- batch decode: one pool for many frames ------------------------------ */
@@ -561,7 +551,6 @@ typedef struct {
     ggz_batch_item  * items;
     size_t            n;
     int               n_threads;
-    int               pair;       /* the kernel has decode2 */
     pthread_mutex_t   lock;       /* guards cur, next_chunk, open */
     size_t            cur;        /* frame whose chunks are handed out */
     uint32_t          next_chunk;
@@ -639,16 +628,16 @@ static batch_frame * batch_open(batch_job * job, size_t i, int * empty)
 static void * batch_worker(void * arg)
 {
     batch_job * job = arg;
-    /* per chunk of a pair: the Q8_0 scales, plus the whole chunk when verifying;
+    /* the Q8_0 scales of a chunk, plus the whole chunk when verifying;
      * grown on demand, sized from the largest chunk there is, never from
      * rows_per_chunk alone (a header may claim 1 GiB chunks for a 100-byte tensor) */
     uint8_t * scratch = NULL;
     size_t scratch_per = 0;
     for (;;) {
-        /* claim the next one or two chunks, opening frames in order */
+        /* claim the next chunk, opening frames in order */
         batch_frame * f = NULL;
         size_t fi = 0;
-        uint32_t j = 0, take = 0;
+        uint32_t j = 0;
         pthread_mutex_lock(&job->lock);
         while (!atomic_load(&job->err) && !atomic_load(&job->cancel) && job->cur < job->n) {
             if (!job->open) {
@@ -663,12 +652,7 @@ static void * batch_worker(void * arg)
             f = job->open;
             fi = job->cur;
             j = job->next_chunk;
-            const uint32_t left = f->h.n_chunks - j;
-            /* pairs run faster on one thread, but the last frame's last chunks go
-             * one by one so that no thread idles at the end */
-            const int tail = job->cur + 1 == job->n && left < 2u * (unsigned)job->n_threads;
-            take = job->pair && left >= 2 && !tail ? 2 : 1;
-            job->next_chunk += take;
+            job->next_chunk++;
             if (job->next_chunk == f->h.n_chunks) { job->cur++; job->open = NULL; }
             break;
         }
@@ -681,30 +665,24 @@ static void * batch_worker(void * arg)
         const size_t per = scales + (job->verify ? (size_t)max_chunk : 0);
         if (per > scratch_per) {
             free(scratch);
-            scratch = malloc(2 * per);
+            scratch = malloc(per);
             scratch_per = scratch ? per : 0;
             if (!scratch) {
                 atomic_store(&f->failed, 1);
                 batch_fail(job, fi, GGZ_ERR_ALLOC, -1);
-                atomic_fetch_sub(&f->remaining, take);
+                atomic_fetch_sub(&f->remaining, 1);
                 break;
             }
         }
-        uint8_t * const scr[2] = { scratch, scratch + scratch_per };
-        uint8_t * dst = job->items[fi].dst;
-        uint8_t * const out[2] = {
-            job->verify ? scr[0] + scales : dst + (uint64_t)j * h->chunk_raw,
-            job->verify ? scr[1] + scales : dst + (uint64_t)(j + take - 1) * h->chunk_raw };
-        int64_t bad = -1;
-        const int err = decode_chunks(h, &f->d, job->items[fi].src, f->offsets, j, take == 2 ? (int64_t)j + 1 : -1,
-                                      out, scr, &bad);
+        uint8_t * const out = job->verify ? scratch + scales : job->items[fi].dst + (uint64_t)j * h->chunk_raw;
+        const int err = decode_chunk(h, &f->d, (const uint8_t *)job->items[fi].src + f->offsets[j], j, out, scratch);
         if (err) {
             atomic_store(&f->failed, 1);
-            batch_fail(job, fi, err, bad);
+            batch_fail(job, fi, err, j);
         }
         /* the thread that decodes a frame's last chunk finishes it; a failed frame
          * is left for the caller to free (other threads may still decode in it) */
-        if (atomic_fetch_sub(&f->remaining, take) == take && !atomic_load(&f->failed)) batch_finish(job, fi, f);
+        if (atomic_fetch_sub(&f->remaining, 1) == 1 && !atomic_load(&f->failed)) batch_finish(job, fi, f);
         if (err) break;
     }
     free(scratch);
@@ -738,7 +716,6 @@ static ggz_batch * batch_begin(ggz_batch_item * items, size_t n, int n_threads,
     if (n_threads < 0) n_threads = 0;
     if (n_threads > 63) n_threads = 63;
     job->n_threads = n_threads + 1;   /* the finishing thread joins in */
-    job->pair = ggz_decoder()->decode2 != NULL;
     atomic_init(&job->err, 0);
     atomic_init(&job->cancel, 0);
     pthread_mutex_init(&job->lock, NULL);
@@ -830,17 +807,7 @@ size_t ggz_decode_chunk(void * dst, size_t dstCapacity, const void * src, size_t
     dtabs d;
     if (dtabs_build(&d, &h)) return GGZ_ERROR(ALLOC);
     uint8_t * scratch = malloc((size_t)(raw / Q8_0_BLOCK) * 2 + 64);
-    const uint64_t off = (uint64_t)(chunk_ptr(&h, src, index) - (const uint8_t *)src);
-    uint64_t * offsets = malloc(((size_t)index + 1) * sizeof(uint64_t));
-    int64_t bad = -1;
-    int err = GGZ_ERR_ALLOC;
-    if (scratch && offsets) {
-        offsets[index] = off;
-        uint8_t * const out[2] = { dst, dst };
-        uint8_t * const scr[2] = { scratch, scratch };
-        err = decode_chunks(&h, &d, src, offsets, index, -1, out, scr, &bad);
-    }
-    free(offsets);
+    const int err = scratch ? decode_chunk(&h, &d, chunk_ptr(&h, src, index), index, dst, scratch) : GGZ_ERR_ALLOC;
     free(scratch);
     dtabs_free(&d);
     return err ? (size_t)-(ptrdiff_t)err : (size_t)raw;

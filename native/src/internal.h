@@ -82,10 +82,12 @@ uint32_t ggz_crc32c_portable(uint32_t crc, const void * buf, size_t size);
 /* Decode one rANS stream of n symbols.  Symbol i is written to
  * dst[(i / 32) * dst_stride + i % 32] (dst_stride >= 32: 32 for contiguous
  * bytes, 34 for the int8 part of Q8_0 blocks) using table (i % period) of
- * `tabs`.  @return GGZ_OK or a ggz_error. */
+ * `tabs`, and *crc becomes ggz_crc32c(*crc, src, src_size) (undefined on
+ * error): a kernel may take the checksum in its decode loop, where the bytes
+ * are read anyway.  @return GGZ_OK or a ggz_error. */
 typedef int (*ggz_decode_fn)(const uint8_t * src, size_t src_size,
                              uint8_t * dst, size_t n, size_t dst_stride,
-                             const ggz_dtab * tabs, unsigned period);
+                             const ggz_dtab * tabs, unsigned period, uint32_t * crc);
 
 /* Encode n symbols read from src[(i / 32) * src_stride + i % 32] into dst,
  * which must hold ggz_stream_bound(n) bytes.  @return bytes written. */
@@ -104,11 +106,6 @@ typedef struct {
     unsigned         period;
 } ggz_stream;
 
-/* Decode two independent streams at once: interleaving two dependency chains
- * hides the latency of the table gather.  err[0], err[1] receive each
- * stream's result. */
-typedef void (*ggz_decode2_fn)(const ggz_stream * a, const ggz_stream * b, int err[2]);
-
 static inline size_t ggz_stream_bound(size_t n) { return n ? GGZ_STATE_BYTES + 2 * n + 2 : 0; }
 
 typedef struct {
@@ -116,18 +113,17 @@ typedef struct {
     int           (*available)(void);
     ggz_decode_fn decode;
     ggz_encode_fn encode;   /* NULL: uses the scalar encoder */
-    ggz_decode2_fn decode2; /* NULL: two calls of decode */
 } ggz_kernel;
 
-int    ggz_decode_scalar(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned);
+int    ggz_decode_scalar(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned, uint32_t *);
 size_t ggz_encode_scalar(const uint8_t *, size_t, size_t, const ggz_etab *, unsigned, uint8_t *, size_t);
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
-int    ggz_decode_avx2(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned);
-int    ggz_decode_avx512(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned);
+int    ggz_decode_avx2(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned, uint32_t *);
+int    ggz_decode_avx512(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned, uint32_t *);
 #define GGZ_HAVE_X86 1
 #endif
 #if defined(__aarch64__) || defined(_M_ARM64)
-int    ggz_decode_neon(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned);
+int    ggz_decode_neon(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned, uint32_t *);
 #define GGZ_HAVE_NEON 1
 #endif
 
@@ -157,6 +153,27 @@ GGZ_INLINE int ggz_decode_lanes_checked(uint32_t * x, const uint8_t ** pp, const
     *pp = p;
     return 0;
 }
+
+#if defined(__SSE4_2__)
+#include <nmmintrin.h>
+/* The x86 decode loops take the stream's checksum as they go, 32 bytes a
+ * step at q, while they last: crc32 runs on integer ports the vector loop
+ * leaves idle, on bytes the loop is about to read (a checksum pass of its
+ * own, over memory not yet in cache, cost 10-12% of decode time).  c is the
+ * raw (inverted) CRC state. */
+GGZ_INLINE void ggz_crc_step32(uint64_t * c, const uint8_t ** q, const uint8_t * end)
+{
+    if (GGZ_LIKELY(end - *q >= 32)) {
+        uint64_t v = *c;
+        v = _mm_crc32_u64(v, ggz_rd64(*q));
+        v = _mm_crc32_u64(v, ggz_rd64(*q + 8));
+        v = _mm_crc32_u64(v, ggz_rd64(*q + 16));
+        v = _mm_crc32_u64(v, ggz_rd64(*q + 24));
+        *c = v;
+        *q += 32;
+    }
+}
+#endif
 
 /* Reads the 32 states; @return 0 or a ggz_error */
 GGZ_INLINE int ggz_read_states(uint32_t * x, const uint8_t * src, size_t src_size)

@@ -28,15 +28,20 @@ GGZ_INLINE __m512i step16(__m512i x, __m512i toff, const uint32_t * tab,
 }
 
 int ggz_decode_avx512(const uint8_t * src, size_t src_size, uint8_t * dst, size_t n, size_t dst_stride,
-                      const ggz_dtab * tabs, unsigned period)
+                      const ggz_dtab * tabs, unsigned period, uint32_t * crc)
 {
-    if (!n) return src_size ? GGZ_ERR_CORRUPT : GGZ_OK;
+    if (!n) {
+        *crc = ggz_crc32c(*crc, src, src_size);
+        return src_size ? GGZ_ERR_CORRUPT : GGZ_OK;
+    }
     uint32_t x[GGZ_LANES];
     int err = ggz_read_states(x, src, src_size);
     if (err) return err;
 
     const uint8_t * p = src + GGZ_STATE_BYTES;
     const uint8_t * const end = src + src_size;
+    const uint8_t * q = src;        /* bytes before q are in the CRC c */
+    uint64_t c = ~*crc;
     const size_t steps = n / GGZ_LANES;
     /* lane l reads table l mod period: an offset into the [4][4096] slots */
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -50,15 +55,18 @@ int ggz_decode_avx512(const uint8_t * src, size_t src_size, uint8_t * dst, size_
         const __m512i zero = _mm512_setzero_si512();
         for (; k < steps && end - p >= 2 * GGZ_LANES; k++) {
             uint8_t * out = dst + k * dst_stride;
+            ggz_crc_step32(&c, &q, end);
             x0 = step16(x0, zero, tab, out, &p);
             x1 = step16(x1, zero, tab, out + 16, &p);
         }
     }
     for (; k < steps && end - p >= 2 * GGZ_LANES; k++) {
         uint8_t * out = dst + k * dst_stride;
+        ggz_crc_step32(&c, &q, end);
         x0 = step16(x0, toff, tab, out, &p);
         x1 = step16(x1, toff, tab, out + 16, &p);
     }
+    *crc = ggz_crc32c(~(uint32_t)c, q, (size_t)(end - q));
     _mm512_storeu_si512(x, x0);
     _mm512_storeu_si512(x + 16, x1);
     for (; k < steps; k++)

@@ -71,8 +71,9 @@ GGZ_INLINE uint8x16_t symbols16(uint32x4_t a, uint32x4_t b, uint32x4_t c, uint32
 }
 
 int ggz_decode_neon(const uint8_t * src, size_t src_size, uint8_t * dst, size_t n, size_t dst_stride,
-                    const ggz_dtab * tabs, unsigned period)
+                    const ggz_dtab * tabs, unsigned period, uint32_t * crc)
 {
+    *crc = ggz_crc32c(*crc, src, src_size);
     if (!n) return src_size ? GGZ_ERR_CORRUPT : GGZ_OK;
     uint32_t x[GGZ_LANES];
     int err = ggz_read_states(x, src, src_size);
