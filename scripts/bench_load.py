@@ -2,7 +2,8 @@
 """Load time, peak RSS and tokens/s of a ggzip GGUF against its plain Q8_0 twin,
 through the patched llama.cpp (scripts/build_llama.sh llama-bench).
 
-    scripts/bench_load.py PLAIN_Q8_0.gguf GGZIP.gguf [PLAIN GGZIP ...] [--runs 5] [--threads 1 2] [--before LLAMA_DIR] [--no-write]
+    scripts/bench_load.py PLAIN_Q8_0.gguf GGZIP.gguf [PLAIN GGZIP ...] [--runs 5] [--threads 1 2] [--idle S]
+                          [--before LLAMA_DIR] [--no-write]
 
 Load is measured as the wall time and peak RSS of `llama-bench -p 0 -n 1 -r 1`
 (model load, one context, one token: for these sizes the load dominates; the
@@ -14,7 +15,11 @@ root).  Both files are loaded with mmap (llama.cpp's default) and without
 every byte into fresh memory as ggzip's decode writes it.  The four loads of a
 cell run interleaved, `--runs` rounds, and the median is kept: the machines this
 runs on are shared, and the load average is printed with the table.  Tokens/s
-is llama-bench's tg32 after load.  Writes section "load" of BENCHMARKS.md."""
+is llama-bench's tg32 after load.  --idle S adds a warm cell where every load
+starts after S seconds of rest: on a VM that hands free memory back to its host
+(virtio-balloon free page reporting), fresh memory then costs a host fault per
+page, which loads that run back to back do not see.  Writes section "load" of
+BENCHMARKS.md."""
 from __future__ import annotations
 
 import argparse
@@ -65,12 +70,16 @@ def warm(path: Path) -> None:
             pass
 
 
-def measure_load(model: Path, threads: int, cold: bool, extra: list[str], bindir: Path = BIN) -> tuple[float, float]:
-    """Wall time and peak RSS of one load in a fresh process (RSS via wait4)."""
-    if cold:
+def measure_load(model: Path, threads: int, cache: str, extra: list[str], bindir: Path = BIN,
+                 idle: float = 0.0) -> tuple[float, float]:
+    """Wall time and peak RSS of one load in a fresh process (RSS via wait4); cache
+    "cold", "warm", or "idle" (warm, then `idle` seconds of rest)."""
+    if cache == "cold":
         drop_cache(model)
     else:
         warm(model)
+    if cache == "idle":
+        time.sleep(idle)
     cmd = [str(bindir / "llama-bench"), "-m", str(model), "-p", "0", "-n", "1", "-r", "1", "-t", str(threads),
            "-o", "json", *extra]
     t0 = time.perf_counter()
@@ -128,13 +137,13 @@ def bench_pair(plain: Path, ggz: Path, args) -> list[str]:
     load_before = os.getloadavg()[0]
     rows = []
     for threads in args.threads:
-        for cold in (False, True):
+        for cache in ("warm", "cold") + (("idle",) if args.idle else ()):
             samples = {label: [] for label, *_ in loads}
             for _ in range(args.runs):  # interleaved: a burst of load on the machine hits every column
                 for label, model, extra, bindir in loads:
-                    samples[label].append(measure_load(model, threads, cold, extra, bindir))
+                    samples[label].append(measure_load(model, threads, cache, extra, bindir, args.idle))
             cell = {label: (statistics.median(s[0] for s in v), max(s[1] for s in v)) for label, v in samples.items()}
-            rows.append((threads, "cold" if cold else "warm", cell))
+            rows.append((threads, f"warm, after {args.idle:g} s idle" if cache == "idle" else cache, cell))
             print(rows[-1], flush=True)
     tps = {(t, label): tokens_per_s(m, t) for t in args.threads
            for label, m in (("Q8_0", plain), ("ggzip", ggz))}
@@ -179,6 +188,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--no-write", action="store_true", help="print only, do not touch BENCHMARKS.md")
     ap.add_argument("--how", default="", help="how the files were made (printed with the tables)")
+    ap.add_argument("--idle", type=float, default=0.0, metavar="S",
+                    help="also a warm cell where each load follows S seconds of rest")
     ap.add_argument("--before", type=Path, metavar="LLAMA_DIR",
                     help="another patched build (its bin/llama-bench): ggzip loads with it too, as a before column")
     args = ap.parse_args(argv)
