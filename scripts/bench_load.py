@@ -128,16 +128,20 @@ def tokens_per_s(model: Path, threads: int) -> float:
     return float(json.loads(r.stdout)[0]["avg_ts"])
 
 
-def bench_pair(plain: Path, ggz: Path, args) -> list[str]:
-    """Measure one ggzip GGUF against its plain Q8_0 twin; the lines of its tables."""
+def pair_loads(plain: Path, ggz: Path, args) -> list[tuple]:
     loads = [("Q8_0", plain, [], BIN), ("Q8_0 no-mmap", plain, ["--load-mode", "none"], BIN),
              ("ggzip", ggz, [], BIN), ("ggzip no-mmap", ggz, ["--load-mode", "none"], BIN)]
     if args.before:
         loads.append(("before", ggz, [], args.before / "bin"))
-    load_before = os.getloadavg()[0]
+    return loads
+
+
+def measure_cells(plain: Path, ggz: Path, args, caches: tuple[str, ...]) -> list[tuple]:
+    """(threads, cache, {label: (median s, max peak RSS MiB)}) for every thread count and cache state."""
+    loads = pair_loads(plain, ggz, args)
     rows = []
     for threads in args.threads:
-        for cache in ("warm", "cold") + (("idle",) if args.idle else ()):
+        for cache in caches:
             samples = {label: [] for label, *_ in loads}
             for _ in range(args.runs):  # interleaved: a burst of load on the machine hits every column
                 for label, model, extra, bindir in loads:
@@ -145,10 +149,21 @@ def bench_pair(plain: Path, ggz: Path, args) -> list[str]:
             cell = {label: (statistics.median(s[0] for s in v), max(s[1] for s in v)) for label, v in samples.items()}
             rows.append((threads, f"warm, after {args.idle:g} s idle" if cache == "idle" else cache, cell))
             print(rows[-1], flush=True)
+    return rows
+
+
+def measure_pair(plain: Path, ggz: Path, args) -> dict:
+    """Warm and cold cells, tokens/s and the load average around them."""
+    load_before = os.getloadavg()[0]
+    rows = measure_cells(plain, ggz, args, ("warm", "cold"))
     tps = {(t, label): tokens_per_s(m, t) for t in args.threads
            for label, m in (("Q8_0", plain), ("ggzip", ggz))}
-    load_after = os.getloadavg()[0]
+    return {"rows": rows, "tps": tps, "load": (load_before, os.getloadavg()[0])}
 
+
+def pair_lines(plain: Path, ggz: Path, args, res: dict) -> list[str]:
+    """The tables of one pair."""
+    rows, tps, (load_before, load_after) = res["rows"], res["tps"], res["load"]
     mib = lambda n: n / 2**20  # noqa: E731
     big = largest_frame(ggz)
     lines = [
@@ -210,8 +225,15 @@ def main(argv=None) -> int:
     ]
     if args.how:
         lines += ["", args.how]
-    for plain, ggz in zip(args.pairs[0::2], args.pairs[1::2]):
-        lines += [""] + bench_pair(plain, ggz, args)
+    pairs = list(zip(args.pairs[0::2], args.pairs[1::2]))
+    results = [measure_pair(plain, ggz, args) for plain, ggz in pairs]
+    # the idle cells last: their rests let the host take back free memory, which the
+    # back-to-back loads of the other cells would then pay for
+    if args.idle:
+        for (plain, ggz), res in zip(pairs, results):
+            res["rows"] += measure_cells(plain, ggz, args, ("idle",))
+    for (plain, ggz), res in zip(pairs, results):
+        lines += [""] + pair_lines(plain, ggz, args, res)
     lines += ["", "Made by: `" + " ".join(["scripts/bench_load.py"] + (argv if argv is not None else sys.argv[1:])) + "`"]
     text = "\n".join(lines)
     print(text)
