@@ -674,7 +674,7 @@ static void * batch_worker(void * arg)
                 break;
             }
         }
-        uint8_t * const out = job->verify ? scratch + scales : job->items[fi].dst + (uint64_t)j * h->chunk_raw;
+        uint8_t * const out = job->verify ? scratch + scales : (uint8_t *)job->items[fi].dst + (uint64_t)j * h->chunk_raw;
         const int err = decode_chunk(h, &f->d, (const uint8_t *)job->items[fi].src + f->offsets[j], j, out, scratch);
         if (err) {
             atomic_store(&f->failed, 1);
