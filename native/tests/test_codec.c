@@ -3,11 +3,10 @@
  * the scalar specification, also on damaged streams; damaged frames must give
  * an error, never a crash and never a wrong tensor reported as success.
  *
- *   ggzip_test [--expect-kernel NAME] [--dispatch-only] [--bench]
+ *   ggzip_test [--expect-kernel NAME] [--bench]
  *
  * --expect-kernel fails unless the kernel chosen at start-up is NAME (the
  * emulator runs check that the intended SIMD path is the one tested);
- * --dispatch-only stops after that check and the list of kernels.
  * --bench also prints the single-thread decode speed of each kernel (a
  * sanity check, not a benchmark: under an emulator the numbers mean little).  A
  * kernel the host cannot run is printed as SKIPPED and counted nowhere.
@@ -585,19 +584,14 @@ int main(int argc, char ** argv)
 {
     const char * start_kernel = ggz_kernel_name();
     printf("ggzip %u, kernel chosen at start-up: %s\n", ggz_version_number(), start_kernel);
-    int do_bench = 0, dispatch_only = 0;
+    int do_bench = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--bench")) do_bench = 1;
-        else if (!strcmp(argv[i], "--dispatch-only")) dispatch_only = 1;
         else if (!strcmp(argv[i], "--expect-kernel") && i + 1 < argc)
             check(!strcmp(start_kernel, argv[++i]), "kernel chosen at start-up", argv[i]);
-        else { fprintf(stderr, "usage: %s [--expect-kernel NAME] [--dispatch-only] [--bench]\n", argv[0]); return 2; }
+        else { fprintf(stderr, "usage: %s [--expect-kernel NAME] [--bench]\n", argv[0]); return 2; }
     }
     find_kernels();
-    if (dispatch_only) {
-        printf("%d passed, %d failed\n", n_pass, n_fail);
-        return n_fail ? 1 : 0;
-    }
     test_crc32c();
     test_params();
     test_roundtrips();
