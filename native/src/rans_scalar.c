@@ -49,8 +49,9 @@ size_t ggz_encode_scalar(const uint8_t * src, size_t n, size_t src_stride,
             ggz_wr16(w - 2, (uint16_t)v);
             w -= 2 * out;
             v >>= 16 * out;
-            /* x' = C(s, x) = x + c + (x / f) * (M - f) */
-            const uint64_t q = (uint64_t)(((unsigned __int128)((uint64_t)v + 1) * e->rcp) >> 64);
+            /* x' = C(s, x) = x + c + (x / f) * (M - f); __extension__: __int128 is
+             * GCC's and Clang's, which -Wpedantic (llama.cpp's builds) would flag */
+            const uint64_t q = __extension__ (uint64_t)(((unsigned __int128)((uint64_t)v + 1) * e->rcp) >> 64);
             x[l] = v + e->cum + (uint32_t)q * e->cmpl;
         }
     }
