@@ -6,7 +6,7 @@
  * set per tensor, shared by its chunks), a chunk index with a CRC32C per chunk,
  * then the chunks.  Chunks hold whole rows and decode independently, so a
  * tensor decodes on many threads and a single chunk can be decoded alone.
- * The byte layout is specified in native/FORMAT.md; the constants below are
+ * The byte layout is specified in docs/FORMAT.md; the constants below are
  * the only C copy of it (python/ggzip/constants.py mirrors them, a test
  * checks that the two agree).
  *
@@ -140,7 +140,9 @@ size_t ggz_frame_info_get(const void * src, size_t srcSize, ggz_frame_info * inf
 
 /*! ggz_decode_tensor() : decode a whole frame into dst (dstCapacity >= raw_size),
  *  chunks spread over n_threads threads (<=1: the calling thread only).
- *  Every chunk's CRC32C is checked before it is decoded.
+ *  Every chunk's CRC32C is checked as the chunk is decoded (the x86 kernels in
+ *  their decode loop); a mismatch gives GGZ_ERR_CHECKSUM even where the decoder
+ *  met damage first, and the bytes of a failed chunk in dst are undefined.
  *  @return raw_size, or an error code; *bad_chunk (if not NULL) gets the index
  *  of the failing chunk, or -1 */
 size_t ggz_decode_tensor(void * dst, size_t dstCapacity,
@@ -166,8 +168,8 @@ typedef void (*ggz_frame_done_fn)(void * opaque, size_t index);
  *  the calling thread only).  Frames are opened in array order and the chunks of
  *  all of them are shared by all threads, so many small frames keep every core
  *  busy, and frames mapped from a file are read in order (decode follows the
- *  readahead).  Every chunk's CRC32C is checked before it is decoded; the batch
- *  stops at the first error.  done may be NULL.
+ *  readahead).  CRCs are checked as in ggz_decode_tensor; the batch stops at the
+ *  first error.  done may be NULL.
  *  @return n, or the first error code (items[i].result says which frame) */
 size_t ggz_decode_batch(ggz_batch_item * items, size_t n, int n_threads,
                         ggz_frame_done_fn done, void * opaque);
