@@ -23,11 +23,18 @@ static int os_saves(uint64_t mask)
     return (xgetbv0() & mask) == mask;
 }
 
+/* SSE4.2: the crc32 instruction, with which the x86 kernels check each chunk */
+static int has_crc32(void)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && ((c >> 20) & 1);
+}
+
 static int has_avx2(void)
 {
     unsigned a, b, c, d;
     if (!os_saves(0x6)) return 0;                 /* XMM | YMM */
-    if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 20) & 1)) return 0; /* SSE4.2: crc32 */
+    if (!has_crc32()) return 0;
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
     return ((b >> 5) & 1) && ((b >> 8) & 1);      /* AVX2, BMI2 */
 }
@@ -36,7 +43,7 @@ static int has_avx512(void)
 {
     unsigned a, b, c, d;
     if (!os_saves(0xE6)) return 0;                /* XMM | YMM | opmask | ZMM */
-    if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 20) & 1)) return 0; /* SSE4.2: crc32 */
+    if (!has_crc32()) return 0;
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
     return ((b >> 16) & 1) && ((b >> 30) & 1) && ((b >> 31) & 1) && ((b >> 8) & 1); /* F, BW, VL, BMI2 */
 }

@@ -651,8 +651,7 @@ static void * batch_worker(void * arg)
             }
             f = job->open;
             fi = job->cur;
-            j = job->next_chunk;
-            job->next_chunk++;
+            j = job->next_chunk++;
             if (job->next_chunk == f->h.n_chunks) { job->cur++; job->open = NULL; }
             break;
         }
