@@ -48,29 +48,13 @@ static int has_avx512(void)
     return ((b >> 16) & 1) && ((b >> 30) & 1) && ((b >> 31) & 1) && ((b >> 8) & 1); /* F, BW, VL, BMI2 */
 }
 
-static int is_amd(void)
+static int has_avx512vbmi(void)
 {
     unsigned a, b, c, d;
-    if (!__get_cpuid(0, &a, &b, &c, &d)) return 0;
-    return b == 0x68747541 && d == 0x69746e65 && c == 0x444d4163; /* "Auth" "enti" "cAMD" */
+    return has_avx512() && __get_cpuid_count(7, 0, &a, &b, &c, &d) && ((c >> 1) & 1);
 }
-#endif
 
-/* Whether the default choice may take kernel k (GGZIP_KERNEL and
- * ggz_set_kernel() can still force any available kernel).  On AMD the AVX2
- * kernel is preferred over AVX-512: measured on an EPYC Zen 5 VM, one pinned
- * core, median of 11 interleaved runs, decode MB/s avx2 vs avx512: 1777 vs
- * 1577 on SmolLM2's Q8_0 token_embd, 1607 vs 1406 on an F16 tensor (the AVX2
- * kernel looks its tables up with scalar loads, AVX-512 with zmm gathers,
- * ~17.6 cycles each there).  Only Zen 5 was measured; Zen 4, the other AMD
- * core with AVX-512, executes it on 256-bit units and is assumed alike. */
-static int default_ok(const ggz_kernel * k)
-{
-#if defined(GGZ_HAVE_X86)
-    if (!strcmp(k->name, "avx512") && is_amd()) return 0;
 #endif
-    return 1;
-}
 
 static int always(void) { return 1; }
 
@@ -79,6 +63,7 @@ static const ggz_kernel kernels[] = {
 #if defined(GGZ_HAVE_X86)
     { "avx2",   has_avx2,   ggz_decode_avx2,   NULL },
     { "avx512", has_avx512, ggz_decode_avx512, NULL },
+    { "avx512vbmi", has_avx512vbmi, ggz_decode_avx512vbmi, NULL },
 #endif
 #if defined(GGZ_HAVE_NEON)
     { "neon",   always,     ggz_decode_neon,   NULL },
@@ -106,11 +91,10 @@ static void choose(const ggz_kernel * k)
 
 static void init(void)
 {
-    /* kernels are listed slowest first: the last available one wins, among
-     * those default_ok() allows here */
+    /* kernels are listed slowest first: the last available one wins */
     const ggz_kernel * best = &kernels[0];
     for (int i = 1; i < N_KERNELS; i++)
-        if (kernels[i].available() && default_ok(&kernels[i])) best = &kernels[i];
+        if (kernels[i].available()) best = &kernels[i];
     choose(best);
     const char * env = getenv("GGZIP_KERNEL");
     if (env && *env) {

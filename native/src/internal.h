@@ -120,6 +120,7 @@ size_t ggz_encode_scalar(const uint8_t *, size_t, size_t, const ggz_etab *, unsi
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 int    ggz_decode_avx2(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned, uint32_t *);
 int    ggz_decode_avx512(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned, uint32_t *);
+int    ggz_decode_avx512vbmi(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned, uint32_t *);
 #define GGZ_HAVE_X86 1
 #endif
 #if defined(__aarch64__) || defined(_M_ARM64)

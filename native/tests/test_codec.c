@@ -90,7 +90,7 @@ static int n_avail;
 
 static void find_kernels(void)
 {
-    static const char * const known[] = { "scalar", "avx2", "avx512", "neon" };
+    static const char * const known[] = { "scalar", "avx2", "avx512", "avx512vbmi", "neon" };
     for (size_t k = 0; k < sizeof(known) / sizeof(known[0]); k++) {
         int compiled = 0, ok = 0;
         for (int i = 0; i < ggz_kernel_count(); i++) {
@@ -587,8 +587,10 @@ int main(int argc, char ** argv)
     int do_bench = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--bench")) do_bench = 1;
-        else if (!strcmp(argv[i], "--expect-kernel") && i + 1 < argc)
-            check(!strcmp(start_kernel, argv[++i]), "kernel chosen at start-up", argv[i]);
+        else if (!strcmp(argv[i], "--expect-kernel") && i + 1 < argc) {
+            const char * want = argv[++i];
+            check(!strcmp(start_kernel, want), "kernel chosen at start-up", want);
+        }
         else { fprintf(stderr, "usage: %s [--expect-kernel NAME] [--bench]\n", argv[0]); return 2; }
     }
     find_kernels();

@@ -1,0 +1,10 @@
+/* AVX-512 decoder with VBMI (Ice Lake, Zen 4 and later): the loop of
+ * rans_x86.h, compiled with -mavx512vbmi as well; dispatch.c gives it to the
+ * avx512 kernel where the CPU has VBMI. */
+#include "rans_x86.h"
+
+int ggz_decode_avx512vbmi(const uint8_t * src, size_t src_size, uint8_t * dst, size_t n, size_t dst_stride,
+                          const ggz_dtab * tabs, unsigned period, uint32_t * crc)
+{
+    return decode_x86(src, src_size, dst, n, dst_stride, tabs, period, crc);
+}

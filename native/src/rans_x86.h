@@ -1,0 +1,168 @@
+/* The x86 decode loop, compiled twice: by rans_avx2.c with AVX2 and by
+ * rans_avx512.c with AVX-512 (F, BW, VL), and a third time by
+ * rans_avx512vbmi.c (kernel avx512vbmi), where VBMI packs the symbols.  All keep the 32 lanes in four ymm
+ * registers of 8 states and differ only in how lanes renormalise: AVX2 moves
+ * the words into place with a permutation from a table indexed by the lane
+ * mask, AVX-512 with vpexpandd under an opmask.  Same bytes as rans_scalar.c;
+ * only the hot loop lives here.
+ *
+ * Why ymm and not zmm for AVX-512: measured on Zen 5 (EPYC VM, one pinned
+ * core, median of 11 runs, SmolLM2's Q8_0 token_embd), this loop decodes
+ * 2060-2120 MB/s with the opmask renormalisation, 1775-1850 with the AVX2 one,
+ * 1715 with two zmm registers of 16 lanes looked up the same way and 1596 with
+ * zmm gathers.  vpexpandw (words straight into place, VBMI2) was slower still
+ * (1720), and so was a vpgatherdd lookup (1320). */
+#ifndef GGZIP_RANS_X86_H
+#define GGZIP_RANS_X86_H
+
+#include "internal.h"
+
+#include <immintrin.h>
+
+#if !defined(__AVX512VL__)
+#include <pthread.h>
+
+/* For each 8-bit mask of lanes that renormalise, the permutation that moves
+ * the k-th loaded word to the k-th set lane. */
+static uint32_t expand_lut[256][8];
+static pthread_once_t lut_once = PTHREAD_ONCE_INIT;
+
+static void lut_init(void)
+{
+    for (unsigned m = 0; m < 256; m++) {
+        unsigned k = 0;
+        for (unsigned l = 0; l < 8; l++) expand_lut[m][l] = (m >> l & 1) ? k++ : 0;
+    }
+}
+#endif
+
+/* tab[idx] for 8 lanes with 8 scalar loads, the indices leaving the register
+ * two at a time (vmovq/vpextrq), instead of one vpgatherdd: the loop is bound
+ * by the table lookups, and on Zen 5 a ymm gather costs ~8.5 cycles.  Measured
+ * there (EPYC VM, one pinned core, median of 11 interleaved runs), decode with
+ * gathers -> with scalar loads: SmolLM2's Q8_0 token_embd 1626 -> 1777 MB/s,
+ * an F16 tensor (two tables, the loop with per-lane offsets) 1398 -> 1607 MB/s.
+ * Both loops gain, so neither keeps the gather. */
+GGZ_INLINE __m256i lookup8(const uint32_t * tab, __m256i idx)
+{
+#if !defined(__x86_64__) && !defined(_M_X64) /* 32-bit x86: no 64-bit extracts */
+    uint32_t i[8];
+    _mm256_storeu_si256((__m256i *)i, idx);
+    return _mm256_setr_epi32((int)tab[i[0]], (int)tab[i[1]], (int)tab[i[2]], (int)tab[i[3]],
+                             (int)tab[i[4]], (int)tab[i[5]], (int)tab[i[6]], (int)tab[i[7]]);
+#else
+    const __m128i lo = _mm256_castsi256_si128(idx), hi = _mm256_extracti128_si256(idx, 1);
+    const uint64_t a = (uint64_t)_mm_cvtsi128_si64(lo), b = (uint64_t)_mm_extract_epi64(lo, 1);
+    const uint64_t c = (uint64_t)_mm_cvtsi128_si64(hi), d = (uint64_t)_mm_extract_epi64(hi, 1);
+    return _mm256_setr_epi32((int)tab[(uint32_t)a], (int)tab[a >> 32], (int)tab[(uint32_t)b], (int)tab[b >> 32],
+                             (int)tab[(uint32_t)c], (int)tab[c >> 32], (int)tab[(uint32_t)d], (int)tab[d >> 32]);
+#endif
+}
+
+GGZ_INLINE __m256i step8(__m256i x, __m256i toff, const uint32_t * tab, __m256i * sym, const uint8_t ** pp)
+{
+    const __m256i mask = _mm256_set1_epi32(GGZ_PROB_MASK);
+    const __m256i e = lookup8(tab, _mm256_add_epi32(_mm256_and_si256(x, mask), toff));
+    *sym = e;
+    x = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_srli_epi32(e, 20), _mm256_srli_epi32(x, GGZ_PROB_BITS)),
+                         _mm256_and_si256(_mm256_srli_epi32(e, 8), mask));
+    /* lanes below L take the next words, in lane order */
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)*pp));
+#if defined(__AVX512VL__)
+    const __mmask8 m = _mm256_cmplt_epu32_mask(x, _mm256_set1_epi32((int)GGZ_RANS_L));
+    x = _mm256_mask_or_epi32(x, m, _mm256_slli_epi32(x, 16), _mm256_maskz_expand_epi32(m, w));
+#else
+    const __m256i low = _mm256_cmpeq_epi32(_mm256_srli_epi32(x, 16), _mm256_setzero_si256());
+    const unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(low));
+    const __m256i wl = _mm256_permutevar8x32_epi32(w, _mm256_loadu_si256((const __m256i *)expand_lut[m]));
+    x = _mm256_blendv_epi8(x, _mm256_or_si256(_mm256_slli_epi32(x, 16), wl), low);
+#endif
+    *pp += 2 * (size_t)_mm_popcnt_u32(m);
+    return x;
+}
+
+/* The low bytes of 32 entries: the 32 symbols in lane order.  VBMI picks them
+ * with two vpermt2b (+1.2-2.5% decode on Zen 5 against the 8 ops of packing) */
+GGZ_INLINE __m256i symbols32(__m256i e0, __m256i e1, __m256i e2, __m256i e3)
+{
+#if defined(__AVX512VBMI__)
+    const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60,
+                                          0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60);
+    return _mm256_blend_epi32(_mm256_permutex2var_epi8(e0, pick, e1), _mm256_permutex2var_epi8(e2, pick, e3), 0xF0);
+#else
+    const __m256i low8 = _mm256_set1_epi32(0xFF);
+    const __m256i a = _mm256_packus_epi32(_mm256_and_si256(e0, low8), _mm256_and_si256(e1, low8));
+    const __m256i b = _mm256_packus_epi32(_mm256_and_si256(e2, low8), _mm256_and_si256(e3, low8));
+    return _mm256_permutevar8x32_epi32(_mm256_packus_epi16(a, b), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+#endif
+}
+
+/* Whole steps of 32 lanes while 64 bytes remain (a step reads at most 32
+ * words, so no check is needed inside); returns the steps done.  The CRC
+ * pointer q, at 32 bytes a step against the words' 2 * 32 * entropy / 16 on
+ * average, ends before them or keeps pace. */
+GGZ_INLINE size_t loop32(__m256i * px0, __m256i * px1, __m256i * px2, __m256i * px3, __m256i toff,
+                         const uint32_t * tab, uint8_t * dst, size_t dst_stride, size_t steps,
+                         const uint8_t ** pp, const uint8_t * end, const uint8_t ** pq, uint64_t * pc)
+{
+    __m256i x0 = *px0, x1 = *px1, x2 = *px2, x3 = *px3;
+    const uint8_t * p = *pp, * q = *pq;
+    uint64_t c = *pc;
+    size_t k = 0;
+    for (; k < steps && end - p >= 2 * GGZ_LANES; k++) {
+        ggz_crc_step32(&c, &q, end);
+        __m256i e0, e1, e2, e3;
+        x0 = step8(x0, toff, tab, &e0, &p);
+        x1 = step8(x1, toff, tab, &e1, &p);
+        x2 = step8(x2, toff, tab, &e2, &p);
+        x3 = step8(x3, toff, tab, &e3, &p);
+        _mm256_storeu_si256((__m256i *)(dst + k * dst_stride), symbols32(e0, e1, e2, e3));
+    }
+    *px0 = x0; *px1 = x1; *px2 = x2; *px3 = x3;
+    *pp = p; *pq = q; *pc = c;
+    return k;
+}
+
+/* ggz_decode_fn, for rans_avx2.c and rans_avx512.c */
+GGZ_INLINE int decode_x86(const uint8_t * src, size_t src_size, uint8_t * dst, size_t n, size_t dst_stride,
+                          const ggz_dtab * tabs, unsigned period, uint32_t * crc)
+{
+    if (!n) {
+        *crc = ggz_crc32c(*crc, src, src_size);
+        return src_size ? GGZ_ERR_CORRUPT : GGZ_OK;
+    }
+    uint32_t x[GGZ_LANES];
+    int err = ggz_read_states(x, src, src_size);
+    if (err) return err;
+#if !defined(__AVX512VL__)
+    pthread_once(&lut_once, lut_init);
+#endif
+
+    const uint8_t * p = src + GGZ_STATE_BYTES;
+    const uint8_t * const end = src + src_size;
+    const uint8_t * q = src;        /* bytes before q are in the CRC c */
+    uint64_t c = ~*crc;
+    const size_t steps = n / GGZ_LANES;
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i toff = _mm256_slli_epi32(_mm256_and_si256(lane, _mm256_set1_epi32((int)period - 1)), GGZ_PROB_BITS);
+    const uint32_t * tab = tabs->slot[0];
+
+    __m256i x0 = _mm256_loadu_si256((const __m256i *)x), x1 = _mm256_loadu_si256((const __m256i *)(x + 8));
+    __m256i x2 = _mm256_loadu_si256((const __m256i *)(x + 16)), x3 = _mm256_loadu_si256((const __m256i *)(x + 24));
+    size_t k = 0;
+    /* one table (bytes, Q8_0 symbols): the loop again without per-lane offsets */
+    if (period == 1)
+        k = loop32(&x0, &x1, &x2, &x3, _mm256_setzero_si256(), tab, dst, dst_stride, steps, &p, end, &q, &c);
+    k += loop32(&x0, &x1, &x2, &x3, toff, tab, dst + k * dst_stride, dst_stride, steps - k, &p, end, &q, &c);
+    *crc = ggz_crc32c(~(uint32_t)c, q, (size_t)(end - q));
+    _mm256_storeu_si256((__m256i *)x, x0);
+    _mm256_storeu_si256((__m256i *)(x + 8), x1);
+    _mm256_storeu_si256((__m256i *)(x + 16), x2);
+    _mm256_storeu_si256((__m256i *)(x + 24), x3);
+    for (; k < steps; k++)
+        if (ggz_decode_lanes_checked(x, &p, end, dst + k * dst_stride, 0, GGZ_LANES, tabs, period))
+            return GGZ_ERR_CORRUPT;
+    return ggz_decode_finish(x, p, end, dst + steps * dst_stride, (unsigned)(n % GGZ_LANES), tabs, period);
+}
+
+#endif /* GGZIP_RANS_X86_H */
