@@ -18,9 +18,10 @@ Methods:
     without and with an imatrix (Q8_0 ignores it);
   * ggzip convert --target-bpw B: with the same imatrix (alpha 0.25, the converter's
     default with statistics) and, with --plain, also without statistics (alpha 0);
-  * EmbeddingGemma also with split rates (--bpw-for token_embd.weight=share x B, the
-    other tensors raised to keep B): the share is picked among SHARES at 3.9 bpw by
-    the embedding cosine on the calibration text's sentences, never the evaluation's.
+  * EmbeddingGemma also with split rates (--embd-share S: token_embd.weight at S x B,
+    the other tensors raised to keep B; convert's default there is 0.77): the share
+    is picked among SHARES at 3.9 bpw by the embedding cosine on the calibration
+    text's sentences, never the evaluation's; the "ggzip" curve has uniform rates.
   The imatrix is llama-imatrix's on tests/data/declaration.txt (calibration); every
   evaluation text is another one (scripts/data/alice-ch1-3.txt, Alice's Adventures
   in Wonderland, chapters I-III, public domain).
@@ -441,26 +442,16 @@ class Bench:
                                       [self.f32, t, q, self.args.threads],
                                       f"llama-quantize {q}"))
         else:
-            rate, split = float(q), {}
-            if kind == "gzs":
-                rate, split = self.split_rates(float(q), self.share if share is None else share)
+            # gz: uniform rates (convert's default split for an encoder turned off)
+            sh = (self.share if share is None else share) if kind == "gzs" else 1.0
 
             def mk(t):
                 t0 = time.perf_counter()
-                convert(self.f32, t, target_bpw=rate, alpha=None if imat else 0.0,
-                        imatrix=self.imatrix if imat else None, progress=False, bpw_for=split)
+                convert(self.f32, t, target_bpw=float(q), alpha=None if imat else 0.0,
+                        imatrix=self.imatrix if imat else None, progress=False, embd_share=sh)
                 print(f"    ggzip convert {q}: {time.perf_counter() - t0:.0f} s", flush=True)
             atomic(out, mk)
         return out
-
-    def split_rates(self, total: float, share: float) -> tuple[float, dict]:
-        """Rates for ggzip's split allocation at `total` bits per weight: the
-        token embedding at share x total, the other tensors raised so that
-        the weighted mean stays `total` (capped at 7, where ggzip's rate saturates)."""
-        n = {name: int(np.prod(self.ref.shape(name))) for name in self.ref.tensors}
-        frac = n.get("token_embd.weight", 0) / sum(n.values())
-        te = share * total
-        return min(7.0, (total - te * frac) / (1 - frac)), {"token_embd.weight": te}
 
     def plan(self, path: Path):
         alpha = float(GGUFModel(path).kv.get(KEY_ALPHA, 0.0))
@@ -656,12 +647,14 @@ def verdict(res, embedding, curve="gz-imat") -> list[str]:
     return out
 
 
-def _split_verdict(res, embedding, bench) -> list[str]:
-    """The targets again on the split-rate curve, where there is one."""
+def verdicts(res, embedding, bench) -> list[str]:
+    """The targets on ggzip's uniform-rate curve, and target 1 again on the
+    split-rate curve where there is one (convert's default for an encoder)."""
     if not any(p["kind"] == "gzs-imat" for p in res):
-        return []
-    return [f"split rates ({bench.share_note()}): " + v
-            for v in verdict(res, embedding, "gzs-imat") if v.startswith("target 1")]
+        return verdict(res, embedding)
+    return ["uniform rates (--embd-share 1): " + v for v in verdict(res, embedding)] + \
+        [f"convert's default here, split rates ({bench.share_note()}): " + v
+         for v in verdict(res, embedding, "gzs-imat") if v.startswith("target 1")]
 
 
 def _vs(p, gz, embedding, fmt) -> str:
@@ -694,7 +687,7 @@ def table(res, embedding) -> list[str]:
 
 STYLE = {"f32": None, "kq": ("s", "C1", "k-quant"), "kq-imat": ("D", "C3", "k-quant + imatrix"),
          "gz": ("o--", "C0", "ggzip, no statistics"),
-         "gz-imat": ("o-", "C2", "ggzip + imatrix (alpha 0.25)"),
+         "gz-imat": ("o-", "C2", "ggzip + imatrix (alpha 0.25), uniform rates"),
          "gzs-imat": ("^-", "C4", "ggzip + imatrix, token_embd at {share:g}x the rate")}
 
 
@@ -767,7 +760,7 @@ def main(argv=None):
         b = Bench(name, args)
         res = b.run()
         results[b.label] = (res, b.embedding, b)
-        for line in verdict(res, b.embedding) + _split_verdict(res, b.embedding, b):
+        for line in verdicts(res, b.embedding, b):
             print(" ", line)
     minutes = (time.perf_counter() - t0) / 60
 
@@ -803,7 +796,7 @@ def main(argv=None):
             "the SNR column), so the k-quant rows, Q4_K_M above all, partly measure the "
             "source file and are flattered; ggzip re-quantizes every tensor.")
         lines += [f"**{label}**: {n_eval}.{caveat}", ""] + table(res, embedding) + [""]
-        lines += [f"- {v}" for v in verdict(res, embedding) + _split_verdict(res, embedding, b)] + [""]
+        lines += [f"- {v}" for v in verdicts(res, embedding, b)] + [""]
     text = "\n".join(lines)
     print("\n" + text)
     if args.no_write:

@@ -534,3 +534,28 @@ def test_bpw_for_sets_the_rate_of_matching_tensors(smol_path, tmp_path):
         convert(smol_path, tmp_path / "bad.gguf", target_bpw=5.0, progress=False,
                 bpw_for={"token_embd.weight": 12.0})
     assert not (tmp_path / "bad.gguf").exists()
+
+
+def test_embd_share_splits_the_rate_at_the_same_mean(smol_path, tmp_path):
+    """--embd-share S: token_embd.weight at S x B and the other tensors higher, so
+    that the mean over all values stays B (gemma-embedding's default; elsewhere
+    rates stay uniform unless asked)."""
+    from ggzip.convert.convert import EMBD_SHARE_DEFAULT, KEY_RATE, split_rates
+    m = GGUFModel(smol_path)
+    shapes = {n: m.shape(n) for n in m.tensors}
+    n = {k: int(np.prod(v)) for k, v in shapes.items()}
+    rest, te = split_rates(shapes, 4.0, 0.75)
+    assert te == {"token_embd.weight": 3.0} and rest > 4.0
+    mean = (3.0 * n["token_embd.weight"] + rest * (sum(n.values()) - n["token_embd.weight"])) / sum(n.values())
+    assert abs(mean - 4.0) < 1e-9
+    assert split_rates(shapes, 4.0, 1.0) == (4.0, {})
+    assert EMBD_SHARE_DEFAULT.get(m.arch, 1.0) == 1.0        # llama: uniform by default
+
+    out = tmp_path / "share.gguf"
+    rep = convert(smol_path, out, target_bpw=4.0, embd_share=0.75, progress=False)
+    bpw = {t.name: t.stats.bpw for t in rep.tensors if t.stats}
+    assert abs(bpw["token_embd.weight"] - 3.0) < 0.05
+    assert abs(bpw["blk.2.ffn_up.weight"] - rest) < 0.05
+    assert "token_embd.weight at 0.75x" in GGUFModel(out).kv[KEY_RATE]
+    with pytest.raises(GGZipError, match="embd-share"):
+        convert(smol_path, tmp_path / "bad.gguf", step=1.0, embd_share=0.5, progress=False)

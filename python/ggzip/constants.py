@@ -51,7 +51,7 @@ class Keys:
     # parameters of `ggzip convert` (kept by compress and decompress like any key)
     CONVERT_ALPHA = "ggzip.convert.alpha"      # f32 rescaling exponent
     CONVERT_PRUNE = "ggzip.convert.prune"      # f32 fraction of each row zeroed
-    CONVERT_RATE = "ggzip.convert.rate"        # str "target-bpw=B" or "step=S"
+    CONVERT_RATE = "ggzip.convert.rate"        # str "target-bpw=B [(split)]" or "step=S"
     CONVERT_STATS = "ggzip.convert.stats"      # str "imatrix:<file>", "weight-proxy ...", ...
     CONVERT_SOURCE = "ggzip.convert.source"    # str "float" or "dequantized from <types>"
 

@@ -13,7 +13,7 @@ def _run(args) -> int:
                   calib_text=args.calib_text, theta=args.theta,
                   progress=not args.quiet, keep_float=args.keep_float,
                   bpw_for=dict(args.bpw_for or []), plain=args.plain,
-                  threads=args.threads)
+                  threads=args.threads, embd_share=args.embd_share)
     if args.json:
         doc = {"input": str(rep.inp), "output": str(rep.out), "arch": rep.arch,
                "stats": rep.stats_source, "alpha": rep.alpha, "dequantized_from": rep.dequantized_from,
@@ -63,6 +63,10 @@ def register(sub) -> None:
     p.add_argument("--bpw-for", action="append", type=_pattern_rate, metavar="GLOB=B",
                    help="bits per weight for the tensors matching GLOB (repeatable; first match "
                         "wins), e.g. --bpw-for 'token_embd.weight=3.5'")
+    p.add_argument("--embd-share", type=float, metavar="S",
+                   help="with --target-bpw: code token_embd.weight at S x B and the other tensors "
+                        "higher, at the same mean (default 0.77 for gemma-embedding, whose token "
+                        "embedding is an input lookup only; 1 = uniform elsewhere)")
     p.add_argument("--imatrix", metavar="FILE",
                    help="llama-imatrix output (GGUF, or legacy .dat); without it a weight-only "
                         "proxy is used")
