@@ -65,7 +65,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmd import write_section  # noqa: E402
 
 from ggzip.convert import GGUFModel, convert  # noqa: E402
-from ggzip.convert.convert import KEY_ALPHA, _find_llama_tool, _quantizable  # noqa: E402
+from ggzip.convert.convert import (EMBD_NAME, EMBD_SHARE_DEFAULT, KEY_ALPHA, _find_llama_tool,  # noqa: E402
+                                   _quantizable, split_rates)
 from ggzip.convert.safetensors import SafeTensors  # noqa: E402
 from ggzip.quantize import load_imatrix, plan_rescale  # noqa: E402
 
@@ -424,7 +425,7 @@ class Bench:
         if self.embedding and self.share != 1.0:
             # the token embedding of an encoder is an input lookup (no output head):
             # a lower rate there buys a higher one for the matrices at equal size
-            pts += [("gzs", r, True) for r in a.rates if float(r) <= 5]
+            pts += [("gzs", r, True) for r in a.rates]
         if a.plain:
             pts += [("gz", r, False) for r in a.rates]
         return pts
@@ -452,6 +453,11 @@ class Bench:
                 print(f"    ggzip convert {q}: {time.perf_counter() - t0:.0f} s", flush=True)
             atomic(out, mk)
         return out
+
+    def embd_rate(self, q: float) -> float:
+        """The token embedding's rate in convert's split at q (split_rates)."""
+        shapes = {n: self.ref.shape(n) for n in self.ref.tensors}
+        return split_rates(shapes, q, self.share)[1].get(EMBD_NAME, q)
 
     def plan(self, path: Path):
         alpha = float(GGUFModel(path).kv.get(KEY_ALPHA, 0.0))
@@ -523,7 +529,7 @@ class Bench:
         path = self.make(kind, q, imat)
         res = {"key": key, "kind": kind + ("-imat" if imat else ""), **want,
                "method": (f"{q}" if kind == "kq" else f"ggzip {q}" if kind == "gz" else
-                          f"ggzip {q}, token_embd at {self.share * float(q):.2f}") +
+                          f"ggzip {q}, token_embd at {self.embd_rate(float(q)):.2f}") +
                (" + imatrix" if imat and not (kind == "kq" and q == "Q8_0") else ""),
                **file_rate(path, ggzip_file=kind == "gz")}
         llama_in = plain_for_llama(path)
@@ -653,8 +659,9 @@ def verdicts(res, embedding, bench) -> list[str]:
     if not any(p["kind"] == "gzs-imat" for p in res):
         return verdict(res, embedding)
     return ["uniform rates (--embd-share 1): " + v for v in verdict(res, embedding)] + \
-        [f"convert's default here, split rates ({bench.share_note()}): " + v
-         for v in verdict(res, embedding, "gzs-imat") if v.startswith("target 1")]
+        [f"split rates ({bench.share_note()}; convert's default for gemma-embedding: "
+         f"{EMBD_SHARE_DEFAULT['gemma-embedding']:g}): " + v
+         for v in verdict(res, embedding, "gzs-imat")]
 
 
 def _vs(p, gz, embedding, fmt) -> str:

@@ -549,6 +549,10 @@ def test_embd_share_splits_the_rate_at_the_same_mean(smol_path, tmp_path):
     mean = (3.0 * n["token_embd.weight"] + rest * (sum(n.values()) - n["token_embd.weight"])) / sum(n.values())
     assert abs(mean - 4.0) < 1e-9
     assert split_rates(shapes, 4.0, 1.0) == (4.0, {})
+    rest, te = split_rates(shapes, 6.5, 0.5)              # the rest would pass the cap of 7
+    mean = (te["token_embd.weight"] * n["token_embd.weight"] + rest * (sum(n.values()) - n["token_embd.weight"])) / sum(n.values())
+    assert rest == 7.0 and 3.25 < te["token_embd.weight"] < 6.5 and abs(mean - 6.5) < 1e-9
+    rest, te = split_rates(shapes, 4.0, 0.75)
     assert EMBD_SHARE_DEFAULT.get(m.arch, 1.0) == 1.0        # llama: uniform by default
 
     out = tmp_path / "share.gguf"

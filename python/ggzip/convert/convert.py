@@ -64,13 +64,18 @@ RATE_CAP = 7.0   # bits per weight where the quantizer's rate saturates (about Q
 def split_rates(shapes: dict, target_bpw: float, share: float) -> tuple[float, dict[str, float]]:
     """(rate of the other tensors, {token embedding: rate}) that code the token
     embedding at share x target_bpw and keep the mean over all tensors' values at
-    target_bpw (the others capped at RATE_CAP)."""
+    target_bpw; where the others would pass RATE_CAP they stay there and the
+    embedding takes the rest of the budget."""
     n = {name: int(np.prod(shp)) for name, shp in shapes.items()}
     frac = n.get(EMBD_NAME, 0) / max(1, sum(n.values()))
     if frac == 0 or frac == 1 or share == 1:
         return target_bpw, {}
     te = share * target_bpw
-    return min(RATE_CAP, (target_bpw - te * frac) / (1 - frac)), {EMBD_NAME: te}
+    rest = (target_bpw - te * frac) / (1 - frac)
+    if rest > RATE_CAP:
+        rest = max(target_bpw, RATE_CAP)
+        te = (target_bpw - rest * (1 - frac)) / frac
+    return rest, {EMBD_NAME: te}
 
 FLOAT_TYPES = {"F32", "F16", "BF16", "F64"}
 # 2-D tensors that are not matrix-multiplied or are looked up per row by code
