@@ -1,10 +1,10 @@
-/* The x86 decode loop, compiled twice: by rans_avx2.c with AVX2 and by
- * rans_avx512.c with AVX-512 (F, BW, VL), and a third time by
- * rans_avx512vbmi.c (kernel avx512vbmi), where VBMI packs the symbols.  All keep the 32 lanes in four ymm
- * registers of 8 states and differ only in how lanes renormalise: AVX2 moves
- * the words into place with a permutation from a table indexed by the lane
- * mask, AVX-512 with vpexpandd under an opmask.  Same bytes as rans_scalar.c;
- * only the hot loop lives here.
+/* The x86 decode loop, compiled three times: by rans_avx2.c with AVX2, by
+ * rans_avx512.c with AVX-512 (F, BW, VL) and by rans_avx512vbmi.c with VBMI as
+ * well.  All keep the 32 lanes in four ymm registers of 8 states.  AVX2 moves
+ * the renormalising words into place with a permutation from a table indexed
+ * by the lane mask, AVX-512 with vpexpandd under an opmask; VBMI also packs the
+ * symbols with two byte permutes.  Same bytes as rans_scalar.c; only the hot
+ * loop lives here.
  *
  * Why ymm and not zmm for AVX-512: measured on Zen 5 (EPYC VM, one pinned
  * core, median of 11 runs, SmolLM2's Q8_0 token_embd), this loop decodes
