@@ -654,8 +654,8 @@ def verdict(res, embedding, curve="gz-imat") -> list[str]:
 
 
 def verdicts(res, embedding, bench) -> list[str]:
-    """The targets on ggzip's uniform-rate curve, and target 1 again on the
-    split-rate curve where there is one (convert's default for an encoder)."""
+    """The targets on ggzip's uniform-rate curve, and again on the split-rate
+    curve where there is one (convert's default for an encoder)."""
     if not any(p["kind"] == "gzs-imat" for p in res):
         return verdict(res, embedding)
     return ["uniform rates (--embd-share 1): " + v for v in verdict(res, embedding)] + \
@@ -695,7 +695,7 @@ def table(res, embedding) -> list[str]:
 STYLE = {"f32": None, "kq": ("s", "C1", "k-quant"), "kq-imat": ("D", "C3", "k-quant + imatrix"),
          "gz": ("o--", "C0", "ggzip, no statistics"),
          "gz-imat": ("o-", "C2", "ggzip + imatrix (alpha 0.25), uniform rates"),
-         "gzs-imat": ("^-", "C4", "ggzip + imatrix, token_embd at {share:g}x the rate")}
+         "gzs-imat": ("^-", "C4", "ggzip + imatrix, split rates (token_embd share {share:g})")}
 
 
 def plot(results, png: Path):

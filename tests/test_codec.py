@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import ggzip.codec as codec
-from ggzip import constants as C
 from ggzip.codec import CodecError
 
 CHUNK = 4096  # small chunks so that the edge sizes cross chunk boundaries

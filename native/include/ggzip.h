@@ -79,10 +79,11 @@ unsigned ggz_version_number(void);
 
 /* ---- kernels ------------------------------------------------------------ */
 /* A kernel is one implementation of the rANS hot loops: "scalar", "avx2",
- * "avx512" (F, BW, VL), "avx512vbmi" (the same with VBMI), "neon".  All produce and accept the same bytes.  The best kernel
- * the CPU and OS support is chosen on first use; GGZIP_KERNEL=<name> in the
- * environment forces one (an unavailable forced kernel falls back to the best
- * and ggz_kernel_forced_error() says why). */
+ * "avx512" (F, BW, VL), "avx512vbmi" (the same with VBMI), "neon".  All
+ * produce and accept the same bytes.  The best kernel the CPU and OS support
+ * is chosen on first use; GGZIP_KERNEL=<name> in the environment forces one
+ * (an unavailable forced kernel falls back to the best and
+ * ggz_kernel_forced_error() says why). */
 
 /*! ggz_kernel_name() : @return the name of the decode kernel in use */
 const char * ggz_kernel_name(void);

@@ -1,6 +1,6 @@
-/* AVX-512 decoder with VBMI (Ice Lake, Zen 4 and later): the loop of
- * rans_x86.h, compiled with -mavx512vbmi as well; dispatch.c gives it to the
- * avx512 kernel where the CPU has VBMI. */
+/* AVX-512 decoder with VBMI (Ice Lake, Zen 4 and later), kernel avx512vbmi:
+ * the loop of rans_x86.h, compiled with -mavx512vbmi as well, which packs the
+ * symbols with byte permutes. */
 #include "rans_x86.h"
 
 int ggz_decode_avx512vbmi(const uint8_t * src, size_t src_size, uint8_t * dst, size_t n, size_t dst_stride,
