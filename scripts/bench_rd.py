@@ -718,7 +718,7 @@ def plot(results, png: Path):
                 if kind.startswith("gz"):
                     ax.plot(xs, ys, st[0], color=st[1], label=st[2].format(share=bench.share))
                     for p, x, y in zip(ps, xs, ys):
-                        ax.annotate(p["method"].split()[1], (x, y), fontsize=6, color=st[1],
+                        ax.annotate(p["method"].split()[1].rstrip(","), (x, y), fontsize=6, color=st[1],
                                     xytext=(-4, -10), textcoords="offset points")
                 else:
                     ax.scatter(xs, ys, marker=st[0], color=st[1], label=st[2])
