@@ -180,7 +180,9 @@ typedef struct ggz_batch ggz_batch;
 
 /*! ggz_batch_start() : as ggz_decode_batch, but returns at once while n_threads
  *  background threads (0: none) decode; the caller goes on with other work and
- *  later joins in with ggz_batch_finish.  items, their buffers and opaque must
+ *  later joins in with ggz_batch_finish.  On Linux the background threads run
+ *  at a nice value 10 above the caller's, so that its work keeps its core while
+ *  they take what the other cores leave.  items, their buffers and opaque must
  *  stay valid until then.
  *  @return the batch, or NULL if it could not be started (decode synchronously) */
 ggz_batch * ggz_batch_start(ggz_batch_item * items, size_t n, int n_threads,

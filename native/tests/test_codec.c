@@ -18,6 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#if defined(__linux__)
+#include <sys/resource.h>
+#endif
 
 uint32_t ggz_crc32c_portable(uint32_t crc, const void * buf, size_t size); /* internal.h */
 
@@ -438,12 +441,16 @@ static void test_params(void)
 
 static size_t batch_done_count;
 static uint8_t batch_done_seen[16];
+static int batch_done_nice[16];     /* the nice value of the thread that finished frame i (Linux) */
 
 static void batch_done(void * opaque, size_t i)
 {
     (void)opaque;
-    batch_done_count++;
+#if defined(__linux__)
+    if (i < 16) batch_done_nice[i] = getpriority(PRIO_PROCESS, 0);
+#endif
     if (i < 16) batch_done_seen[i]++;
+    __atomic_store_n(&batch_done_count, batch_done_count + 1, __ATOMIC_RELEASE);
 }
 
 /* Frames of many sizes (empty, one chunk, many chunks) and layouts in one batch:
@@ -539,6 +546,27 @@ static void test_batch(void)
             check(marked, "batch cancel: frames decoded or marked not reached", ctx);
         }
     }
+#if defined(__linux__)
+    /* a background batch's workers yield to the caller (nice + 10, at most 19); a synchronous
+     * batch's workers do not. The caller waits, without joining, until the worker is done. */
+    {
+        const int base = getpriority(PRIO_PROCESS, 0), want = base + 10 < 19 ? base + 10 : 19;
+        batch_done_count = 0;
+        ggz_batch * b = ggz_batch_start(items, N, 1, batch_done, NULL);
+        const struct timespec tick = { 0, 1000000 };
+        for (int w = 0; w < 10000 && __atomic_load_n(&batch_done_count, __ATOMIC_ACQUIRE) < N; w++) nanosleep(&tick, NULL);
+        const int all_by_worker = __atomic_load_n(&batch_done_count, __ATOMIC_ACQUIRE) == N;
+        check(b != NULL && ggz_batch_finish(b) == N && all_by_worker, "batch start: the worker decodes alone", "");
+        int yielded = 1;
+        for (int i = 0; i < N; i++) yielded &= batch_done_nice[i] == want;
+        check(yielded && getpriority(PRIO_PROCESS, 0) == base, "batch start: the worker runs at nice + 10, the caller as before", "");
+        batch_done_count = 0;
+        check(ggz_decode_batch(items, N, 4, batch_done, NULL) == N, "batch: decode", "nice");
+        int kept = 1;
+        for (int i = 0; i < N; i++) kept &= batch_done_nice[i] == base;
+        check(kept, "batch: a synchronous batch's workers keep the caller's nice value", "");
+    }
+#endif
     ggz_batch_cancel(NULL);
     check(ggz_error_code(ggz_batch_finish(NULL)) == GGZ_ERR_PARAM, "batch finish: NULL", "");
     check(ggz_decode_batch(NULL, 0, 2, NULL, NULL) == 0, "batch: empty", "");
