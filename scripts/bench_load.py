@@ -3,7 +3,7 @@
 through the patched llama.cpp (scripts/build_llama.sh llama-bench).
 
     scripts/bench_load.py PLAIN_Q8_0.gguf GGZIP.gguf [PLAIN GGZIP ...] [--runs 5] [--threads 1 2] [--idle S]
-                          [--before LLAMA_DIR] [--no-write]
+                          [--primed MIB] [--before LLAMA_DIR] [--no-write]
 
 Load is measured as the wall time and peak RSS of `llama-bench -p 0 -n 1 -r 1`
 (model load, one context, one token: for these sizes the load dominates; the
@@ -18,7 +18,10 @@ runs on are shared, and the load average is printed with the table.  Tokens/s
 is llama-bench's tg32 after load.  --idle S adds a warm cell where every load
 starts after S seconds of rest: on a VM that hands free memory back to its host
 (virtio-balloon free page reporting), fresh memory then costs a host fault per
-page, which loads that run back to back do not see.  Writes section "load" of
+page, which loads that run back to back do not see.  --primed MIB adds a warm
+cell where a helper process faults in and frees MIB of 2 MiB pages just before
+every load: fresh memory then costs what it costs on a machine whose free memory
+is backed (no balloon), kernel zeroing only.  Writes section "load" of
 BENCHMARKS.md."""
 from __future__ import annotations
 
@@ -71,15 +74,18 @@ def warm(path: Path) -> None:
 
 
 def measure_load(model: Path, threads: int, cache: str, extra: list[str], bindir: Path = BIN,
-                 idle: float = 0.0) -> tuple[float, float]:
+                 idle: float = 0.0, primed: int = 0) -> tuple[float, float]:
     """Wall time and peak RSS of one load in a fresh process (RSS via wait4); cache
-    "cold", "warm", or "idle" (warm, then `idle` seconds of rest)."""
+    "cold", "warm", "idle" (warm, then `idle` seconds of rest) or "primed" (warm,
+    then `primed` bytes of 2 MiB pages faulted in and freed by a helper)."""
     if cache == "cold":
         drop_cache(model)
     else:
         warm(model)
     if cache == "idle":
         time.sleep(idle)
+    if cache == "primed":
+        prime(primed)
     cmd = [str(bindir / "llama-bench"), "-m", str(model), "-p", "0", "-n", "1", "-r", "1", "-t", str(threads),
            "-o", "json", *extra]
     t0 = time.perf_counter()
@@ -120,6 +126,12 @@ def fresh_memory_s(nbytes: int, runs: int = 5) -> float:
                                                   text=True, check=True).stdout) for _ in range(runs))
 
 
+def prime(nbytes: int) -> None:
+    """Fault in and free nbytes of 2 MiB pages in a helper process: the kernel hands
+    these recently freed, host-backed pages out first to the next process."""
+    subprocess.run([sys.executable, "-c", _TOUCH, str(nbytes)], capture_output=True, check=True)
+
+
 def tokens_per_s(model: Path, threads: int) -> float:
     cmd = [str(BIN / "llama-bench"), "-m", str(model), "-p", "0", "-n", "32", "-r", "3", "-t", str(threads), "-o", "json"]
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -145,9 +157,11 @@ def measure_cells(plain: Path, ggz: Path, args, caches: tuple[str, ...]) -> list
             samples = {label: [] for label, *_ in loads}
             for _ in range(args.runs):  # interleaved: a burst of load on the machine hits every column
                 for label, model, extra, bindir in loads:
-                    samples[label].append(measure_load(model, threads, cache, extra, bindir, args.idle))
+                    samples[label].append(measure_load(model, threads, cache, extra, bindir, args.idle,
+                                                       args.primed << 20))
             cell = {label: (statistics.median(s[0] for s in v), max(s[1] for s in v)) for label, v in samples.items()}
-            rows.append((threads, f"warm, after {args.idle:g} s idle" if cache == "idle" else cache, cell))
+            name = {"idle": f"warm, after {args.idle:g} s idle", "primed": "warm, fresh pages primed"}.get(cache, cache)
+            rows.append((threads, name, cell))
             print(rows[-1], flush=True)
     return rows
 
@@ -155,7 +169,7 @@ def measure_cells(plain: Path, ggz: Path, args, caches: tuple[str, ...]) -> list
 def measure_pair(plain: Path, ggz: Path, args) -> dict:
     """Warm and cold cells, tokens/s and the load average around them."""
     load_before = os.getloadavg()[0]
-    rows = measure_cells(plain, ggz, args, ("warm", "cold"))
+    rows = measure_cells(plain, ggz, args, ("warm", "cold") + (("primed",) if args.primed else ()))
     tps = {(t, label): tokens_per_s(m, t) for t in args.threads
            for label, m in (("Q8_0", plain), ("ggzip", ggz))}
     return {"rows": rows, "tps": tps, "load": (load_before, os.getloadavg()[0])}
@@ -205,6 +219,8 @@ def main(argv=None) -> int:
     ap.add_argument("--how", default="", help="how the files were made (printed with the tables)")
     ap.add_argument("--idle", type=float, default=0.0, metavar="S",
                     help="also a warm cell where each load follows S seconds of rest")
+    ap.add_argument("--primed", type=int, default=0, metavar="MIB",
+                    help="also a warm cell where MIB of 2 MiB pages are faulted in and freed before each load")
     ap.add_argument("--before", type=Path, metavar="LLAMA_DIR",
                     help="another patched build (its bin/llama-bench): ggzip loads with it too, as a before column")
     args = ap.parse_args(argv)
