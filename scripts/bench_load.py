@@ -20,9 +20,8 @@ starts after S seconds of rest: on a VM that hands free memory back to its host
 (virtio-balloon free page reporting), fresh memory then costs a host fault per
 page, which loads that run back to back do not see.  --primed MIB adds a warm
 cell where a helper process faults in and frees MIB of 2 MiB pages just before
-every load: fresh memory then costs what it costs on a machine whose free memory
-is backed (no balloon), kernel zeroing only.  Writes section "load" of
-BENCHMARKS.md."""
+every load, so that recently freed pages, which the host has not taken back,
+wait for it.  Writes section "load" of BENCHMARKS.md."""
 from __future__ import annotations
 
 import argparse
@@ -237,6 +236,10 @@ def main(argv=None) -> int:
         "decodes all frames with one pool of threads on every core (std::thread::hardware_concurrency) whatever "
         "-t says. mmap = llama.cpp's default load (ggzip: frames decode in the background from the start of the "
         "load, patch 0004); no-mmap = `--load-mode none` (ggzip: frames decode at load_all_data)."
+        + (f" fresh pages primed = a helper process faults in and frees {args.primed} MiB of 2 MiB pages just "
+           "before each load, so that recently freed pages wait for the next process (on this VM some 2 MiB pages "
+           "still come slow)."
+           if args.primed else "")
         + (f" before = ggzip (mmap) loaded by the build in `{args.before}`." if args.before else ""),
     ]
     if args.how:
