@@ -544,15 +544,18 @@ def test_embd_share_splits_the_rate_at_the_same_mean(smol_path, tmp_path):
     m = GGUFModel(smol_path)
     shapes = {n: m.shape(n) for n in m.tensors}
     n = {k: int(np.prod(v)) for k, v in shapes.items()}
+    n_embd, n_all = n["token_embd.weight"], sum(n.values())
+
+    def mean(te, rest):
+        return (te["token_embd.weight"] * n_embd + rest * (n_all - n_embd)) / n_all
+
     rest, te = split_rates(shapes, 4.0, 0.75)
     assert te == {"token_embd.weight": 3.0} and rest > 4.0
-    mean = (3.0 * n["token_embd.weight"] + rest * (sum(n.values()) - n["token_embd.weight"])) / sum(n.values())
-    assert abs(mean - 4.0) < 1e-9
+    assert abs(mean(te, rest) - 4.0) < 1e-9
     assert split_rates(shapes, 4.0, 1.0) == (4.0, {})
-    rest, te = split_rates(shapes, 6.5, 0.5)              # the rest would pass the cap of 7
-    mean = (te["token_embd.weight"] * n["token_embd.weight"] + rest * (sum(n.values()) - n["token_embd.weight"])) / sum(n.values())
-    assert rest == 7.0 and 3.25 < te["token_embd.weight"] < 6.5 and abs(mean - 6.5) < 1e-9
-    rest, te = split_rates(shapes, 4.0, 0.75)
+    capped, te_capped = split_rates(shapes, 6.5, 0.5)    # the rest would pass the cap of 7
+    assert capped == 7.0 and 3.25 < te_capped["token_embd.weight"] < 6.5
+    assert abs(mean(te_capped, capped) - 6.5) < 1e-9
     assert EMBD_SHARE_DEFAULT.get(m.arch, 1.0) == 1.0        # llama: uniform by default
 
     out = tmp_path / "share.gguf"
