@@ -108,7 +108,7 @@ def largest_frame(path: Path) -> int:
 _TOUCH = """
 import mmap, sys, time
 n = int(sys.argv[1])
-m = mmap.mmap(-1, n)
+m = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # private: shared memory never gets 2 MiB pages
 if hasattr(mmap, "MADV_HUGEPAGE"):
     m.madvise(mmap.MADV_HUGEPAGE)
 t = time.perf_counter()
@@ -117,12 +117,19 @@ print(time.perf_counter() - t)
 """
 
 
-def fresh_memory_s(nbytes: int, runs: int = 5) -> float:
+def fresh_memory_s(nbytes: int, runs: int = 5, idle: float = 0.0) -> float:
     """Median time for a new process to touch nbytes of fresh anonymous memory (2 MiB pages
     asked for, as the loader does): the kernel zeroes every page, a cost the decoded tensors
-    pay and a mapped plain file does not (on a VM it can include the host backing the page)."""
-    return statistics.median(float(subprocess.run([sys.executable, "-c", _TOUCH, str(nbytes)], capture_output=True,
-                                                  text=True, check=True).stdout) for _ in range(runs))
+    pay and a mapped plain file does not. Back to back, each process gets the pages the last
+    one freed; after `idle` seconds of rest, a VM's host may have taken them back, and each
+    then costs a host fault per 4 KiB."""
+    def one() -> float:
+        time.sleep(idle)
+        return float(subprocess.run([sys.executable, "-c", _TOUCH, str(nbytes)], capture_output=True, text=True,
+                                    check=True).stdout)
+    if not idle:
+        one()  # the first of a back-to-back series may follow a rest of any length
+    return statistics.median(one() for _ in range(runs))
 
 
 def prime(nbytes: int) -> None:
@@ -198,10 +205,14 @@ def pair_lines(plain: Path, ggz: Path, args, res: dict) -> list[str]:
                      + (f" {t['before']:.3f} | {t['before'] / t['Q8_0']:.2f}x |" if args.before else ""))
     decoded = plain.stat().st_size
     touch = fresh_memory_s(decoded)
+    rested = fresh_memory_s(decoded, runs=3, idle=args.idle) if args.idle else None
     lines += ["", f"Largest frame: {mib(big):.1f} MiB (the RSS target is the decoded size plus that).",
-              "", f"Fresh memory: a new process touching {mib(decoded):.0f} MiB of anonymous memory (about the decoded "
-              f"size) takes {touch * 1e3:.0f} ms here ({decoded / touch / 1e9:.1f} GB/s, median of 5), kernel page "
-              "zeroing that ggzip's decoded tensors pay and a mapped Q8_0 file does not.",
+              "", f"Fresh memory: a new process touching {mib(decoded):.0f} MiB of anonymous memory in 2 MiB pages "
+              f"(about the decoded size) takes {touch * 1e3:.0f} ms here right after another freed as much "
+              f"({decoded / touch / 1e9:.1f} GB/s, median of 5)"
+              + (f", and {rested * 1e3:.0f} ms after {args.idle:g} s of rest (median of 3)" if rested else "")
+              + ": page zeroing (and, on a VM, the host backing the pages again) that ggzip's decoded tensors pay "
+              "and a mapped Q8_0 file does not.",
               "", "| threads | Q8_0 tokens/s | ggzip tokens/s |", "|---|---|---|"]
     for t in args.threads:
         lines.append(f"| {t} | {tps[(t, 'Q8_0')]:.1f} | {tps[(t, 'ggzip')]:.1f} |")
@@ -237,8 +248,9 @@ def main(argv=None) -> int:
         "-t says. mmap = llama.cpp's default load (ggzip: frames decode in the background from the start of the "
         "load, patch 0004); no-mmap = `--load-mode none` (ggzip: frames decode at load_all_data)."
         + (f" fresh pages primed = a helper process faults in and frees {args.primed} MiB of 2 MiB pages just "
-           "before each load, so that recently freed pages wait for the next process (on this VM some 2 MiB pages "
-           "still come slow)."
+           "before each load, so that the load gets recently freed pages, which the host still backs (on a VM "
+           "that hands free memory back to its host, any other load may get pages the host took back, and "
+           "each then costs a host fault per 4 KiB: see Fresh memory below the table)."
            if args.primed else "")
         + (f" before = ggzip (mmap) loaded by the build in `{args.before}`." if args.before else ""),
     ]
