@@ -15,13 +15,14 @@ root).  Both files are loaded with mmap (llama.cpp's default) and without
 every byte into fresh memory as ggzip's decode writes it.  The four loads of a
 cell run interleaved, `--runs` rounds, and the median is kept: the machines this
 runs on are shared, and the load average is printed with the table.  Tokens/s
-is llama-bench's tg32 after load.  --idle S adds a warm cell where every load
-starts after S seconds of rest: on a VM that hands free memory back to its host
-(virtio-balloon free page reporting), fresh memory then costs a host fault per
-page, which loads that run back to back do not see.  --primed MIB adds a warm
-cell where a helper process faults in and frees MIB of 2 MiB pages just before
-every load, so that recently freed pages, which the host has not taken back,
-wait for it.  Writes section "load" of BENCHMARKS.md."""
+is llama-bench's tg32 after load, median of --runs interleaved runs.  --idle S
+adds a warm cell where every load starts after S seconds of rest: on a VM that
+hands free memory back to its host (virtio-balloon free page reporting), fresh
+memory then costs a host fault per page, which loads that run back to back do
+not see.  --primed MIB adds a warm cell where a helper process faults in and
+frees MIB of 2 MiB pages just before every load, so that recently freed pages,
+which the host has not taken back, wait for it.  Writes section "load" of
+BENCHMARKS.md."""
 from __future__ import annotations
 
 import argparse
@@ -176,8 +177,12 @@ def measure_pair(plain: Path, ggz: Path, args) -> dict:
     """Warm and cold cells, tokens/s and the load average around them."""
     load_before = os.getloadavg()[0]
     rows = measure_cells(plain, ggz, args, ("warm", "cold") + (("primed",) if args.primed else ()))
-    tps = {(t, label): tokens_per_s(m, t) for t in args.threads
-           for label, m in (("Q8_0", plain), ("ggzip", ggz))}
+    samples = {}
+    for _ in range(args.runs):  # interleaved, as the loads are
+        for t in args.threads:
+            for label, m in (("Q8_0", plain), ("ggzip", ggz)):
+                samples.setdefault((t, label), []).append(tokens_per_s(m, t))
+    tps = {key: statistics.median(v) for key, v in samples.items()}
     return {"rows": rows, "tps": tps, "load": (load_before, os.getloadavg()[0])}
 
 
@@ -243,7 +248,8 @@ def main(argv=None) -> int:
     lines = [
         f"CPU: {cpu_name()} ({os.cpu_count()} logical cores, shared). Patched llama.cpp. Cold cache by {cache_how}.",
         f"Load = wall time of `llama-bench -p 0 -n 1 -r 1` (load + one token), median of {args.runs} interleaved "
-        "rounds; peak RSS of that process; tokens/s = llama-bench tg32. `threads` is llama-bench -t; the loader "
+        "rounds; peak RSS of that process; tokens/s = llama-bench tg32 (3 repetitions), median of as many "
+        "interleaved rounds. `threads` is llama-bench -t; the loader "
         "decodes all frames with one pool of threads on every core (std::thread::hardware_concurrency) whatever "
         "-t says. mmap = llama.cpp's default load (ggzip: frames decode in the background from the start of the "
         "load, patch 0004); no-mmap = `--load-mode none` (ggzip: frames decode at load_all_data)."
