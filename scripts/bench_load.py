@@ -118,6 +118,13 @@ print(time.perf_counter() - t)
 """
 
 
+def touch(nbytes: int) -> float:
+    """Seconds a new process takes to fault in nbytes of anonymous memory in 2 MiB pages
+    (freed again when it exits)."""
+    return float(subprocess.run([sys.executable, "-c", _TOUCH, str(nbytes)], capture_output=True, text=True,
+                                check=True).stdout)
+
+
 def fresh_memory_s(nbytes: int, runs: int = 5, idle: float = 0.0) -> float:
     """Median time for a new process to touch nbytes of fresh anonymous memory (2 MiB pages
     asked for, as the loader does): the kernel zeroes every page, a cost the decoded tensors
@@ -126,8 +133,7 @@ def fresh_memory_s(nbytes: int, runs: int = 5, idle: float = 0.0) -> float:
     then costs a host fault per 4 KiB."""
     def one() -> float:
         time.sleep(idle)
-        return float(subprocess.run([sys.executable, "-c", _TOUCH, str(nbytes)], capture_output=True, text=True,
-                                    check=True).stdout)
+        return touch(nbytes)
     if not idle:
         one()  # the first of a back-to-back series may follow a rest of any length
     return statistics.median(one() for _ in range(runs))
@@ -136,11 +142,15 @@ def fresh_memory_s(nbytes: int, runs: int = 5, idle: float = 0.0) -> float:
 def prime(nbytes: int) -> None:
     """Fault in and free nbytes of 2 MiB pages in a helper process: the kernel hands
     these recently freed, host-backed pages out first to the next process."""
-    subprocess.run([sys.executable, "-c", _TOUCH, str(nbytes)], capture_output=True, check=True)
+    touch(nbytes)
+
+
+TG_REPS = 3  # llama-bench repetitions of tg32 in one tokens/s run
 
 
 def tokens_per_s(model: Path, threads: int) -> float:
-    cmd = [str(BIN / "llama-bench"), "-m", str(model), "-p", "0", "-n", "32", "-r", "3", "-t", str(threads), "-o", "json"]
+    cmd = [str(BIN / "llama-bench"), "-m", str(model), "-p", "0", "-n", "32", "-r", str(TG_REPS), "-t", str(threads),
+           "-o", "json"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"bench_load: {' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
@@ -248,7 +258,7 @@ def main(argv=None) -> int:
     lines = [
         f"CPU: {cpu_name()} ({os.cpu_count()} logical cores, shared). Patched llama.cpp. Cold cache by {cache_how}.",
         f"Load = wall time of `llama-bench -p 0 -n 1 -r 1` (load + one token), median of {args.runs} interleaved "
-        "rounds; peak RSS of that process; tokens/s = llama-bench tg32 (3 repetitions), median of as many "
+        f"rounds; peak RSS of that process; tokens/s = llama-bench tg32 ({TG_REPS} repetitions), median of as many "
         "interleaved rounds. `threads` is llama-bench -t; the loader "
         "decodes all frames with one pool of threads on every core (std::thread::hardware_concurrency) whatever "
         "-t says. mmap = llama.cpp's default load (ggzip: frames decode in the background from the start of the "
