@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import ggzip.codec as codec
+import ggzip.constants as codec_constants
 from ggzip.codec import CodecError
 
 CHUNK = 4096  # small chunks so that the edge sizes cross chunk boundaries
@@ -214,6 +215,21 @@ def test_oversized_header_fails():
     with pytest.raises(CodecError) as e:
         codec.info(b"XXXX" + frame[4:])
     assert e.value.name == "BAD_MAGIC"
+
+
+def test_no_chunks_for_a_huge_size_fails():
+    # 33 bytes: a header claiming 2^64 - 1 bytes in 0 chunks of 2 rows, one
+    # stored stream, no index (ceil(rows / 2) once wrapped to 0 and passed)
+    import struct
+    head = struct.pack("<IBBBBQIII", codec_constants.FRAME_MAGIC, codec_constants.FORMAT_VERSION,
+                       codec_constants.Layout.BYTES, 0, 1, (1 << 64) - 1, 1, 2, 0)
+    body = b"\x00"
+    frame = head + struct.pack("<I", codec.crc32c(body, codec.crc32c(head))) + body
+    assert len(frame) == 33
+    for call in (codec.info, codec.decode, codec.verify):
+        with pytest.raises(CodecError) as e:
+            call(frame)
+        assert e.value.name == "HEADER", call.__name__
 
 
 # ---- real data ----------------------------------------------------------

@@ -36,6 +36,9 @@ typedef struct {
     uint64_t  frame_size;
 } frame_hdr;
 
+/* ceil(a / b) for b > 0, without the a + b - 1 that wraps for a near 2^64 */
+static uint64_t div_ceil(uint64_t a, uint64_t b) { return a / b + (a % b != 0); }
+
 static uint64_t chunk_raw_len(const frame_hdr * h, uint32_t j)
 {
     const uint64_t start = (uint64_t)j * h->chunk_raw;
@@ -74,27 +77,29 @@ static size_t plan(frame_hdr * h, size_t raw_size, const ggz_params * p)
     h->raw_size = raw_size;
     h->row_size = (uint32_t)row;
     h->rows_per_chunk = (uint32_t)rpc;
-    h->n_chunks = (uint32_t)((rows + rpc - 1) / rpc);
+    h->n_chunks = (uint32_t)div_ceil(rows, rpc);
     h->chunk_raw = (uint64_t)rpc * row;
     h->index_entry = 4 * h->n_streams + 4;
     return 0;
 }
 
-static size_t header_size_max(const frame_hdr * h)
+static uint64_t header_size_max(const frame_hdr * h)
 {
-    size_t n = GGZ_FRAME_HEADER_SIZE;
+    uint64_t n = GGZ_FRAME_HEADER_SIZE;
     for (unsigned s = 0; s < h->n_streams; s++) n += 1 + h->period[s] * (32 + 2 * 256);
-    return n + (size_t)h->n_chunks * h->index_entry;
+    return n + (uint64_t)h->n_chunks * h->index_entry;
 }
 
 size_t ggz_frame_bound(size_t raw_size, const ggz_params * params)
 {
     frame_hdr h;
     if (ggz_is_error(plan(&h, raw_size, params))) return 0;
-    size_t n = header_size_max(&h);
+    /* plan() keeps raw_size below 2^62 (2^32 rows of at most 2^30 bytes), so
+     * the sum fits a u64; it may not fit a 32-bit size_t */
+    uint64_t n = header_size_max(&h);
     for (unsigned s = 0; s < h.n_streams; s++)
-        n += (size_t)h.n_chunks * ggz_stream_bound(1) + 2 * stream_symbols(h.layout, s, raw_size);
-    return n;
+        n += (uint64_t)h.n_chunks * ggz_stream_bound(1) + 2 * stream_symbols(h.layout, s, raw_size);
+    return n == (size_t)n ? (size_t)n : 0;
 }
 
 /* ---- Q8_0 scales ------------------------------------------------------- */
@@ -252,7 +257,9 @@ size_t ggz_encode_tensor(void * dst_, size_t dstCapacity, const void * src_, siz
     size_t r = plan(&h, raw_size, params);
     if (ggz_is_error(r)) return r;
     if (!src && raw_size) return GGZ_ERROR(PARAM);
-    if (dstCapacity < ggz_frame_bound(raw_size, params)) return GGZ_ERROR(DST_TOO_SMALL);
+    const size_t bound = ggz_frame_bound(raw_size, params);
+    if (!bound) return GGZ_ERROR(PARAM);   /* a bound past size_t */
+    if (dstCapacity < bound) return GGZ_ERROR(DST_TOO_SMALL);
 
     /* histograms of each stream (and, for Q8_0 scales, of both codings) */
     hist_t * hist = calloc(GGZ_MAX_STREAMS + 1, sizeof(hist_t));
@@ -394,8 +401,12 @@ static size_t parse(frame_hdr * h, const uint8_t * src, size_t size)
     if (h->flags & ~FLAG_SCALE_DELTA) return GGZ_ERROR(HEADER);
     if (!h->row_size || h->row_size % layout_unit[h->layout] || h->raw_size % h->row_size) return GGZ_ERROR(HEADER);
     if (!h->rows_per_chunk || (uint64_t)h->rows_per_chunk * h->row_size > (1u << 30)) return GGZ_ERROR(HEADER);
+    /* n_chunks (a u32) must be exactly the chunks the rows fill, so raw_size is
+     * below 2^32 chunks of at most 1 GiB: every size derived from it below
+     * (chunk starts, index bytes, stream sums) fits a u64 */
     const uint64_t rows = h->raw_size / h->row_size;
-    if (h->n_chunks != (rows + h->rows_per_chunk - 1) / h->rows_per_chunk) return GGZ_ERROR(HEADER);
+    if (h->n_chunks != div_ceil(rows, h->rows_per_chunk)) return GGZ_ERROR(HEADER);
+    if ((uint64_t)(size_t)h->raw_size != h->raw_size) return GGZ_ERROR(HEADER);
     h->chunk_raw = (uint64_t)h->rows_per_chunk * h->row_size;
     h->index_entry = 4 * h->n_streams + 4;
 
@@ -432,9 +443,10 @@ static size_t parse(frame_hdr * h, const uint8_t * src, size_t size)
                 return GGZ_ERROR(HEADER);
             total += len;
         }
+        /* per chunk: the sum stays below size + 2^33, far from wrapping */
+        if (total > size) return GGZ_ERROR(SRC_TRUNCATED);
     }
     h->frame_size = total;
-    if (total > size) return GGZ_ERROR(SRC_TRUNCATED);
     return (size_t)total;
 }
 

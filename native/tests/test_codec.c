@@ -400,6 +400,26 @@ static void test_oversized_headers(void)
     use("scalar");
     free(ref);
     free(raw);
+
+    /* No chunks for 2^64 - 1 bytes (rows + rows_per_chunk - 1 wrapped to 0 once):
+     * header, one stored stream, no index. */
+    uint8_t tiny[33] = { 0 };
+    fu_wr32(tiny, GGZ_FRAME_MAGIC);
+    tiny[4] = GGZ_FORMAT_VERSION;
+    tiny[5] = GGZ_LAYOUT_BYTES;
+    tiny[7] = 1;
+    memset(tiny + 8, 0xFF, 8);
+    fu_wr32(tiny + 16, 1);
+    fu_wr32(tiny + 20, 2);
+    fu_wr32(tiny + 24, 0);
+    fu_wr32(tiny + 28, ggz_crc32c(ggz_crc32c(0, tiny, 28), tiny + 32, 1));
+    uint8_t * f = dup_exact(tiny, sizeof(tiny));
+    uint8_t out[16];
+    check(ggz_error_code(ggz_frame_info_get(f, sizeof(tiny), NULL)) == GGZ_ERR_HEADER, "no chunks for 2^64-1 bytes: info fails", "");
+    check(ggz_error_code(ggz_verify_tensor(f, sizeof(tiny), NULL)) == GGZ_ERR_HEADER, "no chunks for 2^64-1 bytes: verify fails", "");
+    check(ggz_error_code(ggz_decode_tensor(out, sizeof(out), f, sizeof(tiny), 2, NULL)) == GGZ_ERR_HEADER,
+          "no chunks for 2^64-1 bytes: decode fails", "");
+    free(f);
 }
 
 static void test_crc32c(void)
