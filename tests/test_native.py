@@ -1,5 +1,5 @@
 """The native codec's C-level steps (scripts/test_native.sh), one test each:
-the C tests natively and under ASan + UBSan, the fuzzer, the NEON kernel under
+the C tests natively, under ASan + UBSan and under ThreadSanitizer, the fuzzer, the NEON kernel under
 qemu (two CPUs, two compilers) and the AVX2 kernel under qemu on AVX-512
 hosts.  A step whose tool is missing is skipped with the script's reason,
 never passed.  The fuzzer runs 20 s here (GGZIP_NATIVE_FULL=1: 60 s)."""
@@ -14,7 +14,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "test_native.sh"
-STEPS = ["native", "sanitize", "fuzz", "neon-a53", "neon-a76", "neon-zig", "avx2-haswell"]
+STEPS = ["native", "sanitize", "tsan", "fuzz", "neon-a53", "neon-a76", "neon-zig", "avx2-haswell"]
 
 
 @pytest.mark.parametrize("step", STEPS)

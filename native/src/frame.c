@@ -588,8 +588,12 @@ static void batch_frame_free(batch_frame * f)
     free(f);
 }
 
-static void batch_fail(batch_job * job, size_t i, int err, int64_t bad)
+/* Frame i failed (f: the frame, NULL before it was opened).  Two chunks of one
+ * frame may fail on two threads at once: the first to mark f writes the item,
+ * the other leaves it alone (the item is read only after every thread joined). */
+static void batch_fail(batch_job * job, size_t i, batch_frame * f, int err, int64_t bad)
 {
+    if (f && atomic_exchange(&f->failed, 1)) return;
     job->items[i].result = (size_t)-(ptrdiff_t)err;
     job->items[i].bad_chunk = bad;
     int zero = 0;
@@ -621,15 +625,15 @@ static batch_frame * batch_open(batch_job * job, size_t i, int * empty)
     ggz_batch_item * it = &job->items[i];
     *empty = 0;
     batch_frame * f = calloc(1, sizeof(*f));
-    if (!f) { batch_fail(job, i, GGZ_ERR_ALLOC, -1); return NULL; }
+    if (!f) { batch_fail(job, i, NULL, GGZ_ERR_ALLOC, -1); return NULL; }
     const size_t r = it->src ? parse(&f->h, it->src, it->srcSize) : GGZ_ERROR(PARAM);
     int err = ggz_is_error(r) ? (int)ggz_error_code(r) : GGZ_OK;
     if (!err && !job->verify && (it->dst ? it->dstCapacity < f->h.raw_size : f->h.raw_size != 0)) err = GGZ_ERR_DST_TOO_SMALL;
-    if (err) { free(f); batch_fail(job, i, err, -1); return NULL; }
+    if (err) { free(f); batch_fail(job, i, NULL, err, -1); return NULL; }
     if (!f->h.n_chunks) { free(f); *empty = 1; batch_finish(job, i, NULL); return NULL; }
-    if (dtabs_build(&f->d, &f->h)) { free(f); batch_fail(job, i, GGZ_ERR_ALLOC, -1); return NULL; }
+    if (dtabs_build(&f->d, &f->h)) { free(f); batch_fail(job, i, NULL, GGZ_ERR_ALLOC, -1); return NULL; }
     f->offsets = malloc(f->h.n_chunks * sizeof(uint64_t));
-    if (!f->offsets) { dtabs_free(&f->d); free(f); batch_fail(job, i, GGZ_ERR_ALLOC, -1); return NULL; }
+    if (!f->offsets) { dtabs_free(&f->d); free(f); batch_fail(job, i, NULL, GGZ_ERR_ALLOC, -1); return NULL; }
     uint64_t off = f->h.data_offset;
     for (uint32_t j = 0; j < f->h.n_chunks; j++) {
         f->offsets[j] = off;
@@ -683,18 +687,14 @@ static void * batch_worker(void * arg)
             scratch = malloc(per);
             scratch_per = scratch ? per : 0;
             if (!scratch) {
-                atomic_store(&f->failed, 1);
-                batch_fail(job, fi, GGZ_ERR_ALLOC, -1);
+                batch_fail(job, fi, f, GGZ_ERR_ALLOC, -1);
                 atomic_fetch_sub(&f->remaining, 1);
                 break;
             }
         }
         uint8_t * const out = job->verify ? scratch + scales : (uint8_t *)job->items[fi].dst + (uint64_t)j * h->chunk_raw;
         const int err = decode_chunk(h, &f->d, (const uint8_t *)job->items[fi].src + f->offsets[j], j, out, scratch);
-        if (err) {
-            atomic_store(&f->failed, 1);
-            batch_fail(job, fi, err, j);
-        }
+        if (err) batch_fail(job, fi, f, err, j);
         /* the thread that decodes a frame's last chunk finishes it; a failed frame
          * is left for the caller to free (other threads may still decode in it) */
         if (atomic_fetch_sub(&f->remaining, 1) == 1 && !atomic_load(&f->failed)) batch_finish(job, fi, f);

@@ -594,6 +594,45 @@ static void test_batch(void)
     for (int i = 0; i < N; i++) { free(raw[i]); free(frame[i]); free(out[i]); }
 }
 
+/* Every chunk of a frame damaged near its end, large chunks: several threads
+ * fail chunks of the same frame at the same time (the ThreadSanitizer build
+ * checks how they report it); the first failure is named, every time. */
+static void test_threads_fail_together(void)
+{
+    const size_t chunk = 64 * 1024, n = 8 * chunk;
+    uint8_t * raw = malloc(n), * out = malloc(n);
+    fill(raw, n, D_BELL, 1);
+    size_t size;
+    uint8_t * f = encode(raw, n, GGZ_LAYOUT_BYTES, 1, chunk, &size);
+    fu_frame fr;
+    int hit = f && !fu_walk(f, size, &fr) && fr.n_chunks == 8;
+    for (uint32_t j = 0; hit && j < fr.n_chunks; j++) {
+        size_t off, len;
+        hit = !fu_stream(f, size, &fr, j, 0, &off, &len) && len > 64;
+        if (hit) f[off + len - 40] ^= 0x10;   /* in the checked tail: found at the end of the chunk */
+    }
+    if (!check(hit, "threads fail together: a damaged 8-chunk frame", "")) { free(f); free(out); free(raw); return; }
+    for (int threads = 2; threads <= 4; threads++) {
+        char ctx[32];
+        snprintf(ctx, sizeof(ctx), "threads=%d", threads);
+        int named = 1;
+        for (int rep = 0; rep < 4; rep++) {
+            int64_t bad = -2;
+            const size_t r = ggz_decode_tensor(out, n, f, size, threads, &bad);
+            named &= ggz_error_code(r) == GGZ_ERR_CHECKSUM && bad >= 0 && bad < 8;
+            ggz_batch_item items[2] = { { out, n, f, size, 0, -2 }, { out, n, f, size, 0, -2 } };
+            const size_t rb = ggz_decode_batch(items, 2, threads, NULL, NULL);
+            named &= ggz_error_code(rb) == GGZ_ERR_CHECKSUM && ggz_error_code(items[0].result) == GGZ_ERR_CHECKSUM &&
+                     items[0].bad_chunk >= 0 && items[0].bad_chunk < 8 &&
+                     ggz_error_code(items[1].result) == GGZ_ERR_GENERIC && items[1].bad_chunk == -1;
+        }
+        check(named, "threads fail together: CHECKSUM, one chunk named, the next frame not reached", ctx);
+    }
+    free(f);
+    free(out);
+    free(raw);
+}
+
 static double now(void)
 {
     struct timespec t;
@@ -650,6 +689,7 @@ int main(int argc, char ** argv)
     test_damaged_frames();
     test_oversized_headers();
     test_batch();
+    test_threads_fail_together();
     if (do_bench) bench();
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
