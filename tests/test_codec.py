@@ -151,6 +151,22 @@ def test_ratio_near_entropy_bound():
     assert len(frame) <= codec.entropy_bound(data) / 0.997
 
 
+@pytest.mark.parametrize("constant", [True, False])
+def test_entropy_bound_holds_for_q8_0(constant):
+    # scales constant along a row are coded as row differences, nearly free:
+    # the bound must count them so, or the frame would beat its own bound
+    row = 24 * 34
+    data = q8_blocks(64, 24, constant)
+    frame = codec.encode(data, layout="q8_0", row_size=row, chunk_size=CHUNK * 4)
+    bound = codec.entropy_bound(data, "q8_0", row_size=row)
+    assert bound <= len(frame)
+    one_block_rows = codec.entropy_bound(data, "q8_0")  # no row to take differences in
+    assert (bound < one_block_rows * 0.97) if constant else (bound == one_block_rows)
+    assert one_block_rows <= len(codec.encode(data, layout="q8_0"))
+    with pytest.raises(ValueError):
+        codec.entropy_bound(data, "q8_0", row_size=35)
+
+
 def test_bad_params():
     with pytest.raises(CodecError) as e:
         codec.encode(np.zeros(35, np.uint8), layout="q8_0")
@@ -243,7 +259,7 @@ def test_real_q8_0_tensor(smollm2_gguf):
     raw = np.ascontiguousarray(t.data).view(np.uint8).reshape(-1)
     row = int(t.shape[0]) // 32 * 34
     frame = codec.encode(raw, layout="q8_0", row_size=row, threads=2)
-    bound = codec.entropy_bound(raw, layout="q8_0")
+    bound = codec.entropy_bound(raw, layout="q8_0", row_size=row)
     assert len(frame) <= bound * 1.005  # the 0.5% of the order-0 bound
     for dec in HERE:
         codec.set_kernel(dec)

@@ -62,7 +62,7 @@ typedef enum {
     GGZ_ERR_PARAM,           /* invalid argument                                    */
     GGZ_ERR_ALLOC,           /* out of memory                                       */
     GGZ_ERR_KERNEL,          /* unknown or unavailable kernel name                  */
-    GGZ_ERR_THREAD,          /* a worker thread could not be started                */
+    GGZ_ERR_THREAD,          /* reserved: never returned (see "Threads" below)      */
     GGZ_ERR_MAX
 } ggz_error;
 
@@ -103,6 +103,12 @@ size_t ggz_set_kernel(const char * name);
 const char * ggz_kernel_forced_error(void);
 
 /* ---- tensor frames ----------------------------------------------------- */
+/* Threads: n_threads is how many threads may share the work, the calling
+ * thread always one of them.  If the OS refuses to start one, the others do
+ * its share: the result is the same, only later, so no call fails for it (a
+ * model that loads slower beats one that does not load).  GGZ_ERR_THREAD is
+ * therefore never returned by this version; it keeps its number. */
+
 typedef struct {
     int      layout;       /* ggz_layout                                                  */
     size_t   row_size;     /* bytes of one row; chunks hold whole rows (0 = whole tensor) */
@@ -183,8 +189,9 @@ typedef struct ggz_batch ggz_batch;
  *  later joins in with ggz_batch_finish.  On Linux the background threads run
  *  at a nice value 10 above the caller's, so that its work keeps its core while
  *  they take what the other cores leave.  items, their buffers and opaque must
- *  stay valid until then.
- *  @return the batch, or NULL if it could not be started (decode synchronously) */
+ *  stay valid until then.  Fewer threads than asked, none even, may start
+ *  (see "Threads"): ggz_batch_finish then does their share.
+ *  @return the batch, or NULL (items NULL, out of memory): decode synchronously */
 ggz_batch * ggz_batch_start(ggz_batch_item * items, size_t n, int n_threads,
                             ggz_frame_done_fn done, void * opaque);
 
@@ -212,11 +219,15 @@ size_t ggz_verify_tensor(const void * src, size_t srcSize, int64_t * bad_chunk);
 /*! ggz_crc32c() : CRC-32C (Castagnoli) of buf, continuing from crc (0 to start) */
 uint32_t ggz_crc32c(uint32_t crc, const void * buf, size_t size);
 
-/*! ggz_entropy_bound() : the order-0 entropy bound, in bytes, of `src` under
- *  `layout`: the sum over the layout's streams and tables of n * H0 (for Q8_0:
- *  the int8 symbols, and the low and high bytes of the scales, each with its
- *  own histogram).  @return the bound (a double) */
-double ggz_entropy_bound(const void * src, size_t raw_size, int layout);
+/*! ggz_entropy_bound() : the order-0 entropy bound, in bytes, of `src` coded
+ *  under `layout` with rows of `row_size` bytes (as ggz_params.row_size, 0 =
+ *  the layout's unit): the sum over the layout's streams and tables of n * H0.
+ *  For Q8_0: the int8 symbols, and the low and high bytes of the scales, each
+ *  with its own histogram, the scales taken as stored or as differences along
+ *  each row, whichever is cheaper (the encoder's choice).  No frame of src is
+ *  smaller.  @return the bound, or -1 if raw_size or row_size does not fit the
+ *  layout */
+double ggz_entropy_bound(const void * src, size_t raw_size, int layout, size_t row_size);
 
 #ifdef __cplusplus
 }

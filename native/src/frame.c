@@ -158,6 +158,31 @@ static void hist_bytes_big(hist_t h, const uint8_t * p, size_t n, unsigned perio
         hist_bytes(h, p + off, n - off < slice ? n - off : slice, period);
 }
 
+/* A Q8_0 tensor of nb blocks, rows of bpr blocks: h[0][0] counts the int8
+ * symbols, h[1] the low and high bytes of the f16 scales (tables 0 and 1),
+ * h[2] the same of the scales coded as differences along each row. */
+static void q8_histograms(hist_t * h, const uint8_t * src, size_t nb, size_t bpr)
+{
+    uint32_t c[4][256];
+    memset(c, 0, sizeof(c));
+    for (size_t b = 0; b < nb; b++) {
+        const uint8_t * q = src + b * Q8_0_BLOCK + 2;
+        for (int i = 0; i < Q8_0_QK; i += 4) { c[0][q[i]]++; c[1][q[i + 1]]++; c[2][q[i + 2]]++; c[3][q[i + 3]]++; }
+        if ((b & 0xFFFFF) == 0xFFFFF) { /* flush before the u32 counts can overflow */
+            for (int s = 0; s < 256; s++) h[0][0][s] += (uint64_t)c[0][s] + c[1][s] + c[2][s] + c[3][s];
+            memset(c, 0, sizeof(c));
+        }
+        const uint16_t d = ggz_rd16(src + b * Q8_0_BLOCK);
+        const uint16_t dd = b % bpr ? (uint16_t)(d - ggz_rd16(src + (b - 1) * Q8_0_BLOCK)) : d;
+        h[1][0][d & 0xFF]++;  h[1][1][d >> 8]++;
+        h[2][0][dd & 0xFF]++; h[2][1][dd >> 8]++;
+    }
+    for (int s = 0; s < 256; s++) h[0][0][s] += (uint64_t)c[0][s] + c[1][s] + c[2][s] + c[3][s];
+}
+
+/* order-0 bits of a scale stream: its low and high bytes, a table each */
+static double scale_bits(const hist_t h) { return ggz_entropy_bits(h[0]) + ggz_entropy_bits(h[1]); }
+
 /* ---- encode ------------------------------------------------------------ */
 
 typedef struct {
@@ -233,8 +258,10 @@ static void * enc_worker(void * arg)
     return NULL;
 }
 
-/* Runs fn on n_threads threads (the caller being one of them). */
-static int run_threads(void * (*fn)(void *), void * job, int n_threads)
+/* Runs fn on up to n_threads threads, the caller being one of them.  A thread
+ * the OS refuses is not an error (ggzip.h, "Threads"): fn shares the work out
+ * through the job, so the threads that run do all of it. */
+static void run_threads(void * (*fn)(void *), void * job, int n_threads)
 {
     pthread_t tid[64];
     if (n_threads > 64) n_threads = 64;
@@ -245,7 +272,6 @@ static int run_threads(void * (*fn)(void *), void * job, int n_threads)
     }
     fn(job);
     for (int t = 0; t < started; t++) pthread_join(tid[t], NULL);
-    return GGZ_OK;
 }
 
 size_t ggz_encode_tensor(void * dst_, size_t dstCapacity, const void * src_, size_t raw_size,
@@ -265,25 +291,8 @@ size_t ggz_encode_tensor(void * dst_, size_t dstCapacity, const void * src_, siz
     hist_t * hist = calloc(GGZ_MAX_STREAMS + 1, sizeof(hist_t));
     if (!hist) return GGZ_ERROR(ALLOC);
     if (h.layout == GGZ_LAYOUT_Q8_0) {
-        const size_t nb = raw_size / Q8_0_BLOCK, bpr = h.row_size / Q8_0_BLOCK;
-        uint32_t c[4][256];
-        memset(c, 0, sizeof(c));
-        for (size_t b = 0; b < nb; b++) {
-            const uint8_t * q = src + b * Q8_0_BLOCK + 2;
-            for (int i = 0; i < Q8_0_QK; i += 4) { c[0][q[i]]++; c[1][q[i + 1]]++; c[2][q[i + 2]]++; c[3][q[i + 3]]++; }
-            if ((b & 0xFFFFF) == 0xFFFFF) { /* flush before the u32 counts can overflow */
-                for (int s = 0; s < 256; s++) hist[0][0][s] += (uint64_t)c[0][s] + c[1][s] + c[2][s] + c[3][s];
-                memset(c, 0, sizeof(c));
-            }
-            uint16_t d = ggz_rd16(src + b * Q8_0_BLOCK), dd = d;
-            if (b % bpr) dd = (uint16_t)(d - ggz_rd16(src + (b - 1) * Q8_0_BLOCK));
-            hist[1][0][d & 0xFF]++;  hist[1][1][d >> 8]++;
-            hist[2][0][dd & 0xFF]++; hist[2][1][dd >> 8]++;
-        }
-        for (int s = 0; s < 256; s++) hist[0][0][s] += (uint64_t)c[0][s] + c[1][s] + c[2][s] + c[3][s];
-        const double plain = ggz_entropy_bits(hist[1][0]) + ggz_entropy_bits(hist[1][1]);
-        const double delta = ggz_entropy_bits(hist[2][0]) + ggz_entropy_bits(hist[2][1]);
-        if (delta < plain) { h.flags |= FLAG_SCALE_DELTA; memcpy(hist[1], hist[2], sizeof(hist_t)); }
+        q8_histograms(hist, src, raw_size / Q8_0_BLOCK, h.row_size / Q8_0_BLOCK);
+        if (scale_bits(hist[2]) < scale_bits(hist[1])) { h.flags |= FLAG_SCALE_DELTA; memcpy(hist[1], hist[2], sizeof(hist_t)); }
     } else {
         hist_bytes_big(hist[0], src, raw_size, h.period[0]);
     }
@@ -750,6 +759,8 @@ static ggz_batch * batch_begin(ggz_batch_item * items, size_t n, int n_threads,
     atomic_init(&job->cancel, 0);
     pthread_mutex_init(&job->lock, NULL);
     pthread_mutex_init(&job->done_lock, NULL);
+    /* threads the OS refuses are not an error (ggzip.h, "Threads"): the
+     * finishing thread decodes whatever no worker took */
     for (int t = 0; t < n_threads; t++) {
         if (pthread_create(&b->tid[b->started], NULL, background ? batch_worker_bg : batch_worker, job)) break;
         b->started++;
@@ -845,25 +856,24 @@ size_t ggz_decode_chunk(void * dst, size_t dstCapacity, const void * src, size_t
 
 /* ---- entropy bound ------------------------------------------------------ */
 
-double ggz_entropy_bound(const void * src_, size_t raw_size, int layout)
+double ggz_entropy_bound(const void * src_, size_t raw_size, int layout, size_t row_size)
 {
     const uint8_t * src = src_;
-    if (layout < 0 || layout >= GGZ_LAYOUT_COUNT || raw_size % layout_unit[layout]) return -1.0;
-    hist_t * hist = calloc(2, sizeof(hist_t));
+    if (layout < 0 || layout >= GGZ_LAYOUT_COUNT) return -1.0;
+    const size_t row = row_size ? row_size : layout_unit[layout];   /* as ggz_params.row_size */
+    if (row % layout_unit[layout] || raw_size % row) return -1.0;
+    hist_t * hist = calloc(3, sizeof(hist_t));
     if (!hist) return -1.0;
+    double bits = 0;
     if (layout == GGZ_LAYOUT_Q8_0) {
-        for (size_t b = 0; b < raw_size / Q8_0_BLOCK; b++) {
-            const uint8_t * blk = src + b * Q8_0_BLOCK;
-            hist[1][0][blk[0]]++;
-            hist[1][1][blk[1]]++;
-            for (int i = 0; i < Q8_0_QK; i++) hist[0][0][blk[2 + i]]++;
-        }
+        /* the scales as the encoder codes them: plain or row deltas, the cheaper */
+        q8_histograms(hist, src, raw_size / Q8_0_BLOCK, row / Q8_0_BLOCK);
+        const double plain = scale_bits(hist[1]), delta = scale_bits(hist[2]);
+        bits = ggz_entropy_bits(hist[0][0]) + (delta < plain ? delta : plain);
     } else {
         hist_bytes_big(hist[0], src, raw_size, layout_period[layout][0]);
+        for (int t = 0; t < GGZ_MAX_PERIOD; t++) bits += ggz_entropy_bits(hist[0][t]);
     }
-    double bits = 0;
-    for (int s = 0; s < 2; s++)
-        for (int t = 0; t < GGZ_MAX_PERIOD; t++) bits += ggz_entropy_bits(hist[s][t]);
     free(hist);
     return bits / 8.0;
 }

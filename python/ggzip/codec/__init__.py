@@ -159,12 +159,14 @@ def verify(frame) -> int:
     return _check(r, "verify", bad[0])
 
 
-def entropy_bound(data, layout="bytes") -> float:
-    """Order-0 entropy bound in bytes of data under layout (FORMAT.md)."""
+def entropy_bound(data, layout="bytes", row_size: int = 0) -> float:
+    """Order-0 entropy bound in bytes of data under layout with rows of
+    row_size bytes, as encode() takes them (FORMAT.md): no frame is smaller.
+    For q8_0 the row size matters: scales may be coded as row differences."""
     src = _buf(data)
-    r = lib.ggz_entropy_bound(src, len(src), _layout_id(layout))
+    r = lib.ggz_entropy_bound(src, len(src), _layout_id(layout), row_size)
     if r < 0:
-        raise ValueError(f"{len(src)} bytes do not fit layout {layout!r}")
+        raise ValueError(f"{len(src)} bytes do not fit layout {layout!r} with row size {row_size}")
     return float(r)
 
 

@@ -37,7 +37,7 @@ size_t ggz_decode_tensor(void * dst, size_t dstCapacity, const void * src, size_
 size_t ggz_decode_chunk(void * dst, size_t dstCapacity, const void * src, size_t srcSize, uint32_t index);
 size_t ggz_verify_tensor(const void * src, size_t srcSize, int64_t * bad_chunk);
 uint32_t ggz_crc32c(uint32_t crc, const void * buf, size_t size);
-double ggz_entropy_bound(const void * src, size_t raw_size, int layout);
+double ggz_entropy_bound(const void * src, size_t raw_size, int layout, size_t row_size);
 """
 
 ffi = cffi.FFI()
