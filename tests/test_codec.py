@@ -1,5 +1,6 @@
-"""The codec through its Python API: every encoder kernel x every decoder kernel,
-edge sizes, layouts, real Q8_0 data, and damaged frames."""
+"""The codec through its Python API: every decoder kernel on the scalar
+encoder's frames (the one encoder there is), edge sizes, layouts, real Q8_0
+data, and damaged frames."""
 from __future__ import annotations
 
 import os
@@ -16,7 +17,6 @@ from ggzip.codec import CodecError
 CHUNK = 4096  # small chunks so that the edge sizes cross chunk boundaries
 ALL = codec.compiled_kernels()
 HERE = codec.kernels()
-ENCODERS = [k for k in HERE if k == "scalar" or codec.encoder_kernel() == k]
 
 
 def kernel_param(name):
@@ -113,13 +113,12 @@ def test_roundtrip_q8_0(dec, constant):
         assert len(frame) - alone < 64 * 3 + n_chunks * (128 + 8) + 300
 
 
-def test_every_encoder_writes_the_same_bytes():
-    data = int8_bell(100_000)
-    frames = set()
-    for enc in ENCODERS:
-        codec.set_kernel(enc)
-        frames.add(codec.encode(data, chunk_size=CHUNK))
-    assert len(frames) == 1
+def test_one_encoder():
+    # the SIMD kernels decode only: whichever kernel is chosen, frames come
+    # from the scalar encoder, which every round trip here checks against
+    for k in HERE:
+        codec.set_kernel(k)
+        assert codec.encoder_kernel() == "scalar"
 
 
 @pytest.mark.parametrize("dec", DECODERS)

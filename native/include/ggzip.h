@@ -78,25 +78,25 @@ const char * ggz_error_name(size_t code);
 unsigned ggz_version_number(void);
 
 /* ---- kernels ------------------------------------------------------------ */
-/* A kernel is one implementation of the rANS hot loops: "scalar", "avx2",
+/* A kernel is one implementation of the rANS decode loop: "scalar", "avx2",
  * "avx512" (F, BW, VL), "avx512vbmi" (the same with VBMI), "neon".  All
- * produce and accept the same bytes.  The best kernel the CPU and OS support
+ * accept the same bytes.  There is one encoder, the scalar one.  The best kernel the CPU and OS support
  * is chosen on first use; GGZIP_KERNEL=<name> in the environment forces one
  * (an unavailable forced kernel falls back to the best and
  * ggz_kernel_forced_error() says why). */
 
 /*! ggz_kernel_name() : @return the name of the decode kernel in use */
 const char * ggz_kernel_name(void);
-/*! ggz_encoder_kernel_name() : @return the name of the encode kernel in use */
+/*! ggz_encoder_kernel_name() : @return the name of the encoder, "scalar" */
 const char * ggz_encoder_kernel_name(void);
 /*! ggz_kernel_count() : @return number of kernels compiled into this library */
 int ggz_kernel_count(void);
 /*! ggz_kernel_info() : name of compiled kernel `i`; *available set to 1 if the
- *  host can run it; *has_encoder to 1 if it has its own encoder.
+ *  host can run it; *has_encoder to 1 if it has an encoder (only "scalar").
  *  @return NULL if i is out of range */
 const char * ggz_kernel_info(int i, int * available, int * has_encoder);
-/*! ggz_set_kernel() : use kernel `name` for decode and, if it has one, encode
- *  (the scalar encoder otherwise).  Not thread-safe against running codecs.
+/*! ggz_set_kernel() : decode with kernel `name` (encoding always uses the
+ *  scalar encoder).  Not thread-safe against running codecs.
  *  @return 0, or an error code (GGZ_ERR_KERNEL) */
 size_t ggz_set_kernel(const char * name);
 /*! ggz_kernel_forced_error() : @return NULL, or why GGZIP_KERNEL was ignored */
