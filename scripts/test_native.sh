@@ -7,7 +7,8 @@
 #   scripts/test_native.sh [--quick] [--step NAME]...
 #
 # Steps:
-#   native        C tests (native/tests/test_codec.c) on every kernel the host runs
+#   native        C tests (native/tests/test_codec.c) on every kernel the host runs, and
+#                 nm: ggzip_decode_static holds no encoder and is complete
 #   sanitize      the same under ASan + UBSan (clang, GGZIP_SANITIZE=address)
 #   tsan          the same under ThreadSanitizer (clang, GGZIP_SANITIZE=thread): the
 #                 thread pool, batch API and threaded encoder, failing frames included
@@ -76,9 +77,23 @@ run_step() {
 skip() { SKIP=$1; echo "SKIPPED: $1"; return 2; }
 need() { for t in "$@"; do have "$t" || { skip "$t not found"; return; }; done; }
 
+# The decode-only library (llama.cpp links it) must hold no encoder and need
+# nothing of ggzip from outside itself.
+check_decode_lib() {
+    local lib=$1 defined encoder missing
+    have nm || { echo "nm not found: the decode-only library is not checked"; return 0; }
+    defined=$(nm -g --defined-only "$lib" | awk 'NF == 3 {print $3}' | sort -u)
+    encoder=$(echo "$defined" | grep -E '^ggz_(encode_|frame_bound$|normalize$|cost_bits$|entropy_|table_write$|etab_build$|hist_|q8_histograms$|scale_bits$)')
+    missing=$(nm -u "$lib" | awk '{print $NF}' | grep '^ggz_' | sort -u | comm -23 - <(echo "$defined"))
+    echo "decode-only library: $(echo "$defined" | grep -c '^ggz_') ggz_ symbols"
+    [ -z "$encoder" ] || { echo "FAIL decode-only library holds encoder symbols:" $encoder; return 1; }
+    [ -z "$missing" ] || { echo "FAIL decode-only library needs symbols it lacks:" $missing; return 1; }
+}
+
 step_native() {
     need cmake cc || return
-    build build/native-test ggzip_test -- || return 1
+    build build/native-test ggzip_test ggzip_decode_static -- || return 1
+    check_decode_lib build/native-test/libggzip_decode_static.a || return 1
     build/native-test/ggzip_test
 }
 
@@ -103,7 +118,7 @@ step_fuzz() {
     # libFuzzer ships with clang's runtime (Debian: libclang-rt-14-dev)
     echo 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { return 0; }' > "$LOGS/probe.c"
     clang -fsanitize=fuzzer "$LOGS/probe.c" -o "$LOGS/probe" 2>/dev/null || { skip "clang cannot link -fsanitize=fuzzer (libclang-rt-14-dev missing)"; return; }
-    CC=clang build build/native-fuzz ggzip_fuzz ggzip_fuzz_seeds -- -DGGZIP_SANITIZE=ON -DGGZIP_FUZZ=ON || return 1
+    CC=clang build build/native-fuzz ggzip_fuzz ggzip_fuzz_seeds -- -DGGZIP_SANITIZE=address -DGGZIP_FUZZ=ON || return 1
     local dir=build/native-fuzz
     rm -rf "$dir/seeds" && mkdir -p "$dir/seeds" "$dir/corpus" || return 1
     "$dir/ggzip_fuzz_seeds" "$dir/seeds" || return 1

@@ -59,21 +59,20 @@ static int has_avx512vbmi(void)
 static int always(void) { return 1; }
 
 static const ggz_kernel kernels[] = {
-    { "scalar", always, ggz_decode_scalar, ggz_encode_scalar },
+    { "scalar", always, ggz_decode_scalar },
 #if defined(GGZ_HAVE_X86)
-    { "avx2",   has_avx2,   ggz_decode_avx2,   NULL },
-    { "avx512", has_avx512, ggz_decode_avx512, NULL },
-    { "avx512vbmi", has_avx512vbmi, ggz_decode_avx512vbmi, NULL },
+    { "avx2",   has_avx2,   ggz_decode_avx2 },
+    { "avx512", has_avx512, ggz_decode_avx512 },
+    { "avx512vbmi", has_avx512vbmi, ggz_decode_avx512vbmi },
 #endif
 #if defined(GGZ_HAVE_NEON)
-    { "neon",   always,     ggz_decode_neon,   NULL },
+    { "neon",   always,     ggz_decode_neon },
 #endif
 };
 #define N_KERNELS ((int)(sizeof(kernels) / sizeof(kernels[0])))
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static const ggz_kernel * dec_kernel;
-static const ggz_kernel * enc_kernel;
 static const char * forced_error;
 
 static const ggz_kernel * find(const char * name)
@@ -83,11 +82,7 @@ static const ggz_kernel * find(const char * name)
     return NULL;
 }
 
-static void choose(const ggz_kernel * k)
-{
-    dec_kernel = k;
-    enc_kernel = k->encode ? k : &kernels[0];
-}
+static void choose(const ggz_kernel * k) { dec_kernel = k; }
 
 static void init(void)
 {
@@ -106,10 +101,11 @@ static void init(void)
 }
 
 const ggz_kernel * ggz_decoder(void) { pthread_once(&once, init); return dec_kernel; }
-const ggz_kernel * ggz_encoder(void) { pthread_once(&once, init); return enc_kernel; }
 
 const char * ggz_kernel_name(void)         { return ggz_decoder()->name; }
-const char * ggz_encoder_kernel_name(void) { return ggz_encoder()->name; }
+/* the one encoder (rans_encode.c), named here so that a decode-only build
+ * does not link it */
+const char * ggz_encoder_kernel_name(void) { return kernels[0].name; }
 const char * ggz_kernel_forced_error(void) { pthread_once(&once, init); return forced_error; }
 int          ggz_kernel_count(void)        { return N_KERNELS; }
 
@@ -117,7 +113,7 @@ const char * ggz_kernel_info(int i, int * available, int * has_encoder)
 {
     if (i < 0 || i >= N_KERNELS) return NULL;
     if (available)   *available = kernels[i].available();
-    if (has_encoder) *has_encoder = kernels[i].encode != NULL;
+    if (has_encoder) *has_encoder = i == 0;   /* scalar, first */
     return kernels[i].name;
 }
 

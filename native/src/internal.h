@@ -63,16 +63,17 @@ typedef struct {
     uint16_t f[256];
 } ggz_freqs;
 
-/* counts -> frequencies summing to 4096, each present symbol >= 1, max 4095 */
+/* encoder's half (table_encode.c):
+ * counts -> frequencies summing to 4096, each present symbol >= 1, max 4095 */
 void   ggz_normalize(const uint64_t counts[256], ggz_freqs * out);
 /* cost in bits of coding `counts` with `freqs` */
 double ggz_cost_bits(const uint64_t counts[256], const ggz_freqs * freqs);
 double ggz_entropy_bits(const uint64_t counts[256]);
 size_t ggz_table_write(uint8_t * dst, size_t cap, const ggz_freqs * freqs);
-/* parse and validate; @return bytes read or an error code */
+void   ggz_etab_build(ggz_esym * syms, const ggz_freqs * freqs);
+/* decoder's half (table.c): parse and validate; @return bytes read or an error code */
 size_t ggz_table_read(const uint8_t * src, size_t size, ggz_freqs * freqs);
 void   ggz_dtab_build(uint32_t * slots, const ggz_freqs * freqs);
-void   ggz_etab_build(ggz_esym * syms, const ggz_freqs * freqs);
 
 /* CRC-32C by table, whatever the CPU (tests compare it with the hardware path) */
 uint32_t ggz_crc32c_portable(uint32_t crc, const void * buf, size_t size);
@@ -112,11 +113,10 @@ typedef struct {
     const char *  name;
     int           (*available)(void);
     ggz_decode_fn decode;
-    ggz_encode_fn encode;   /* NULL: uses the scalar encoder */
 } ggz_kernel;
 
 int    ggz_decode_scalar(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned, uint32_t *);
-size_t ggz_encode_scalar(const uint8_t *, size_t, size_t, const ggz_etab *, unsigned, uint8_t *, size_t);
+size_t ggz_encode_scalar(const uint8_t *, size_t, size_t, const ggz_etab *, unsigned, uint8_t *, size_t); /* rans_encode.c */
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 int    ggz_decode_avx2(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned, uint32_t *);
 int    ggz_decode_avx512(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned, uint32_t *);
@@ -128,9 +128,8 @@ int    ggz_decode_neon(const uint8_t *, size_t, uint8_t *, size_t, size_t, const
 #define GGZ_HAVE_NEON 1
 #endif
 
-/* the kernels in use (dispatch.c); chosen once, thread-safe */
+/* the decode kernel in use (dispatch.c); chosen once, thread-safe */
 const ggz_kernel * ggz_decoder(void);
-const ggz_kernel * ggz_encoder(void);
 
 /* Shared scalar decode of one step of lanes [l0, l1) with bounds checks; used
  * by every kernel for the tail and for the last words of a stream.  Returns 0,

@@ -1,0 +1,114 @@
+/* Decoding a frame's chunks: tables, streams into their places (Q8_0 symbols
+ * into the blocks, scales through scratch), the CRC taken as the chunk
+ * decodes; and ggz_decode_chunk, one chunk alone.  The thread pool that
+ * decodes whole frames is batch.c. */
+#include "frame.h"
+
+#include <stdlib.h>
+
+/* The scales of nb Q8_0 blocks from their stream into the blocks, the row
+ * differences undone when delta is set (q8_scales_gather in encode.c). */
+static void q8_scales_scatter(uint8_t * raw, const uint8_t * in, size_t nb,
+                              size_t blocks_per_row, int delta)
+{
+    uint16_t prev = 0;
+    for (size_t b = 0; b < nb; b++) {
+        uint16_t d = ggz_rd16(in + 2 * b);
+        if (delta && (b % blocks_per_row) != 0) d = (uint16_t)(d + prev);
+        ggz_wr16(raw + b * Q8_0_BLOCK, d);
+        prev = d;
+    }
+}
+
+int ggz_dtabs_build(dtabs * d, const frame_hdr * h)
+{
+    d->dt[0] = d->dt[1] = NULL;
+    for (unsigned s = 0; s < h->n_streams; s++) {
+        if (h->mode[s] != MODE_RANS) continue;
+        d->dt[s] = malloc(sizeof(ggz_dtab));
+        if (!d->dt[s]) { free(d->dt[0]); return GGZ_ERR_ALLOC; }
+        for (unsigned t = 0; t < h->period[s]; t++) ggz_dtab_build(d->dt[s]->slot[t], &h->freqs[s][t]);
+    }
+    return GGZ_OK;
+}
+
+void ggz_dtabs_free(dtabs * d) { free(d->dt[0]); free(d->dt[1]); }
+
+static const uint8_t * chunk_ptr(const frame_hdr * h, const uint8_t * src, uint32_t j)
+{
+    /* sum of the sizes before chunk j; callers walking all chunks use offsets[] */
+    uint64_t off = h->data_offset;
+    for (uint32_t i = 0; i < j; i++)
+        for (unsigned s = 0; s < h->n_streams; s++) off += ggz_rd32(h->index + (size_t)i * h->index_entry + 4 * s);
+    return src + off;
+}
+
+/* Where stream s of a chunk decodes to: Q8_0 symbols go straight into the
+ * blocks (stride 34), scales to scratch, everything else contiguously. */
+static ggz_stream stream_desc(const frame_hdr * h, const dtabs * d, unsigned s, const uint8_t * in,
+                              size_t len, uint64_t raw, uint8_t * out, uint8_t * scratch)
+{
+    ggz_stream st = { in, len, out, (size_t)stream_symbols(h->layout, s, raw), GGZ_LANES, d->dt[s], h->period[s] };
+    if (h->layout == GGZ_LAYOUT_Q8_0) {
+        if (s == 0) { st.dst = out + 2; st.stride = Q8_0_BLOCK; }
+        else        { st.dst = scratch; }
+    }
+    return st;
+}
+
+/* Stream s into its output, chaining the CRC-32C of its bytes onto *crc (the
+ * rANS kernels take the CRC in the same pass as the decode). */
+static int decode_stream(const frame_hdr * h, unsigned s, const ggz_stream * st, uint32_t * crc)
+{
+    if (h->mode[s] == MODE_RANS)
+        return ggz_decoder()->decode(st->src, st->size, st->dst, st->n, st->stride, st->tabs, st->period, crc);
+    *crc = ggz_crc32c(*crc, st->src, st->size);
+    if (st->stride == GGZ_LANES) memcpy(st->dst, st->src, st->n);
+    else for (size_t b = 0; b < st->n / Q8_0_QK; b++) memcpy(st->dst + b * st->stride, st->src + b * Q8_0_QK, Q8_0_QK);
+    return GGZ_OK;
+}
+
+/* Chunk j, starting at in, checked and decoded into out (its Q8_0 scales through scratch).
+ * The checksum is taken while the chunk decodes, so damaged bytes may reach
+ * the decoders (which bound every read and write) and out is undefined on
+ * error; a checksum mismatch wins over the error a decoder may report first.
+ * @return 0 or an error. */
+int ggz_chunk_decode(const frame_hdr * h, const dtabs * d, const uint8_t * in,
+                        uint32_t j, uint8_t * out, uint8_t * scratch)
+{
+    const uint8_t * e = h->index + (size_t)j * h->index_entry;
+    const uint64_t raw = chunk_raw_len(h, j);
+    const uint32_t want = ggz_rd32(e + 4 * h->n_streams);
+    uint32_t crc = 0;
+    size_t total = 0;
+    for (unsigned s = 0; s < h->n_streams; s++) {
+        const size_t len = ggz_rd32(e + 4 * s);
+        const ggz_stream st = stream_desc(h, d, s, in + total, len, raw, out, scratch);
+        const int err = decode_stream(h, s, &st, &crc);
+        total += len;
+        if (err) {
+            for (unsigned r = s + 1; r < h->n_streams; r++) total += ggz_rd32(e + 4 * r);
+            return ggz_crc32c(0, in, total) != want ? GGZ_ERR_CHECKSUM : err;
+        }
+        if (h->layout == GGZ_LAYOUT_Q8_0 && s == 1)
+            q8_scales_scatter(out, scratch, st.n / 2, h->row_size / Q8_0_BLOCK, h->flags & FLAG_SCALE_DELTA);
+    }
+    return crc != want ? GGZ_ERR_CHECKSUM : GGZ_OK;
+}
+
+size_t ggz_decode_chunk(void * dst, size_t dstCapacity, const void * src, size_t srcSize, uint32_t index)
+{
+    frame_hdr h;
+    size_t r = ggz_frame_parse(&h, src, srcSize);
+    if (ggz_is_error(r)) return r;
+    if (index >= h.n_chunks) return GGZ_ERROR(PARAM);
+    const uint64_t raw = chunk_raw_len(&h, index);
+    if (!dst || dstCapacity < raw) return GGZ_ERROR(DST_TOO_SMALL);
+    dtabs d;
+    if (ggz_dtabs_build(&d, &h)) return GGZ_ERROR(ALLOC);
+    uint8_t * scratch = malloc((size_t)(raw / Q8_0_BLOCK) * 2 + 64);
+    const int err = scratch ? ggz_chunk_decode(&h, &d, chunk_ptr(&h, src, index), index, dst, scratch) : GGZ_ERR_ALLOC;
+    free(scratch);
+    ggz_dtabs_free(&d);
+    return err ? (size_t)-(ptrdiff_t)err : (size_t)raw;
+}

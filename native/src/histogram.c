@@ -1,0 +1,76 @@
+/* Histograms of a tensor's streams (the encoder's tables come from them) and
+ * the order-0 entropy bound. */
+#include "frame.h"
+
+#include <stdlib.h>
+
+/* bytes with period P (1, 2 or 4): four count arrays cut the store-to-load
+ * stalls of runs of equal bytes */
+static void hist_bytes_small(hist_t h, const uint8_t * p, size_t n, unsigned period)
+{
+    if (period == 1) {
+        uint32_t c[4][256];
+        memset(c, 0, sizeof(c));
+        size_t i = 0;
+        for (; i + 4 <= n; i += 4) { c[0][p[i]]++; c[1][p[i + 1]]++; c[2][p[i + 2]]++; c[3][p[i + 3]]++; }
+        for (; i < n; i++) c[0][p[i]]++;
+        for (int s = 0; s < 256; s++) h[0][s] += (uint64_t)c[0][s] + c[1][s] + c[2][s] + c[3][s];
+        return;
+    }
+    for (size_t i = 0; i < n; i++) h[i & (period - 1)][p[i]]++;
+}
+
+/* uint32 counters would overflow past 4 GiB: count in slices */
+void ggz_hist_bytes(hist_t h, const uint8_t * p, size_t n, unsigned period)
+{
+    const size_t slice = (size_t)1 << 30;
+    for (size_t off = 0; off < n; off += slice)
+        hist_bytes_small(h, p + off, n - off < slice ? n - off : slice, period);
+}
+
+/* A Q8_0 tensor of nb blocks, rows of bpr blocks: h[0][0] counts the int8
+ * symbols, h[1] the low and high bytes of the f16 scales (tables 0 and 1),
+ * h[2] the same of the scales coded as differences along each row. */
+void ggz_q8_histograms(hist_t * h, const uint8_t * src, size_t nb, size_t bpr)
+{
+    uint32_t c[4][256];
+    memset(c, 0, sizeof(c));
+    for (size_t b = 0; b < nb; b++) {
+        const uint8_t * q = src + b * Q8_0_BLOCK + 2;
+        for (int i = 0; i < Q8_0_QK; i += 4) { c[0][q[i]]++; c[1][q[i + 1]]++; c[2][q[i + 2]]++; c[3][q[i + 3]]++; }
+        if ((b & 0xFFFFF) == 0xFFFFF) { /* flush before the u32 counts can overflow */
+            for (int s = 0; s < 256; s++) h[0][0][s] += (uint64_t)c[0][s] + c[1][s] + c[2][s] + c[3][s];
+            memset(c, 0, sizeof(c));
+        }
+        const uint16_t d = ggz_rd16(src + b * Q8_0_BLOCK);
+        const uint16_t dd = b % bpr ? (uint16_t)(d - ggz_rd16(src + (b - 1) * Q8_0_BLOCK)) : d;
+        h[1][0][d & 0xFF]++;  h[1][1][d >> 8]++;
+        h[2][0][dd & 0xFF]++; h[2][1][dd >> 8]++;
+    }
+    for (int s = 0; s < 256; s++) h[0][0][s] += (uint64_t)c[0][s] + c[1][s] + c[2][s] + c[3][s];
+}
+
+/* order-0 bits of a scale stream: its low and high bytes, a table each */
+double ggz_scale_bits(hist_t h) { return ggz_entropy_bits(h[0]) + ggz_entropy_bits(h[1]); }
+
+double ggz_entropy_bound(const void * src_, size_t raw_size, int layout, size_t row_size)
+{
+    const uint8_t * src = src_;
+    if (layout < 0 || layout >= GGZ_LAYOUT_COUNT) return -1.0;
+    const size_t row = row_size ? row_size : ggz_layout_unit[layout];   /* as ggz_params.row_size */
+    if (row % ggz_layout_unit[layout] || raw_size % row) return -1.0;
+    hist_t * hist = calloc(3, sizeof(hist_t));
+    if (!hist) return -1.0;
+    double bits = 0;
+    if (layout == GGZ_LAYOUT_Q8_0) {
+        /* the scales as the encoder codes them: plain or row deltas, the cheaper */
+        ggz_q8_histograms(hist, src, raw_size / Q8_0_BLOCK, row / Q8_0_BLOCK);
+        const double plain = ggz_scale_bits(hist[1]), delta = ggz_scale_bits(hist[2]);
+        bits = ggz_entropy_bits(hist[0][0]) + (delta < plain ? delta : plain);
+    } else {
+        ggz_hist_bytes(hist[0], src, raw_size, ggz_layout_period[layout][0]);
+        for (int t = 0; t < GGZ_MAX_PERIOD; t++) bits += ggz_entropy_bits(hist[0][t]);
+    }
+    free(hist);
+    return bits / 8.0;
+}
