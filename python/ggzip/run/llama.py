@@ -20,6 +20,9 @@ from __future__ import annotations
 
 from ..errors import GGZipError
 
+# the model kv override that sets how many threads decode the frames at load (patch 0006)
+LOAD_THREADS_KEY = "ggzip.load_threads"
+
 BUILD_HINT = "run scripts/build_llama.sh --python (or set LLAMA_CPP_LIB_PATH to a patched build's lib dir)"
 
 
@@ -49,9 +52,16 @@ def ggzip_version() -> str:
 
 def Llama(model_path, *args, **kwargs):
     """llama_cpp.Llama(model_path, ...) after checking for the ggzip patches.
+    n_threads, when given, is also the number of threads that decode the frames
+    at load (the model kv override ggzip.load_threads, unless kv_overrides sets
+    it); without it they decode on the CPUs this process may run on.
     A model that fails to load (a damaged frame, a missing file) raises GGZipError
     with llama.cpp's reason when it was logged (verbose=True prints it)."""
     llama_cpp, _ = check_patched_llama_cpp()
+    if kwargs.get("n_threads") is not None:
+        overrides = dict(kwargs.get("kv_overrides") or {})
+        overrides.setdefault(LOAD_THREADS_KEY, int(kwargs["n_threads"]))
+        kwargs["kv_overrides"] = overrides
     try:
         return llama_cpp.Llama(str(model_path), *args, **kwargs)
     except ValueError as e:
