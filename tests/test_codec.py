@@ -305,3 +305,79 @@ def test_version_mismatch_is_refused():
 
 def test_crc32c_known_value():
     assert codec.crc32c(b"123456789") == 0xE3069283
+
+
+# ---- the binding against the C header ----------------------------------------
+
+def _header_values(tmp_path, exprs):
+    """Values of C expressions as the compiler sees them through ggzip.h:
+    {name: expression} -> {name: int}."""
+    import shutil
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not cc:
+        pytest.skip("no C compiler (cc) to read native/include/ggzip.h with")
+    include = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "native", "include")
+    lines = [f'    printf("{k} %llu\\n", (unsigned long long)({v}));' for k, v in exprs.items()]
+    src = tmp_path / "abi.c"
+    src.write_text("#include <stddef.h>\n#include <stdio.h>\n#include \"ggzip.h\"\nint main(void)\n{\n"
+                   + "\n".join(lines) + "\n    return 0;\n}\n")
+    exe = tmp_path / "abi"
+    subprocess.run([cc, "-std=c11", "-Wall", "-Werror", "-I", include, str(src), "-o", str(exe)],
+                   check=True, capture_output=True, text=True)
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
+    return {k: int(v) for k, v in (line.split() for line in out.splitlines())}
+
+
+def test_cdef_structs_match_header(tmp_path):
+    from ggzip.codec._native import ffi
+    structs = ffi.list_types()[0]
+    assert structs, "the cdef declares the header's structs"
+    exprs, want = {}, {}
+    for name in structs:
+        t = ffi.typeof(name)
+        exprs[f"sizeof({name})"] = f"sizeof({name})"
+        want[f"sizeof({name})"] = ffi.sizeof(t)
+        for field, cf in t.fields:
+            exprs[f"offsetof({name},{field})"] = f"offsetof({name}, {field})"
+            want[f"offsetof({name},{field})"] = cf.offset
+            exprs[f"sizeof({name}.{field})"] = f"sizeof((({name} *)0)->{field})"
+            want[f"sizeof({name}.{field})"] = ffi.sizeof(cf.type)
+    assert _header_values(tmp_path, exprs) == want
+
+
+def test_cdef_functions_match_header(tmp_path):
+    # every prototype of the cdef has the header's type (an enum result passes
+    # through cffi as int); a changed signature would corrupt calls silently
+    import re
+    from ggzip.codec._native import CDEF
+    protos = re.findall(r"^(.+?)\b(ggz_\w+)\((.*)\);$", CDEF, re.M)
+    assert len(protos) >= 10
+    exprs = {}
+    for ret, name, args in protos:
+        same = f"__builtin_types_compatible_p(__typeof__(&{name}), {ret.strip()} (*)({args}))"
+        as_enum = (f"__builtin_types_compatible_p(__typeof__(&{name}), ggz_error (*)({args}))"
+                   if ret.strip() == "int" else "0")
+        exprs[name] = f"{same} || {as_enum}"
+    got = _header_values(tmp_path, exprs)
+    assert [n for n, ok in got.items() if not ok] == []
+
+
+def test_python_constants_match_header(tmp_path):
+    from ggzip.codec._native import EXPECTED_VERSION
+    C = codec_constants
+    want = {"GGZ_FRAME_MAGIC": C.FRAME_MAGIC, "GGZ_FORMAT_VERSION": C.FORMAT_VERSION, "GGZ_LANES": C.LANES,
+            "GGZ_PROB_BITS": C.PROB_BITS, "GGZ_RANS_L": C.RANS_L, "GGZ_FRAME_HEADER_SIZE": C.FRAME_HEADER_SIZE,
+            "GGZ_DEFAULT_CHUNK": C.DEFAULT_CHUNK, "GGZ_MAX_STREAMS": C.MAX_STREAMS,
+            "GGZ_LAYOUT_COUNT": len(C.LAYOUT_IDS), "GGZ_ERR_MAX": len(C.ERRORS),
+            "GGZ_VERSION_MAJOR": EXPECTED_VERSION[0], "GGZ_VERSION_MINOR": EXPECTED_VERSION[1],
+            "GGZ_VERSION_PATCH": EXPECTED_VERSION[2]}
+    want.update({f"GGZ_LAYOUT_{name.upper()}": v for name, v in C.LAYOUT_IDS.items()})
+    want.update({("GGZ_OK" if e == "OK" else f"GGZ_ERR_{e}"): i for i, e in enumerate(C.ERRORS)})
+    assert _header_values(tmp_path, {k: k for k in want}) == want
+
+
+def test_layout_units_match_library():
+    # the units live in the library's frame code, not in the header
+    for layout, unit in codec_constants.LAYOUT_UNIT.items():
+        assert codec.bound(unit, layout) > 0
+        assert unit == 1 or codec.bound(unit - 1, layout) == 0

@@ -7,8 +7,9 @@
  * then the chunks.  Chunks hold whole rows and decode independently, so a
  * tensor decodes on many threads and a single chunk can be decoded alone.
  * The byte layout is specified in docs/FORMAT.md; the constants below are
- * the only C copy of it (python/ggzip/constants.py mirrors them, a test
- * checks that the two agree).
+ * the only C copy of it (python/ggzip/constants.py mirrors them, and
+ * tests/test_codec.py compiles this header to check that the two, and the
+ * binding's declarations, agree).
  *
  * Conventions (after zstd): functions that produce data take (dst, dstCapacity)
  * and return a size_t that is either a byte count or an error code; test it
