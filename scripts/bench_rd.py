@@ -3,7 +3,8 @@
 
     python scripts/bench_rd.py [--models embeddinggemma-300m,gemma3-270m]
                                [--rates 3.5,3.9,5,6,7] [--quick] [--chunks 6]
-                               [--sentences 300] [--plain] [--work DIR] [--no-write]
+                               [--sentences 300] [--plain] [--threads N] [--work DIR]
+                               [--out FILE] [--no-write]
 
 Models (each made into one F32 GGUF, the input of every method):
   * EmbeddingGemma-300M: true F32 safetensors, written as a GGUF here without torch,
@@ -40,18 +41,29 @@ Quality:
   * EmbeddingGemma-300M: llama-embedding of the first S sentences of the text
     (mean pooling, L2-normalized): cosine to the F32 model's embedding, mean and
     worst over sentences.
-Everything is cached under build/bench-rd/MODEL/ (GGUFs, imatrix, one JSON per
-point), so a rerun computes only what is missing.  Writes the table to BENCHMARKS.md
-(section "rd") and the curves to docs/rd.png unless --no-write.
+Cache: everything (F32 GGUF, imatrix, reference outputs, GGUFs, one JSON per
+point) lives under build/bench-rd/REV/MODEL/, REV = the source hash (a sha256 of
+every file that determines a point: SOURCES below, i.e. the quantizer, converter,
+container and codec, the C codec, the llama.cpp patches and pin, this script and
+its texts) and a hash of every run-wide tool parameter (chunks, sentences,
+threads, context, the shares tried); a point's file names carry its own (method,
+rate, imatrix, share).  A cache of another revision is never read (and is removed
+at start), so the table is always made by one revision; an interrupted run of the
+same revision resumes.  The section header gives the command, the git revision,
+the source hash and how many points this invocation computed.  Writes the table
+to BENCHMARKS.md (section "rd", or --out FILE) and the curves to docs/rd.png
+unless --no-write.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import mmap
 import os
-import platform
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -62,11 +74,12 @@ import numpy as np
 import gguf
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmd import write_section  # noqa: E402
+from benchmd import BENCH_MD, provenance, source_hash, write_section  # noqa: E402
 
 from ggzip.convert import GGUFModel, convert  # noqa: E402
 from ggzip.convert.convert import (EMBD_NAME, EMBD_SHARE_DEFAULT, KEY_ALPHA, _find_llama_tool,  # noqa: E402
                                    _quantizable, split_rates)
+from ggzip.container.gguf_io import parse_header  # noqa: E402
 from ggzip.convert.safetensors import SafeTensors  # noqa: E402
 from ggzip.quantize import load_imatrix, plan_rescale  # noqa: E402
 
@@ -85,16 +98,18 @@ REGRID_SHARE = 0.9
 SHARES = (0.51, 0.64, 0.77, 0.9, 1.0)
 SELECT_RATE = "3.9"
 CTX = 512            # llama-perplexity / llama-imatrix context
+# the files that determine a point: the cache is keyed by their hash
+SOURCES = ("python/ggzip/quantize", "python/ggzip/convert", "python/ggzip/container",
+           "python/ggzip/codec", "native/src", "native/include", "patches",
+           "scripts/build_llama.sh", "scripts/bench_rd.py", "tests/data/declaration.txt",
+           "scripts/data/alice-ch1-3.txt")
+TIMES: dict = {}     # step -> seconds spent in this invocation
 
 
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def timed_step(what: str, t0: float) -> None:
+    dt = time.perf_counter() - t0
+    TIMES[what] = TIMES.get(what, 0.0) + dt
+    print(f"    {what}: {dt:.0f} s", flush=True)
 
 
 def fetch_path(name: str) -> Path:
@@ -117,7 +132,7 @@ def run(cmd: list, what: str) -> str:
         tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-15:])
         sys.exit(f"bench_rd: {what} failed ({r.returncode}):\n  {shlex.join(map(str, cmd))}\n"
                  f"{tail}")
-    print(f"    {what}: {time.perf_counter() - t0:.0f} s", flush=True)
+    timed_step(what, t0)
     return r.stdout + "\n" + r.stderr
 
 
@@ -246,7 +261,45 @@ def plain_for_llama(path: Path) -> Path:
     if not is_ggzip(path):
         return path
     plain = path.with_name(path.stem + ".plain.gguf")
-    return atomic(plain, lambda t: decompress_file(path, t, progress=False))
+    t0 = time.perf_counter()
+    atomic(plain, lambda t: decompress_file(path, t, progress=False))
+    timed_step("ggzip decompress (for the SNR)", t0)
+    return plain
+
+
+class Weights:
+    """A GGUF file's tensors as float32 from a mmap, through the project's header
+    parser: gguf-py's GGUFReader (GGUFModel) takes 20-50 s here to open a file with
+    Gemma's 262k-token vocabulary, which each point's rate and SNR used to pay
+    three times."""
+
+    def __init__(self, path: Path):
+        with open(path, "rb") as f:
+            self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.path = path
+        self.header = parse_header(self.mm, str(path))
+        self.infos = {t.name: t for t in self.header.tensors}
+
+    def raw(self, name: str) -> np.ndarray:
+        t = self.infos[name]
+        at = self.header.data_start + t.offset
+        return np.frombuffer(self.mm, np.uint8, t.nbytes, at)
+
+    def n_elements(self, name: str) -> int:
+        return int(np.prod(self.infos[name].ne))
+
+    def float32(self, name: str) -> np.ndarray:
+        t = self.infos[name]
+        shape = tuple(int(x) for x in reversed(t.ne))
+        ty = gguf.GGMLQuantizationType(t.ggml_type)
+        raw = self.raw(name)
+        if ty == gguf.GGMLQuantizationType.F32:
+            a = raw.view(np.float32)
+        elif ty == gguf.GGMLQuantizationType.F16:
+            a = raw.view(np.float16).astype(np.float32)
+        else:
+            a = gguf.quants.dequantize(raw.reshape(-1, raw.nbytes // max(1, self.n_elements(name) // shape[-1])), ty)
+        return a.reshape(shape)
 
 
 def file_rate(path: Path, ggzip_file: bool = False) -> dict:
@@ -262,18 +315,16 @@ def file_rate(path: Path, ggzip_file: bool = False) -> dict:
     except ImportError:
         pass
     import ggzip.codec as codec
-    r = gguf.GGUFReader(path)
+    w = Weights(path)
     bits = n = 0
     coded = False
-    for t in r.tensors:
-        n += int(t.n_elements)
-        if ggzip_file and t.tensor_type == gguf.GGMLQuantizationType.Q8_0:
-            data = np.ascontiguousarray(t.data).reshape(-1)
-            row = int(t.shape[0]) // 32 * 34
-            bits += 8 * len(codec.encode(data, layout="q8_0", row_size=row))
+    for name, t in w.infos.items():
+        n += w.n_elements(name)
+        if ggzip_file and t.ggml_type == gguf.GGMLQuantizationType.Q8_0:
+            bits += 8 * len(codec.encode(w.raw(name), layout="q8_0", row_size=int(t.ne[0]) // 32 * 34))
             coded = True
         else:
-            bits += 8 * int(t.n_bytes)
+            bits += 8 * t.nbytes
     return {"bpw": bits / n, "rate_from": "rANS frames" if coded else "tensor bytes"}
 
 
@@ -294,7 +345,7 @@ def weight_snr(ref: GGUFModel, path: Path, plan=None) -> float:
     """Size-weighted mean over the 2-D weights of each tensor's SNR in dB (a tensor
     coded without loss counts SNR_CAP), and the share of weights in such tensors;
     plan: ggzip's rescaling, undone first."""
-    q = GGUFModel(path)
+    q = Weights(path)
     snrs, sizes = [], []
     for name in ref.tensors:
         shp = ref.shape(name)
@@ -363,8 +414,9 @@ def perplexity(model: Path, base: Path, args) -> dict:
 class Bench:
     def __init__(self, name: str, args):
         self.name, self.args = name, args
-        self.dir = args.work / name
+        self.dir = args.run_dir / name
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.computed = self.reused = 0
         self.embedding = name == "embeddinggemma-300m"
         self.plans = {}
         self.share, self.share_cos = 1.0, {}
@@ -379,12 +431,16 @@ class Bench:
             if (folder / "model_download").is_dir():
                 folder = folder / "model_download"
             self.label = "EmbeddingGemma-300M (true F32)"
-            atomic(f32, lambda t: write_embeddinggemma_f32(folder, g3, t))
+            make_f32 = lambda t: write_embeddinggemma_f32(folder, g3, t)  # noqa: E731
         else:
             types = sorted({t.tensor_type.name for t in gguf.GGUFReader(g3).tensors
                             if len(t.shape) == 2})
             self.label = f"Gemma-3-270M (dequantized from {'/'.join(types)})"
-            atomic(f32, lambda t: write_dequantized_f32(g3, t))
+            make_f32 = lambda t: write_dequantized_f32(g3, t)  # noqa: E731
+        t0 = time.perf_counter()
+        if not f32.exists():
+            atomic(f32, make_f32)
+            timed_step("F32 GGUF", t0)
         self.f32 = f32
         self.imatrix = atomic(self.dir / "imatrix.gguf", lambda t: run(
             [tool("llama-imatrix"), "-m", f32, "-f", CALIB_TEXT, "-o", t, "-c", CTX,
@@ -419,7 +475,7 @@ class Bench:
 
     def points(self):
         a = self.args
-        pts = [("kq", q, False) for q in KQUANTS] + [("kq", q, True) for q in KQUANTS
+        pts = [("kq", q, False) for q in a.kquants] + [("kq", q, True) for q in a.kquants
                                                      if q != "Q8_0"]
         pts += [("gz", r, True) for r in a.rates]
         if self.embedding and self.share != 1.0:
@@ -449,8 +505,9 @@ class Bench:
             def mk(t):
                 t0 = time.perf_counter()
                 convert(self.f32, t, target_bpw=float(q), alpha=None if imat else 0.0,
-                        imatrix=self.imatrix if imat else None, progress=False, embd_share=sh)
-                print(f"    ggzip convert {q}: {time.perf_counter() - t0:.0f} s", flush=True)
+                        imatrix=self.imatrix if imat else None, progress=False, embd_share=sh,
+                        threads=self.args.threads)
+                timed_step("ggzip convert", t0)
             atomic(out, mk)
         return out
 
@@ -460,7 +517,7 @@ class Bench:
         return split_rates(shapes, q, self.share)[1].get(EMBD_NAME, q)
 
     def plan(self, path: Path):
-        alpha = float(GGUFModel(path).kv.get(KEY_ALPHA, 0.0))
+        alpha = float(Weights(path).header.value(KEY_ALPHA, 0.0))
         if alpha == 0:
             return None
         if alpha not in self.plans:
@@ -483,7 +540,7 @@ class Bench:
         ref = np.load(ref_file)
         cache = self.dir / f"share-select-{SELECT_RATE}-{len(sents)}.json"
         cos = json.loads(cache.read_text()) if cache.exists() else {}
-        for share in SHARES:
+        for share in a.shares:
             if f"{share:g}" in cos:
                 continue
             path = self.make("gz", SELECT_RATE, True) if share == 1.0 else \
@@ -495,7 +552,7 @@ class Bench:
             c = np.sum(e * ref, 1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(ref, axis=1))
             cos[f"{share:g}"] = float(c.mean())
             cache.write_text(json.dumps(cos, indent=1))
-        self.share = max(SHARES, key=lambda sh: cos[f"{sh:g}"])
+        self.share = max(a.shares, key=lambda sh: cos[f"{sh:g}"])
         self.share_cos, self.n_calib = cos, len(sents)
         print(f"  token_embd share at {SELECT_RATE} bpw, calibration cosine: " +
               ", ".join(f"{k} {v:.5f}" for k, v in cos.items()) + f" -> {self.share:g}", flush=True)
@@ -511,30 +568,24 @@ class Bench:
         cache = self.dir / f"{key}.json"
         want = {"chunks": a.chunks} if not self.embedding else \
             {"sentences": len(self.ref_emb)}
-        if cache.exists():
+        if cache.exists():        # this revision's and parameters' (the folder says so)
             res = json.loads(cache.read_text())
             if all(res.get(k) == v for k, v in want.items()):
-                if "lossless" not in res and self.embedding:
-                    res["lossless"] = 0.0     # true float weights: no quantizer is lossless
-                if "lossless" not in res:     # a cache of an older run: SNR again
-                    path = self.dir / f"{key}.gguf"
-                    plain = plain_for_llama(path)
-                    res["snr"], res["lossless"] = weight_snr(
-                        self.ref, plain, self.plan(plain) if kind == "gz" else None)
-                    if plain != path:
-                        plain.unlink()
-                    cache.write_text(json.dumps(res, indent=1))
+                self.reused += 1
                 return res
         print(f"  {key}", flush=True)
+        self.computed += 1
         path = self.make(kind, q, imat)
         res = {"key": key, "kind": kind + ("-imat" if imat else ""), **want,
                "method": (f"{q}" if kind == "kq" else f"ggzip {q}" if kind == "gz" else
                           f"ggzip {q}, token_embd at {self.embd_rate(float(q)):.2f}") +
                (" + imatrix" if imat and not (kind == "kq" and q == "Q8_0") else ""),
-               **file_rate(path, ggzip_file=kind == "gz")}
+               **file_rate(path, ggzip_file=kind != "kq")}
         llama_in = plain_for_llama(path)
+        t0 = time.perf_counter()
         res["snr"], res["lossless"] = weight_snr(self.ref, llama_in,
-                                                 self.plan(llama_in) if kind == "gz" else None)
+                                                 self.plan(llama_in) if kind != "kq" else None)
+        timed_step("weight SNR", t0)
         if self.embedding:
             e = embeddings(llama_in, self.sent_file, a.threads)
             cos = np.sum(e * self.ref_emb, 1) / (np.linalg.norm(e, axis=1) *
@@ -544,7 +595,9 @@ class Bench:
             res.update(perplexity(llama_in, self.kld_base, a))
         if llama_in != path:
             llama_in.unlink()
-        cache.write_text(json.dumps(res, indent=1))
+        tmp = cache.with_name(cache.name + ".part")
+        tmp.write_text(json.dumps(res, indent=1))
+        os.replace(tmp, cache)
         return res
 
     def f32_point(self) -> dict:
@@ -746,19 +799,41 @@ def main(argv=None):
     ap.add_argument("--rates", default="3.5,3.9,5,6,7")
     ap.add_argument("--quick", action="store_true",
                     help="rates 3.9,5,6 only, 4 chunks, 100 sentences")
+    ap.add_argument("--kquants", default=",".join(KQUANTS), help="llama-quantize types to compare")
+    ap.add_argument("--shares", default=",".join(f"{x:g}" for x in SHARES),
+                    help="token_embd shares tried for EmbeddingGemma's split rates")
     ap.add_argument("--chunks", type=int, default=6, help="512-token chunks of perplexity")
     ap.add_argument("--sentences", type=int, default=300)
     ap.add_argument("--plain", action="store_true",
                     help="also ggzip without statistics (alpha 0) at every rate")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
-    ap.add_argument("--work", type=Path, default=ROOT / "build" / "bench-rd")
+    ap.add_argument("--work", type=Path, default=ROOT / "build" / "bench-rd",
+                    help="cache folder; a sub-folder per source hash and parameters")
+    ap.add_argument("--out", type=Path, default=BENCH_MD, help="the markdown file to write (default BENCHMARKS.md)")
+    ap.add_argument("--png", type=Path, default=ROOT / "docs" / "rd.png", help="the plot to write")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
         args.rates, args.chunks, args.sentences = "3.9,5,6", 4, 100
     args.rates = [f"{float(x):g}" for x in args.rates.split(",")]
+    args.kquants = [q for q in args.kquants.split(",") if q]
+    args.shares = [float(x) for x in args.shares.split(",") if x]
     given = argv if argv is not None else sys.argv[1:]
-    cmdline = "python scripts/bench_rd.py" + "".join(f" {shlex.quote(x)}" for x in given)
+    src = source_hash(SOURCES)
+    # every run-wide parameter of a tool or of the evaluation; a point's own are in its name
+    params = {"chunks": args.chunks, "sentences": args.sentences, "threads": args.threads, "ctx": CTX,
+              "shares": args.shares, "select_rate": SELECT_RATE}
+    phash = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
+    args.run_dir = args.work / f"{src}-{phash}"
+    args.work.mkdir(parents=True, exist_ok=True)
+    for old in args.work.iterdir():   # other revisions' or parameters' points are never used
+        if old != args.run_dir and old.is_dir() and re.fullmatch(r"[0-9a-f]{12}-[0-9a-f]{8}", old.name):
+            print(f"bench_rd: removing {old} (another source hash or parameters)", flush=True)
+            shutil.rmtree(old)
+    args.run_dir.mkdir(exist_ok=True)
+    (args.run_dir / "params.json").write_text(json.dumps({"source_hash": src, "sources": SOURCES, **params},
+                                                         indent=1))
+    print(f"bench_rd: source hash {src}, cache {args.run_dir}", flush=True)
     t0 = time.perf_counter()
     results = {}
     for name in args.models.split(","):
@@ -770,11 +845,15 @@ def main(argv=None):
         for line in verdicts(res, b.embedding, b):
             print(" ", line)
     minutes = (time.perf_counter() - t0) / 60
+    computed = sum(b.computed for _, _, b in results.values())
+    reused = sum(b.reused for _, _, b in results.values())
+    steps = ", ".join(f"{k} {v / 60:.1f}" for k, v in sorted(TIMES.items(), key=lambda kv: -kv[1]))
 
     lines = [
-        f"`{cmdline}` on {cpu_name()} ({os.cpu_count()} threads), {time.strftime('%Y-%m-%d')}; "
-        f"this invocation {minutes:.0f} min (points already cached under build/bench-rd/ are "
-        "not recomputed; from an empty cache about 60 min on 2 shared cores).", "",
+        provenance("bench_rd.py", given, f", source hash {src} (sha256 of {', '.join(SOURCES)})"),
+        f"This invocation: {minutes:.0f} min, {computed} points computed"
+        + (f", {reused} taken from an interrupted invocation of the same source hash and parameters"
+           if reused else "") + (f"; minutes by step: {steps}" if steps else "") + ".", "",
         "Every point is a GGUF made from the same F32 GGUF and run by llama.cpp's own tools "
         "(the pinned build in build/llama/bin). k-quants: `llama-quantize`, with and "
         "without an imatrix of `llama-imatrix` on tests/data/declaration.txt. ggzip: "
@@ -808,11 +887,10 @@ def main(argv=None):
     print("\n" + text)
     if args.no_write:
         return 0
-    png = ROOT / "docs" / "rd.png"
-    plot(results, png)
+    plot(results, args.png)
     write_section("rd", "## Rate vs quality (`scripts/bench_rd.py`)\n\n" + text +
-                  "\n![rate vs quality](docs/rd.png)\n")
-    print(f"wrote BENCHMARKS.md (section rd) and {png}")
+                  f"\n![rate vs quality]({os.path.relpath(args.png, args.out.parent)})\n", args.out)
+    print(f"wrote {args.out} (section rd) and {args.png}")
     return 0
 
 
