@@ -13,7 +13,8 @@ def _run(args) -> int:
                   calib_text=args.calib_text, theta=args.theta,
                   progress=not args.quiet, keep_float=args.keep_float,
                   bpw_for=dict(args.bpw_for or []), plain=args.plain,
-                  threads=args.threads, embd_share=args.embd_share)
+                  threads=args.threads, embd_share=args.embd_share,
+                  no_fold=[n for arg in args.no_fold or [] for n in arg])
     if args.json:
         doc = {"input": str(rep.inp), "output": str(rep.out), "arch": rep.arch,
                "stats": rep.stats_source, "alpha": rep.alpha, "dequantized_from": rep.dequantized_from,
@@ -38,6 +39,16 @@ def _pattern_rate(text: str) -> tuple[str, float]:
         return pat, float(val)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected GLOB=BITS, e.g. 'token_embd.weight=3.5'") from None
+
+
+def _fold_names(text: str) -> list[str]:
+    from ..quantize.fold import FOLD_KEYS
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in FOLD_KEYS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a comma list of "
+                                         f"{', '.join(FOLD_KEYS)}")
+    return names
 
 
 def register(sub) -> None:
@@ -79,6 +90,11 @@ def register(sub) -> None:
     p.add_argument("--keep-float", action="store_true",
                    help="write the rescaled, pruned model in F32 without quantizing it "
                         "(to check through llama.cpp that the folding changes nothing)")
+    p.add_argument("--no-fold", action="append", type=_fold_names, metavar="output,v",
+                   help="leave a fold of 1/s out (repeatable, or a comma list): 'output' keeps "
+                        "the final hidden state exact (llama-embedding on a decoder), 'v' keeps "
+                        "V exact for a quantized V cache (-ctv q8_0); the output records "
+                        "ggzip.fold.output_norm / ggzip.fold.attn_v"),
     p.add_argument("--plain", action="store_true",
                    help="write an ordinary Q8_0 GGUF (stock llama.cpp loads it) instead of "
                         "rANS-coding the tensors (ggzip compress can code it later)")

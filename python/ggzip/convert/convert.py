@@ -322,7 +322,7 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
             theta: float = DEFAULT_THETA, progress: bool = True,
             keep_float: bool = False, plain: bool = False,
             threads: int | None = None, bpw_for: dict[str, float] | None = None,
-            embd_share: float | None = None) -> ConvertReport:
+            embd_share: float | None = None, no_fold=()) -> ConvertReport:
     """Convert IN to a ggzip GGUF at OUT (Q8_0 tensors rANS-coded), or with
     plain=True to an ordinary Q8_0 GGUF; see the module docstring.  alpha None:
     ALPHA_IMATRIX with an imatrix, ALPHA_PROXY without.  keep_float: write the
@@ -333,130 +333,44 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
     target_bpw / step.  embd_share: with target_bpw, code the token embedding at
     this share of it and the rest higher, at the same mean (split_rates; None:
     EMBD_SHARE_DEFAULT for the architecture, else 1 = uniform; a bpw_for pattern
-    naming the token embedding takes precedence)."""
-    import gguf
+    naming the token embedding takes precedence).  no_fold: folds left out
+    (quantize.fold.FOLD_KEYS: "output", "v"), for embeddings or a quantized V cache.
+
+    The steps: check the options, read IN, choose every tensor's rate, gather
+    activation statistics, plan the rescaling, decide each tensor's output type,
+    then write the metadata and the tensors one by one."""
     inp, out = Path(inp), Path(out)
-    if target_bpw is not None and step is not None:
-        raise GGZipError("give --target-bpw or --step, not both")
-    if target_bpw is None and step is None:
-        step = 1.0
-    if target_bpw is not None and not 0.05 <= target_bpw <= 8.5:
-        raise GGZipError(f"--target-bpw {target_bpw}: must be in [0.05, 8.5]")
-    if step is not None and not step > 0:
-        raise GGZipError(f"--step {step}: must be > 0")
-    if not 0.0 <= prune < 1.0:
-        raise GGZipError(f"--prune {prune}: must be in [0, 1)")
-    bpw_for = dict(bpw_for or {})
-    for pat, b in bpw_for.items():
-        if not 0.05 <= b <= 8.5:
-            raise GGZipError(f"--bpw-for {pat}={b}: bits per weight must be in [0.05, 8.5]")
-    if alpha is not None and not 0.0 <= alpha <= 1.0:
-        raise GGZipError(f"--alpha {alpha}: must be in [0, 1]")
-    if embd_share is not None and not 0.0 < embd_share <= 1.0:
-        raise GGZipError(f"--embd-share {embd_share}: must be in (0, 1]")
-    if embd_share is not None and target_bpw is None:
-        raise GGZipError("--embd-share needs --target-bpw")
+    _check_options(target_bpw, step, prune, bpw_for, alpha, embd_share)
     t0 = time.perf_counter()
     src = GGUFModel(inp)
-
-    rate_note = f"target-bpw={target_bpw}" if target_bpw is not None else f"step={step}"
-    share = EMBD_SHARE_DEFAULT.get(src.arch, 1.0) if embd_share is None else embd_share
-    if target_bpw is not None and share != 1.0 and \
-            not any(fnmatch.fnmatchcase(EMBD_NAME, pat) for pat in bpw_for):
-        target_bpw, embd_rate = split_rates({n: src.shape(n) for n in src.tensors}, target_bpw, share)
-        bpw_for = {**embd_rate, **bpw_for}
-        if embd_rate:
-            rate_note += f" ({EMBD_NAME} at {share:g}x: {embd_rate[EMBD_NAME]:.3f}, the rest {target_bpw:.3f})"
-
-    stats, stats_source = None, None
-    if imatrix is not None:
-        stats = load_imatrix(imatrix)
-        stats_source = f"imatrix:{Path(imatrix).name}"
-    elif calib_text is not None:
-        stats, stats_source = _stats_from_text(src, Path(calib_text), progress)
-    if imatrix is not None:
-        known = sum(1 for n in stats if n in src.tensors)
-        if known == 0:
-            raise GGZipError(f"{imatrix}: no imatrix entry names a tensor of {inp} "
-                             "(imatrix of another model?)")
+    rates = _choose_rates(src, target_bpw, step, dict(bpw_for or {}), embd_share)
+    stats, stats_source = _activation_stats(src, imatrix, calib_text, progress)
     if alpha is None:
         alpha = ALPHA_IMATRIX if stats is not None else ALPHA_PROXY
     if stats is None:
         stats_source = "weight-proxy (no imatrix: norm weights stand for activation scales" + \
             ("; alpha 0, so no rescaling)" if alpha == 0 else ")")
-
     shapes = {n: src.shape(n) for n in src.tensors}
-    plan = plan_rescale(src.arch, shapes, src.kv, src.float32, stats, alpha, source=str(inp))
-
-    # decide every output tensor and its size before writing anything
-    outs = []
-    for name, t in src.tensors.items():
-        shp = shapes[name]
-        ty = t.tensor_type.name     # unknown type ids already fail in GGUFModel
-        if ty in ("I8", "I16", "I32", "I64"):
-            outs.append((name, "copy"))
-        elif _quantizable(name, shp):
-            outs.append((name, "F32" if keep_float else "Q8_0"))
-        else:
-            outs.append((name, "F32"))
-    dequantized = sorted({src.tensors[n].tensor_type.name for n, k in outs
+    plan = plan_rescale(src.arch, shapes, src.kv, src.float32, stats, alpha, source=str(inp),
+                        no_fold=no_fold)
+    kinds = _output_kinds(src, shapes, keep_float)
+    dequantized = sorted({src.tensors[n].tensor_type.name for n, k in kinds.items()
                           if k != "copy" and src.tensors[n].tensor_type.name not in FLOAT_TYPES})
-
     report = ConvertReport(inp=inp, out=out, arch=src.arch, stats_source=stats_source,
-                           dequantized_from=dequantized, alpha=alpha, plain=plain)
+                           dequantized_from=dequantized, alpha=alpha, plain=plain,
+                           float_bytes=sum(int(np.prod(shapes[n])) * 4 for n in kinds))
+
     from ..container import GGZipWriter
-    from ..container.gguf_io import VT
     w = GGZipWriter(out, plain=plain, threads=threads)     # GGZipError if OUT's folder is unwritable
     try:
-        w.add_kv("general.architecture", src.arch, VT.STRING)
-        _copy_kv(w, src)
-        w.add_kv(gguf.Keys.General.FILE_TYPE, int(gguf.LlamaFileType.ALL_F32 if keep_float else
-                                                  gguf.LlamaFileType.MOSTLY_Q8_0), VT.UINT32)
-        w.add_kv(gguf.Keys.General.QUANTIZATION_VERSION, gguf.GGML_QUANT_VERSION, VT.UINT32)
-        w.add_float32(Keys.CONVERT_ALPHA, float(alpha))
-        w.add_float32(Keys.CONVERT_PRUNE, float(prune))
-        w.add_string(Keys.CONVERT_RATE, rate_note)
-        w.add_string(Keys.CONVERT_STATS, stats_source)
-        w.add_string(Keys.CONVERT_SOURCE, "float" if not dequantized else
-                     "dequantized from " + "/".join(dequantized))
-
-        total = sum(int(np.prod(shapes[n])) * 4 for n, _ in outs)
-        report.float_bytes = total
+        _write_metadata(w, src, report, keep_float=keep_float, prune=prune,
+                        rate_note=rates.note, fold_flags=plan.fold_flags(src.kv))
         from tqdm import tqdm
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc="convert", file=sys.stderr,
-                   disable=None if progress else True, leave=False)
-        for name, kind in outs:
-            shp = shapes[name]
-            ne = tuple(reversed(shp))
-            if kind == "copy":
-                t = src.tensors[name]
-                w.add_tensor(name, int(t.tensor_type), tuple(int(x) for x in t.shape),
-                             np.ascontiguousarray(t.data))
-                report.tensors.append(TensorReport(name, shp, t.tensor_type.name))
-            elif kind == "F32":
-                a = plan.apply(name, src.float32(name))
-                if prune > 0 and _quantizable(name, shp):
-                    a = prune_rows(a, prune, plan.rescaled_stat(name))
-                a = np.ascontiguousarray(a, np.float32)
-                if not np.isfinite(a).all():
-                    raise GGZipError(f"{inp}: tensor {name!r} holds NaN or infinite values")
-                w.add_tensor(name, gguf.GGMLQuantizationType.F32, ne, a)
-                report.tensors.append(TensorReport(name, shp, "F32"))
-            else:
-                tb, ts = target_bpw, step
-                for pat, b in bpw_for.items():
-                    if fnmatch.fnmatchcase(name, pat):
-                        tb, ts = b, None
-                        break
-                blocks, tr = quantize_streamed(
-                    name, shp, lambda r, n=name: plan.apply(n, src.rows32(n, r), rows=r),
-                    row_factor=plan.row_factor(name), col_stat=plan.rescaled_stat(name),
-                    prune=prune, target_bpw=tb, step=ts, theta=theta,
-                    source=str(inp))
-                w.add_tensor(name, gguf.GGMLQuantizationType.Q8_0, ne, blocks)
-                del blocks
-                report.tensors.append(tr)
-            bar.update(int(np.prod(shp)) * 4)
+        bar = tqdm(total=report.float_bytes, unit="B", unit_scale=True, desc="convert",
+                   file=sys.stderr, disable=None if progress else True, leave=False)
+        for name, kind in kinds.items():
+            report.tensors.append(_write_tensor(w, src, name, kind, plan, rates, prune, theta))
+            bar.update(int(np.prod(shapes[name])) * 4)
         bar.close()
         report.q8_bytes = w.raw_bytes
         w.close()
@@ -465,6 +379,141 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
         raise
     report.file_bytes = out.stat().st_size
     report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _check_options(target_bpw, step, prune, bpw_for, alpha, embd_share) -> None:
+    """Refuse out-of-range options before reading anything."""
+    if target_bpw is not None and step is not None:
+        raise GGZipError("give --target-bpw or --step, not both")
+    if target_bpw is not None and not 0.05 <= target_bpw <= 8.5:
+        raise GGZipError(f"--target-bpw {target_bpw}: must be in [0.05, 8.5]")
+    if step is not None and not step > 0:
+        raise GGZipError(f"--step {step}: must be > 0")
+    if not 0.0 <= prune < 1.0:
+        raise GGZipError(f"--prune {prune}: must be in [0, 1)")
+    for pat, b in (bpw_for or {}).items():
+        if not 0.05 <= b <= 8.5:
+            raise GGZipError(f"--bpw-for {pat}={b}: bits per weight must be in [0.05, 8.5]")
+    if alpha is not None and not 0.0 <= alpha <= 1.0:
+        raise GGZipError(f"--alpha {alpha}: must be in [0, 1]")
+    if embd_share is not None and not 0.0 < embd_share <= 1.0:
+        raise GGZipError(f"--embd-share {embd_share}: must be in (0, 1]")
+    if embd_share is not None and target_bpw is None:
+        raise GGZipError("--embd-share needs --target-bpw")
+
+
+@dataclass
+class _Rates:
+    """How the step of each quantized tensor is chosen: a bpw_for glob that
+    matches its name (first match wins), else target_bpw, else step."""
+    target_bpw: float | None
+    step: float | None
+    bpw_for: dict[str, float]
+    note: str                     # what Keys.CONVERT_RATE records
+
+    def of(self, name: str) -> tuple[float | None, float | None]:
+        """(target bits per weight, step) of one tensor: exactly one is None."""
+        for pat, b in self.bpw_for.items():
+            if fnmatch.fnmatchcase(name, pat):
+                return b, None
+        return self.target_bpw, self.step
+
+
+def _choose_rates(src: GGUFModel, target_bpw: float | None, step: float | None,
+                  bpw_for: dict[str, float], embd_share: float | None) -> _Rates:
+    """Neither rate given: step 1 (about Q8_0).  With target_bpw, the token
+    embedding may be coded at a share of it (split_rates), unless a bpw_for glob
+    names it."""
+    if target_bpw is None and step is None:
+        step = 1.0
+    note = f"target-bpw={target_bpw}" if target_bpw is not None else f"step={step}"
+    share = EMBD_SHARE_DEFAULT.get(src.arch, 1.0) if embd_share is None else embd_share
+    if target_bpw is not None and share != 1.0 and \
+            not any(fnmatch.fnmatchcase(EMBD_NAME, pat) for pat in bpw_for):
+        target_bpw, embd_rate = split_rates({n: src.shape(n) for n in src.tensors}, target_bpw, share)
+        bpw_for = {**embd_rate, **bpw_for}
+        if embd_rate:
+            note += f" ({EMBD_NAME} at {share:g}x: {embd_rate[EMBD_NAME]:.3f}, the rest {target_bpw:.3f})"
+    return _Rates(target_bpw, step, bpw_for, note)
+
+
+def _activation_stats(src: GGUFModel, imatrix, calib_text, progress: bool):
+    """({weight name: E[x^2] per input column}, where they came from) from an
+    imatrix file or a calibration text; (None, None) without either."""
+    if imatrix is not None:
+        stats = load_imatrix(imatrix)
+        if not any(n in src.tensors for n in stats):
+            raise GGZipError(f"{imatrix}: no imatrix entry names a tensor of {src.path} "
+                             "(imatrix of another model?)")
+        return stats, f"imatrix:{Path(imatrix).name}"
+    if calib_text is not None:
+        return _stats_from_text(src, Path(calib_text), progress)
+    return None, None
+
+
+def _output_kinds(src: GGUFModel, shapes: dict, keep_float: bool) -> dict[str, str]:
+    """{tensor name: "copy" (integer tensors, as they are), "Q8_0" or "F32"} in
+    the input's order, decided before anything is written."""
+    kinds = {}
+    for name, t in src.tensors.items():
+        ty = t.tensor_type.name     # unknown type ids already fail in GGUFModel
+        if ty in ("I8", "I16", "I32", "I64"):
+            kinds[name] = "copy"
+        elif _quantizable(name, shapes[name]):
+            kinds[name] = "F32" if keep_float else "Q8_0"
+        else:
+            kinds[name] = "F32"
+    return kinds
+
+
+def _write_metadata(w, src: GGUFModel, report: ConvertReport, *, keep_float: bool,
+                    prune: float, rate_note: str, fold_flags: dict[str, bool]) -> None:
+    """The input's metadata, then the file type and what convert did (Keys.CONVERT_*)."""
+    import gguf
+    from ..container.gguf_io import VT
+    w.add_kv("general.architecture", src.arch, VT.STRING)
+    _copy_kv(w, src)
+    w.add_kv(gguf.Keys.General.FILE_TYPE, int(gguf.LlamaFileType.ALL_F32 if keep_float else
+                                              gguf.LlamaFileType.MOSTLY_Q8_0), VT.UINT32)
+    w.add_kv(gguf.Keys.General.QUANTIZATION_VERSION, gguf.GGML_QUANT_VERSION, VT.UINT32)
+    w.add_float32(Keys.CONVERT_ALPHA, float(report.alpha))
+    w.add_float32(Keys.CONVERT_PRUNE, float(prune))
+    w.add_string(Keys.CONVERT_RATE, rate_note)
+    w.add_string(Keys.CONVERT_STATS, report.stats_source)
+    w.add_string(Keys.CONVERT_SOURCE, "float" if not report.dequantized_from else
+                 "dequantized from " + "/".join(report.dequantized_from))
+    for key, done in fold_flags.items():
+        w.add_kv(key, done, VT.BOOL)
+
+
+def _write_tensor(w, src: GGUFModel, name: str, kind: str, plan, rates: _Rates,
+                  prune: float, theta: float) -> TensorReport:
+    """Rescale (and prune) one tensor, quantize it if kind is Q8_0, hand it to
+    the writer; kind "copy" passes it through untouched."""
+    import gguf
+    shp = src.shape(name)
+    ne = tuple(reversed(shp))
+    if kind == "copy":
+        t = src.tensors[name]
+        w.add_tensor(name, int(t.tensor_type), tuple(int(x) for x in t.shape),
+                     np.ascontiguousarray(t.data))
+        return TensorReport(name, shp, t.tensor_type.name)
+    if kind == "F32":
+        a = plan.apply(name, src.float32(name))
+        if prune > 0 and _quantizable(name, shp):
+            a = prune_rows(a, prune, plan.rescaled_stat(name))
+        a = np.ascontiguousarray(a, np.float32)
+        if not np.isfinite(a).all():
+            raise GGZipError(f"{src.path}: tensor {name!r} holds NaN or infinite values")
+        w.add_tensor(name, gguf.GGMLQuantizationType.F32, ne, a)
+        return TensorReport(name, shp, "F32")
+    target_bpw, step = rates.of(name)
+    blocks, report = quantize_streamed(
+        name, shp, lambda r: plan.apply(name, src.rows32(name, r), rows=r),
+        row_factor=plan.row_factor(name), col_stat=plan.rescaled_stat(name),
+        prune=prune, target_bpw=target_bpw, step=step, theta=theta, source=str(src.path))
+    w.add_tensor(name, gguf.GGMLQuantizationType.Q8_0, ne, blocks)
     return report
 
 

@@ -32,6 +32,17 @@ of attn_output / ffn_down and are untouched.
 BERT is post-LN: a LayerNorm output feeds both the residual stream and the next
 weights, so no norm fold is exact; its FFN is gelu(up x), not linear in up x.
 Only V -> attn_output folds there.
+
+Two folds are exact for the logits but not for every use of the model, so each
+can be left out (no_fold, `ggzip convert --no-fold output,v`) and the output
+records whether it was done (FOLD_KEYS):
+  * output: output_norm's output is also the final hidden state that
+    llama-embedding returns for a decoder; folded, it is that state / s;
+  * v: the V cache then holds V / s; a quantized cache (-ctv q8_0) rounds V / s
+    in blocks of 32 values by their absmax, which is not the rounding of V.
+The output fold is also skipped when a dense_2 projection (sentence-transformers
+head of an embedding model) reads output_norm beside the head.
+tests/test_fold.py checks every arch of NORM_FOLD_ARCHS through llama.cpp.
 """
 from __future__ import annotations
 
@@ -40,12 +51,15 @@ from typing import Callable
 
 import numpy as np
 
+from ..constants import Keys
 from ..errors import GGZipError
 
 NORM_FOLD_ARCHS = {"llama", "qwen2", "qwen3", "gemma3", "gemma-embedding"}
 GATED_FFN_ARCHS = NORM_FOLD_ARCHS
 SUPPORTED_ARCHS = NORM_FOLD_ARCHS | {"bert"}
 S_CLAMP = 256.0          # s stays within [1/256, 256]: keeps folded norms finite
+# folds a user may leave out (--no-fold NAME) -> the bool key recording it
+FOLD_KEYS = {"output": Keys.FOLD_OUTPUT_NORM, "v": Keys.FOLD_ATTN_V}
 
 
 @dataclass
@@ -55,6 +69,14 @@ class RescalePlan:
     divide: dict[str, np.ndarray] = field(default_factory=dict)  # rows (2-D) or values (1-D) / s
     stat: dict[str, np.ndarray] = field(default_factory=dict)    # E[x^2] per input column, original coords
     notes: list[str] = field(default_factory=list)
+    folded: dict[str, bool] = field(default_factory=dict)        # FOLD_KEYS name -> done
+
+    def fold_flags(self, source_kv: dict | None = None) -> dict[str, bool]:
+        """{FOLD_KEYS key: done} for the output file; a fold its input already
+        carried (a --keep-float file converted again) stays recorded."""
+        kv = source_kv or {}
+        return {key: bool(self.folded.get(name)) or bool(kv.get(key, False))
+                for name, key in FOLD_KEYS.items()}
 
     def apply(self, name: str, w: np.ndarray, rows=None) -> np.ndarray:
         """w (numpy layout: rows = ne1) in the rescaled model; `rows` (a slice or
@@ -105,16 +127,21 @@ def _hparam(kv: dict, arch: str, key: str, layer: int, default=None):
 def plan_rescale(arch: str, shapes: dict[str, tuple[int, ...]], kv: dict,
                  load_vector: Callable[[str], np.ndarray],
                  imatrix: dict[str, np.ndarray] | None, alpha: float,
-                 source: str = "model") -> RescalePlan:
+                 source: str = "model", no_fold=()) -> RescalePlan:
     """Build the rescaling of a GGUF model.
 
     shapes: numpy shape (rows, cols) of each tensor; kv: metadata values;
     load_vector(name): a 1-D tensor as float32 (norm weights, for the proxy);
-    imatrix: {weight: E[x^2]} or None for the weight-only proxy."""
+    imatrix: {weight: E[x^2]} or None for the weight-only proxy;
+    no_fold: names of FOLD_KEYS left out (their consumer keeps its input scale)."""
     if arch not in SUPPORTED_ARCHS:
         raise GGZipError(f"{source}: unknown architecture {arch!r} (ggzip convert knows "
                          f"{', '.join(sorted(SUPPORTED_ARCHS))})")
-    plan = RescalePlan()
+    bad = sorted(set(no_fold) - set(FOLD_KEYS))
+    if bad:
+        raise GGZipError(f"--no-fold {','.join(bad)}: unknown fold (known: "
+                         f"{', '.join(FOLD_KEYS)})")
+    plan = RescalePlan(folded={name: False for name in FOLD_KEYS})
     n_layer = kv.get(f"{arch}.block_count")
     if n_layer is None:
         raise GGZipError(f"{source}: missing metadata {arch}.block_count")
@@ -196,7 +223,7 @@ def plan_rescale(arch: str, shapes: dict[str, tuple[int, ...]], kv: dict,
                              f"{rows} rows for {n_head} query / {n_kv} KV heads: "
                              "shapes do not fit")
         c = plan.stat.get(o)
-        if alpha == 0 or c is None:
+        if alpha == 0 or c is None or "v" in no_fold:
             return
         hd = rows // n_kv
         # c[(h, d)] with h = g*gqa + r: average over the r of each KV head g
@@ -206,6 +233,7 @@ def plan_rescale(arch: str, shapes: dict[str, tuple[int, ...]], kv: dict,
         if f"blk.{il}.attn_v.bias" in shapes:
             plan.divide[f"blk.{il}.attn_v.bias"] = s_v
         plan.cols[o] = np.repeat(s_v.reshape(n_kv, 1, hd), gqa, axis=1).reshape(-1)
+        plan.folded["v"] = True
 
     for il in range(n_layer):
         p = f"blk.{il}."
@@ -217,6 +245,8 @@ def plan_rescale(arch: str, shapes: dict[str, tuple[int, ...]], kv: dict,
         if arch in GATED_FFN_ARCHS and p + "ffn_gate.weight" in shapes:
             fold_rows(p + "ffn_up.weight", p + "ffn_down.weight")
         fold_v(il)
-    if arch in NORM_FOLD_ARCHS and "output.weight" in shapes:
+    if arch in NORM_FOLD_ARCHS and "output.weight" in shapes and "output" not in no_fold \
+            and "dense_2.weight" not in shapes:
         fold_norm("output_norm.weight", ["output.weight"])
+        plan.folded["output"] = "output_norm.weight" in plan.divide
     return plan
