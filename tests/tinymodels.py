@@ -119,26 +119,57 @@ def write_tiny(arch: str, out: Path, seed: int = 0) -> dict:
     return t
 
 
-def write_random_imatrix(path: Path, shapes: dict, seed: int = 1) -> None:
-    """An imatrix (llama-imatrix's GGUF layout) whose E[x^2] per input column is
-    log-uniform over 4 decades for every 2-D weight but the token embedding: with
-    alpha 0.5, s spans 100x, so a fold done wrong cannot hide in the rounding."""
-    rng = np.random.default_rng(seed)
+def _write_imatrix(path: Path, stats: dict) -> None:
+    """llama-imatrix's GGUF layout, one chunk: {weight: E[x^2] per column}."""
     wr = gguf.GGUFWriter(path, "imatrix")
     wr.add_type("imatrix")
-    wr.add_array("imatrix.datasets", ["tinymodels.random"])
+    wr.add_array("imatrix.datasets", ["tinymodels"])
     wr.add_uint32("imatrix.chunk_count", 1)
     wr.add_uint32("imatrix.chunk_size", 1)
-    for name, shp in shapes.items():
-        if len(shp) != 2 or name == "token_embd.weight":
-            continue
-        c = np.exp(rng.uniform(-2, 2, shp[1]) * np.log(10)).astype(np.float32)
-        wr.add_tensor(name + ".in_sum2", c.reshape(1, -1))
+    for name, c in stats.items():
+        wr.add_tensor(name + ".in_sum2", np.asarray(c, np.float32).reshape(1, -1))
         wr.add_tensor(name + ".counts", np.ones((1, 1), np.float32))
     wr.write_header_to_file()
     wr.write_kv_data_to_file()
     wr.write_tensors_to_file()
     wr.close()
+
+
+def _weights(shapes: dict):
+    return [(n, shp) for n, shp in shapes.items() if len(shp) == 2 and n != "token_embd.weight"]
+
+
+def write_random_imatrix(path: Path, shapes: dict, seed: int = 1) -> None:
+    """An imatrix whose E[x^2] per input column is log-uniform over 4 decades
+    for every 2-D weight but the token embedding: with alpha 0.5, s spans 100x,
+    so a fold done wrong cannot hide in the rounding."""
+    rng = np.random.default_rng(seed)
+    _write_imatrix(path, {n: 10.0 ** rng.uniform(-2, 2, shp[1]) for n, shp in _weights(shapes)})
+
+
+def write_pow2_imatrix(path: Path, shapes: dict, head_dim: int, seed: int = 2) -> None:
+    """An imatrix that makes convert's s (alpha 0.5) exact powers of two, 1/8 to
+    8, so that W diag(s) and g / s are exact in float and the folded model must
+    compute bit for bit what the unfolded one does: E[x^2] = 4^k with the k of
+    each input width balanced (geometric mean 1, the normalisation of
+    scales_from_stat), the same for every weight of that width (the norm fold
+    averages its consumers), and for attn_output a function of the position in
+    the head only (the V fold averages over the query heads of a KV head)."""
+    rng = np.random.default_rng(seed)
+
+    def balanced(n):
+        k = rng.integers(-3, 4, n // 2)
+        return rng.permutation(np.concatenate([k, -k, np.zeros(n % 2, np.int64)]))
+    by_width, stats = {}, {}
+    for name, shp in _weights(shapes):
+        if name.endswith("attn_output.weight"):
+            if shp[1] % head_dim:
+                raise ValueError(f"{name}: {shp[1]} columns, not whole heads of {head_dim}")
+            k = np.tile(balanced(head_dim), shp[1] // head_dim)
+        else:
+            k = by_width.setdefault(shp[1], balanced(shp[1]))
+        stats[name] = 4.0 ** k
+    _write_imatrix(path, stats)
 
 
 def rewrite_gguf(src: Path, out: Path, replace: dict) -> None:
