@@ -65,8 +65,8 @@ def _llama_cpp():
         pytest.skip(str(e))
 
 
-def logits(path: Path, cache: str = "f32", text: str = TEXT, n_tokens: int = 64) -> np.ndarray:
-    """Logits of every position of TEXT's first n_tokens tokens, by llama.cpp.
+def logits(path: Path, cache: str = "f32") -> np.ndarray:
+    """Logits of every position of TEXT's first 64 tokens, by llama.cpp.
     cache: "f32" (F32 K and V), "f16" (llama.cpp's default), "q8v" (F16 K,
     Q8_0 V, which needs flash attention)."""
     llama_cpp = _llama_cpp()
@@ -74,7 +74,7 @@ def logits(path: Path, cache: str = "f32", text: str = TEXT, n_tokens: int = 64)
           "q8v": dict(type_k=F16, type_v=Q8_0, flash_attn=True)}[cache]
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_batch=256, logits_all=True,
                           n_threads=2, verbose=False, **kv)
-    toks = llm.tokenize(text.encode())[:n_tokens]
+    toks = llm.tokenize(TEXT.encode())[:64]
     assert len(toks) >= 32
     llm.eval(toks)
     out = np.array(llm.scores[:len(toks)], np.float64)
@@ -114,8 +114,8 @@ def tensors(path: Path) -> dict:
 
 
 def fold_flags(path: Path) -> dict:
-    r = GGZipReader(path)
-    return {k: r.value(k) for k in (Keys.FOLD_OUTPUT_NORM, Keys.FOLD_ATTN_V)}
+    with GGZipReader(path) as r:
+        return {k: r.value(k) for k in (Keys.FOLD_OUTPUT_NORM, Keys.FOLD_ATTN_V)}
 
 
 # ---- tiny random models: llama, qwen2, qwen3, gemma3 ----------------------------
