@@ -325,3 +325,17 @@ def test_embeddinggemma_fold_is_exact(gemma3_gguf, tmp_path):
     assert fold_flags(folded) == {Keys.FOLD_OUTPUT_NORM: False, Keys.FOLD_ATTN_V: True}
     err = rel(embeddings(folded), embeddings(f32))
     assert err == 0, f"embeddinggemma: folded embeddings off by {err:.2e}"
+
+
+def test_output_fold_skipped_beside_a_dense_head(tiny):
+    """A sentence-transformers dense_2 projection reads output_norm's output too:
+    folding output_norm into the head alone would change it."""
+    src, im, _, _ = tiny("gemma3")
+    m = GGUFModel(src)
+    shapes = {n: m.shape(n) for n in m.tensors}
+    plan = plan_rescale("gemma3", shapes, m.kv, m.float32, load_imatrix(im), 0.5)
+    assert plan.folded["output"] and "output.weight" in plan.cols
+    shapes["dense_2.weight"] = (3 * shapes["output_norm.weight"][0], shapes["output_norm.weight"][0])
+    plan = plan_rescale("gemma3", shapes, m.kv, m.float32, load_imatrix(im), 0.5)
+    assert not plan.folded["output"] and plan.folded["v"]
+    assert "output_norm.weight" not in plan.divide and "output.weight" not in plan.cols
