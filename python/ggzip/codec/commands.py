@@ -5,10 +5,15 @@ from __future__ import annotations
 def _kernels(args) -> int:
     from . import LIBRARY_PATH, compiled_kernels, encoder_kernel, forced_kernel_error, kernel, kernels
     here = set(kernels())
-    for name in compiled_kernels():
-        mark = "*" if name == kernel() else " "
-        print(f"{mark} {name:8s} {'available' if name in here else 'not supported by this CPU/OS'}")
-    print(f"decode kernel: {kernel()}, encode kernel: {encoder_kernel()}, library: {LIBRARY_PATH}")
+    names = compiled_kernels()
+    rows = [("kernel", "this host", "in use")] + [
+        (name, "available" if name in here else "not supported by this CPU/OS",
+         ", ".join(use for use, k in (("decode", kernel()), ("encode", encoder_kernel())) if k == name))
+        for name in names]
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    for r in rows:
+        print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]}".rstrip())
+    print(f"library: {LIBRARY_PATH}")
     err = forced_kernel_error()
     if err:
         print(f"note: {err}")

@@ -28,7 +28,7 @@ def _decompress(args) -> int:
 
 def _verify(args) -> int:
     from .files import verify_file
-    rep = verify_file(args.file, progress=_progress(args))
+    rep = verify_file(args.file, progress=_progress(args), threads=args.threads or 0)
     if args.json:
         json.dump(rep, sys.stdout, indent=1)
         print()
@@ -58,12 +58,12 @@ def _analyze(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("compress", help="code a GGUF's tensors with rANS (lossless; runs in patched llama.cpp)",
-                       description="Write a ggzip GGUF: every tensor coded where it saves at least 1%%, "
+                       description="Write a ggzip GGUF: every tensor coded where it saves at least 1%, "
                                    "the rest kept plain; `ggzip decompress` gives the input back byte "
                                    "for byte.  OUT is written to a temporary file and renamed when complete.")
     p.add_argument("input", help="GGUF file")
     p.add_argument("output", help="ggzip GGUF to write")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="encoder threads (default: all cores)")
+    p.add_argument("-t", "--threads", type=int, default=None, metavar="N", help="encoder threads (default: all cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_compress)
 
@@ -72,7 +72,7 @@ def register(sub) -> None:
                                    "(its sha256 is checked).")
     p.add_argument("input", help="ggzip GGUF")
     p.add_argument("output", help="GGUF to write")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="decoder threads (default: all cores)")
+    p.add_argument("-t", "--threads", type=int, default=None, metavar="N", help="decoder threads (default: all cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_decompress)
 
@@ -82,6 +82,8 @@ def register(sub) -> None:
                                    "tensor's name on damage.")
     p.add_argument("file", help="ggzip GGUF")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("-t", "--threads", type=int, default=None, metavar="N",
+                   help="decoder threads (default: all cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_verify)
 
@@ -96,6 +98,7 @@ def register(sub) -> None:
                                                        "is a few MB/s), not on samples")
     p.add_argument("--sample-bytes", type=int, default=512 * 1024, metavar="B",
                    help="bytes per tensor given to zstd/lz4 (default 512 KiB)")
-    p.add_argument("--threads", type=int, default=None, metavar="N")
+    p.add_argument("-t", "--threads", type=int, default=None, metavar="N",
+                   help="decoder and zstd/lz4 threads (default: all cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_analyze)

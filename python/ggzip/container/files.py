@@ -238,10 +238,10 @@ def decompress_file(src, dst, progress: bool = True, threads: int = 0) -> dict:
             "seconds": dt, "sha256": got, "identical": None if want is None else got == want}
 
 
-def verify_file(path, progress: bool = True) -> dict:
+def verify_file(path, progress: bool = True, threads: int = 0) -> dict:
     """Decode every frame (every chunk CRC checked) and, for files made by
     compress_file, check that the file it decompresses to has the original's
-    sha256.  Returns a report; any failure raises GGZipError naming the file
+    sha256 (threads: decoder threads, 0 = all cores).  Returns a report; any failure raises GGZipError naming the file
     and, where it is one tensor's, the tensor."""
     path = Path(path)
     t0 = time.perf_counter()
@@ -258,7 +258,7 @@ def verify_file(path, progress: bool = True) -> dict:
                 if fi.raw_size != t.nbytes or fi.frame_size != t.stored:
                     raise GGZipError(f"{path}: tensor {t.name!r}: frame holds {fi.raw_size} bytes in "
                                      f"{fi.frame_size}, the file says {t.nbytes} in {t.stored}")
-        size, got, want = _restore(r, lambda b: None, progress, "verify")
+        size, got, want = _restore(r, lambda b: None, progress, "verify", threads=threads)
         if want is not None and got != want:
             raise GGZipError(f"{path}: decompresses to sha256 {got}, not the original's {want}")
         tensors = list(r.tensors.values())

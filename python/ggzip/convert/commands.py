@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
 
 def _run(args) -> int:
-    from .convert import convert
+    from .convert import DEFAULT_STEP, convert
+    if args.target_bpw is None and args.step is None and not args.keep_float:
+        print(f"ggzip convert: no --target-bpw or --step given: --step {DEFAULT_STEP:g} "
+              "(about Q8_0's quality)", file=sys.stderr)
     rep = convert(args.input, args.output, alpha=args.alpha, prune=args.prune,
                   target_bpw=args.target_bpw, step=args.step, imatrix=args.imatrix,
                   calib_text=args.calib_text, theta=args.theta,
@@ -39,6 +43,31 @@ def _pattern_rate(text: str) -> tuple[str, float]:
         return pat, float(val)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected GLOB=BITS, e.g. 'token_embd.weight=3.5'") from None
+
+
+def _type_rate(text: str) -> tuple[re.Pattern, float]:
+    """llama-quantize's --tensor-type PATTERN=TYPE: PATTERN a regex searched in
+    the (lower-cased) tensor name, TYPE a ggml type (its bits per weight: q4_k
+    -> 4.5) or a number of bits per weight."""
+    import gguf
+    pat, sep, val = text.partition("=")
+    if not sep or not pat or not val:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected PATTERN=TYPE or PATTERN=BITS, "
+                                         "e.g. 'attn_v=q8_0' or 'token_embd=3.5'")
+    try:
+        rx = re.compile(pat.lower())
+    except re.error as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {pat!r} is not a regular expression: {e}") from None
+    try:
+        return rx, float(val)
+    except ValueError:
+        pass
+    try:
+        block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[val.upper()]]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"{text!r}: {val!r} is neither a number of bits per "
+                                         "weight nor a ggml type (q8_0, q6_k, q4_k, ...)") from None
+    return rx, 8 * size / block
 
 
 def _fold_names(text: str) -> list[str]:
@@ -74,6 +103,11 @@ def register(sub) -> None:
     p.add_argument("--bpw-for", action="append", type=_pattern_rate, metavar="GLOB=B",
                    help="bits per weight for the tensors matching GLOB (repeatable; first match "
                         "wins), e.g. --bpw-for 'token_embd.weight=3.5'")
+    p.add_argument("--tensor-type", action="append", dest="bpw_for", type=_type_rate,
+                   metavar="PATTERN=TYPE",
+                   help="as llama-quantize's: the tensors whose name contains a match of the regex "
+                        "PATTERN get the bits per weight of ggml TYPE (q4_k: 4.5) or a number, "
+                        "e.g. --tensor-type attn_v=q6_k; shares the first-match list of --bpw-for")
     p.add_argument("--embd-share", type=float, metavar="S",
                    help="with --target-bpw: code token_embd.weight at S x B and the other tensors "
                         "higher, at the same mean (default 0.77 for gemma-embedding, whose token "
@@ -98,8 +132,8 @@ def register(sub) -> None:
     p.add_argument("--plain", action="store_true",
                    help="write an ordinary Q8_0 GGUF (stock llama.cpp loads it) instead of "
                         "rANS-coding the tensors (ggzip compress can code it later)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="rANS encoder threads (default: all cores)")
+    p.add_argument("-t", "--threads", type=int, default=None, metavar="N",
+                   help="rANS encoder and llama-imatrix threads (default: all cores)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_defaults)

@@ -59,6 +59,7 @@ ALPHA_PROXY = 0.0
 EMBD_SHARE_DEFAULT = {"gemma-embedding": 0.77}
 EMBD_NAME = "token_embd.weight"
 RATE_CAP = 7.0   # bits per weight where the quantizer's rate saturates (about Q8_0)
+DEFAULT_STEP = 1.0   # --step without --target-bpw/--step: about Q8_0's quality
 
 
 def split_rates(shapes: dict, target_bpw: float, share: float) -> tuple[float, dict[str, float]]:
@@ -229,7 +230,7 @@ def _find_llama_tool(name: str) -> Path | None:
     return Path(found) if found else None
 
 
-def imatrix_from_text(model: Path, text: Path, out: Path, threads: int = 2) -> Path:
+def imatrix_from_text(model: Path, text: Path, out: Path, threads: int | None = None) -> Path:
     """Run llama-imatrix (the llama.cpp build of scripts/build_llama.sh) on a text."""
     exe = _find_llama_tool("llama-imatrix")
     if exe is None:
@@ -240,7 +241,7 @@ def imatrix_from_text(model: Path, text: Path, out: Path, threads: int = 2) -> P
         # add_eos off: llama-imatrix stops on models that append EOS (EmbeddingGemma);
         # statistics of the text's tokens do not need it
         cmd = [str(exe), "-m", str(model), "-f", str(text), "-o", str(out), "--no-ppl",
-               "-t", str(threads), "-c", str(ctx), "--override-kv", "tokenizer.ggml.add_eos_token=bool:false"]
+               "-t", str(threads or os.cpu_count() or 1), "-c", str(ctx), "--override-kv", "tokenizer.ggml.add_eos_token=bool:false"]
         r = subprocess.run(cmd, capture_output=True, text=True)
         # llama-imatrix wants two contexts of tokens: a short text gets a shorter context
         short = re.search(r"tokenizes to only (\d+) tokens", r.stderr)
@@ -253,7 +254,7 @@ def imatrix_from_text(model: Path, text: Path, out: Path, threads: int = 2) -> P
     return out
 
 
-def _stats_from_text(src: GGUFModel, text: Path, progress: bool):
+def _stats_from_text(src: GGUFModel, text: Path, progress: bool, threads: int | None = None):
     """Activation statistics of a calibration text: llama-imatrix when it is built
     (llama.cpp's own graph and tokenizer), else ggzip's numpy forward pass."""
     try:
@@ -262,7 +263,7 @@ def _stats_from_text(src: GGUFModel, text: Path, progress: bool):
         raise GGZipError(f"{text}: cannot read calibration text: {e.strerror}") from None
     if _find_llama_tool("llama-imatrix") is not None:
         with tempfile.TemporaryDirectory(prefix="ggzip-imatrix-") as d:
-            im = imatrix_from_text(src.path, text, Path(d) / "imatrix.gguf")
+            im = imatrix_from_text(src.path, text, Path(d) / "imatrix.gguf", threads)
             return load_imatrix(im), f"llama-imatrix on {text.name}"
     from ..quantize.calibrate import BPETokenizer, activation_stats
     ids = BPETokenizer(src.kv, str(src.path)).encode(body)
@@ -327,9 +328,10 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
     plain=True to an ordinary Q8_0 GGUF; see the module docstring.  alpha None:
     ALPHA_IMATRIX with an imatrix, ALPHA_PROXY without.  keep_float: write the
     rescaled (and pruned) model in F32 without quantizing it, to check the folding
-    through llama.cpp.  threads: rANS encoder threads (None: all cores).
+    through llama.cpp.  threads: rANS encoder and llama-imatrix threads (None: all cores).
     bpw_for: {glob: bits per weight} for the tensors whose name matches (the
-    first match wins), e.g. {"token_embd.weight": 3.5}; others follow
+    first match wins), e.g. {"token_embd.weight": 3.5}; a key may also be a
+    compiled regex, searched in the name (llama-quantize's --tensor-type); others follow
     target_bpw / step.  embd_share: with target_bpw, code the token embedding at
     this share of it and the rest higher, at the same mean (split_rates; None:
     EMBD_SHARE_DEFAULT for the architecture, else 1 = uniform; a bpw_for pattern
@@ -344,7 +346,7 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
     t0 = time.perf_counter()
     src = GGUFModel(inp)
     rates = _choose_rates(src, target_bpw, step, dict(bpw_for or {}), embd_share)
-    stats, stats_source = _activation_stats(src, imatrix, calib_text, progress)
+    stats, stats_source = _activation_stats(src, imatrix, calib_text, progress, threads)
     if alpha is None:
         alpha = ALPHA_IMATRIX if stats is not None else ALPHA_PROXY
     if stats is None:
@@ -394,7 +396,7 @@ def _check_options(target_bpw, step, prune, bpw_for, alpha, embd_share) -> None:
         raise GGZipError(f"--prune {prune}: must be in [0, 1)")
     for pat, b in (bpw_for or {}).items():
         if not 0.05 <= b <= 8.5:
-            raise GGZipError(f"--bpw-for {pat}={b}: bits per weight must be in [0.05, 8.5]")
+            raise GGZipError(f"{_pattern_text(pat)}={b:g}: bits per weight must be in [0.05, 8.5]")
     if alpha is not None and not 0.0 <= alpha <= 1.0:
         raise GGZipError(f"--alpha {alpha}: must be in [0, 1]")
     if embd_share is not None and not 0.0 < embd_share <= 1.0:
@@ -405,8 +407,8 @@ def _check_options(target_bpw, step, prune, bpw_for, alpha, embd_share) -> None:
 
 @dataclass
 class _Rates:
-    """How the step of each quantized tensor is chosen: a bpw_for glob that
-    matches its name (first match wins), else target_bpw, else step."""
+    """How the step of each quantized tensor is chosen: a bpw_for pattern that
+    matches its name (first match wins, _name_matches), else target_bpw, else step."""
     target_bpw: float | None
     step: float | None
     bpw_for: dict[str, float]
@@ -415,22 +417,32 @@ class _Rates:
     def of(self, name: str) -> tuple[float | None, float | None]:
         """(target bits per weight, step) of one tensor: exactly one is None."""
         for pat, b in self.bpw_for.items():
-            if fnmatch.fnmatchcase(name, pat):
+            if _name_matches(name, pat):
                 return b, None
         return self.target_bpw, self.step
+
+
+def _name_matches(name: str, pat) -> bool:
+    """A bpw_for key: a glob matching the whole name (--bpw-for), or a compiled
+    regex found anywhere in it (--tensor-type, as llama-quantize matches)."""
+    return bool(pat.search(name)) if isinstance(pat, re.Pattern) else fnmatch.fnmatchcase(name, pat)
+
+
+def _pattern_text(pat) -> str:
+    return f"--tensor-type {pat.pattern}" if isinstance(pat, re.Pattern) else f"--bpw-for {pat}"
 
 
 def _choose_rates(src: GGUFModel, target_bpw: float | None, step: float | None,
                   bpw_for: dict[str, float], embd_share: float | None) -> _Rates:
     """Neither rate given: step 1 (about Q8_0).  With target_bpw, the token
-    embedding may be coded at a share of it (split_rates), unless a bpw_for glob
-    names it."""
+    embedding may be coded at a share of it (split_rates), unless a bpw_for
+    pattern names it."""
     if target_bpw is None and step is None:
-        step = 1.0
+        step = DEFAULT_STEP
     note = f"target-bpw={target_bpw}" if target_bpw is not None else f"step={step}"
     share = EMBD_SHARE_DEFAULT.get(src.arch, 1.0) if embd_share is None else embd_share
     if target_bpw is not None and share != 1.0 and \
-            not any(fnmatch.fnmatchcase(EMBD_NAME, pat) for pat in bpw_for):
+            not any(_name_matches(EMBD_NAME, pat) for pat in bpw_for):
         target_bpw, embd_rate = split_rates({n: src.shape(n) for n in src.tensors}, target_bpw, share)
         bpw_for = {**embd_rate, **bpw_for}
         if embd_rate:
@@ -438,7 +450,7 @@ def _choose_rates(src: GGUFModel, target_bpw: float | None, step: float | None,
     return _Rates(target_bpw, step, bpw_for, note)
 
 
-def _activation_stats(src: GGUFModel, imatrix, calib_text, progress: bool):
+def _activation_stats(src: GGUFModel, imatrix, calib_text, progress: bool, threads: int | None):
     """({weight name: E[x^2] per input column}, where they came from) from an
     imatrix file or a calibration text; (None, None) without either."""
     if imatrix is not None:
@@ -448,7 +460,7 @@ def _activation_stats(src: GGUFModel, imatrix, calib_text, progress: bool):
                              "(imatrix of another model?)")
         return stats, f"imatrix:{Path(imatrix).name}"
     if calib_text is not None:
-        return _stats_from_text(src, Path(calib_text), progress)
+        return _stats_from_text(src, Path(calib_text), progress, threads)
     return None, None
 
 
