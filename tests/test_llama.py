@@ -3,6 +3,9 @@
 A lossless ggzip GGUF of SmolLM2 Q8_0 must give the same logits (llama-cpp-python)
 and the same perplexity (llama-perplexity) as its plain Q8_0 twin; a damaged frame
 must fail the load with an error naming the tensor; plain GGUFs load as before.
+The frames decode on the tool's threads (-t, n_threads) or the CPUs of the affinity
+mask; GGZIP_PAGES picks the page policy; the ggzip.fold.* keys refuse embeddings or
+warn about a quantized V cache.
 Skips, saying why, when the patched build or the model is absent."""
 from __future__ import annotations
 
@@ -90,7 +93,7 @@ def test_background_decode(ggz):
         r = run([tool("llama-perplexity"), "-m", ggz, "-f", TEXT, "-c", "128", "-b", "128", "--chunks", "1",
                  "-t", "2", "--load-mode", mode, "-v"])
         assert r.returncode == 0, r.stderr[-3000:]
-        started = re.search(r"ggzip: decoding (\d+) frames in the background", r.stderr)
+        started = re.search(r"ggzip: decoding (\d+) frames on \d+ threads?, \d+ of them in the background", r.stderr)
         assert bool(started) == expect, (mode, r.stderr[-3000:])
         if started:
             assert int(started.group(1)) == n
@@ -102,7 +105,7 @@ def test_tensor_override_decodes_at_load(ggz, q8_0):
     extra = ["--chunks", "2", "-ot", "token_embd.weight=CPU"]
     r = run([tool("llama-perplexity"), "-m", ggz, "-f", TEXT, "-c", "128", "-b", "128", "-t", "2", "-v", *extra])
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "frames in the background" not in r.stderr
+    assert "in the background" not in r.stderr
     assert perplexity(ggz, *extra) == perplexity(q8_0, *extra)
 
 
@@ -123,7 +126,7 @@ def test_failed_load_cancels_background_decode(ggz, tmp_path):
         if r.stderr.strip():
             break
     assert r.returncode > 0, r.stderr[-3000:]   # an error exit, not a signal
-    assert "frames in the background" in r.stderr, r.stderr[-3000:]
+    assert "in the background" in r.stderr, r.stderr[-3000:]
     assert "unknown tokenizer" in r.stderr, r.stderr[-3000:]
 
 
@@ -196,3 +199,175 @@ def test_run_llama_wrapper_error_on_damage(ggz, tmp_path):
     bad.write_bytes(bytes(data))
     with pytest.raises(GGZipError):
         Llama(bad, n_ctx=64, verbose=False)
+
+
+# --- load threads (patch 0006) ---
+
+DECODING = re.compile(r"ggzip: decoding (\d+) frames on (\d+) threads?")
+
+
+def decode_threads(stderr: str) -> list[int]:
+    """The thread counts of every 'ggzip: decoding N frames on T threads' line."""
+    found = [int(m.group(2)) for m in DECODING.finditer(stderr)]
+    assert found, stderr[-3000:]
+    return found
+
+
+@pytest.mark.parametrize("mode", ["mmap", "none"])
+def test_load_threads_follow_t(ggz, mode):
+    """-t reaches the loader (the kv override ggzip.load_threads, added by common):
+    the frames decode on that many threads, in the background (mmap) or not."""
+    for t in (1, 2):
+        r = run([tool("llama-perplexity"), "-m", ggz, "-f", TEXT, "-c", "128", "-b", "128", "--chunks", "1",
+                 "-t", str(t), "--load-mode", mode, "-v"])
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert set(decode_threads(r.stderr)) == {t}, (mode, t)
+
+
+def test_llama_bench_load_threads(ggz):
+    r = run([tool("llama-bench"), "-m", ggz, "-t", "1", "-p", "0", "-n", "1", "-r", "1", "-v"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert set(decode_threads(r.stderr)) == {1}
+
+
+def _python(code: str, **kw) -> subprocess.CompletedProcess:
+    """Run code in a fresh interpreter: llama.cpp logs to the process's stderr."""
+    import sys
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "python")}, **kw)
+
+
+def test_load_threads_affinity_and_n_threads(ggz):
+    """Without n_threads the frames decode on the CPUs of the affinity mask (one here,
+    whatever the machine has); the wrapper passes n_threads to the loader (two, on
+    that one CPU: the count comes from n_threads, not from the mask)."""
+    _llama_cpp()
+    one_cpu = "import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
+    r = _python(one_cpu + f"import llama_cpp; llama_cpp.Llama({str(ggz)!r}, n_ctx=64, verbose=True)")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert set(decode_threads(r.stderr)) == {1}
+    r = _python(one_cpu + f"from ggzip.run import Llama; Llama({str(ggz)!r}, n_ctx=64, n_threads=2, verbose=True)")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert set(decode_threads(r.stderr)) == {2}
+
+
+# --- page policy (patch 0005) ---
+
+@pytest.mark.parametrize("pages", ["off", "huge", "probe"])
+def test_page_policy_same_perplexity(ggz, q8_0, pages):
+    """Each GGZIP_PAGES policy loads both files, with and without mmap, to the same result."""
+    env = {**os.environ, "GGZIP_PAGES": pages}
+    for mode in ("mmap", "none"):
+        extra = ["--chunks", "1", "--load-mode", mode]
+        r = run([tool("llama-perplexity"), "-m", ggz, "-f", TEXT, "-c", "128", "-b", "128", "-t", "2", "-v", *extra],
+                env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "GGZIP_PAGES" not in r.stderr   # no warning for a valid value
+        plain = run([tool("llama-perplexity"), "-m", q8_0, "-f", TEXT, "-c", "128", "-b", "128", "-t", "2", *extra],
+                    env=env)
+        assert plain.returncode == 0, plain.stderr[-3000:]
+        ppl = re.compile(r"Final estimate: PPL = ([0-9.]+ \+/- [0-9.]+)")
+        assert ppl.search(r.stdout + r.stderr).group(1) == ppl.search(plain.stdout + plain.stderr).group(1)
+
+
+def test_page_policy_invalid_value_warns(ggz):
+    r = run([tool("llama-perplexity"), "-m", ggz, "-f", TEXT, "-c", "128", "-b", "128", "--chunks", "1", "-t", "2"],
+            env={**os.environ, "GGZIP_PAGES": "sometimes"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "GGZIP_PAGES=sometimes is not one of off, huge, probe" in r.stderr, r.stderr[-3000:]
+
+
+# --- header checks (patch 0002) ---
+
+def _gguf_header(data: bytes, what: str):
+    from ggzip.container import gguf_io
+    return gguf_io.parse_header(data, what)
+
+
+def test_shape_whose_size_overflows_is_refused(ggz, tmp_path):
+    """Every dimension in range but their product past 2^63: an error naming the
+    file and the tensor, not a wrapped size."""
+    import struct
+    from ggzip.constants import Keys
+    data = bytearray(ggz.read_bytes())
+    h = _gguf_header(bytes(data), str(ggz))
+    names = h.value(Keys.TENSOR_NAMES)
+    kv = h.kvs[Keys.TENSOR_SHAPES]
+    values_at = kv.value_at + 4 + 8          # array: element type u32, count u64, then the u64 values
+    assert len(h.value(Keys.TENSOR_SHAPES)) == 4 * len(names)
+    struct.pack_into("<QQ", data, values_at + 8, 1 << 40, 1 << 40)   # ne1, ne2 of the first tensor
+    bad = tmp_path / "overflow.gguf"
+    bad.write_bytes(bytes(data))
+    for _ in range(5):   # see test_corrupted_frame_names_tensor for the retries
+        r = run([tool("llama-perplexity"), "-m", bad, "-f", TEXT, "-c", "128", "-t", "2"])
+        if r.stderr.strip():
+            break
+    assert r.returncode > 0, r.stderr[-3000:]
+    assert re.search(rf"{re.escape(str(bad))}: ggzip: tensor '{re.escape(names[0])}' has shape .* whose size overflows",
+                     r.stderr), r.stderr[-3000:]
+
+
+# --- folds that are exact for the logits only (patch 0007) ---
+
+def with_bool_keys(src: Path, dst: Path, keys: dict) -> Path:
+    """A copy of the GGUF src with the bool KV pairs keys added (the data section is
+    moved as a whole: tensor offsets are relative to it)."""
+    from ggzip.container import gguf_io as G
+    data = src.read_bytes()
+    h = _gguf_header(data, str(src))
+    kvs = [h.raw(kv.start, kv.end) for kv in h.kvs.values()] + [G.kv_bytes(k, v, G.VT.BOOL) for k, v in keys.items()]
+    head = G.preamble(len(h.tensors), len(kvs)) + b"".join(kvs) + h.raw(h.info_start, h.info_end)
+    head += b"\0" * (G.align(len(head), h.alignment) - len(head))
+    dst.write_bytes(head + data[h.data_start:])
+    return dst
+
+
+@pytest.fixture(scope="module")
+def fold_output(ggz) -> Path:
+    from ggzip.constants import Keys
+    return with_bool_keys(ggz, ggz.with_name("fold-output.gguf"), {Keys.FOLD_OUTPUT_NORM: True})
+
+
+@pytest.fixture(scope="module")
+def fold_v(ggz) -> Path:
+    from ggzip.constants import Keys
+    return with_bool_keys(ggz, ggz.with_name("fold-v.gguf"), {Keys.FOLD_ATTN_V: True})
+
+
+REFUSAL = "its embeddings are not the model's: reconvert with `ggzip convert --no-fold output`"
+
+
+def test_fold_output_norm_refuses_embeddings(fold_output, ggz):
+    emb = tool("llama-embedding")
+    ok = run([emb, "-m", ggz, "-p", "Hello world", "-t", "2"])      # the same file without the key embeds
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert REFUSAL not in ok.stderr
+    for _ in range(5):   # see test_corrupted_frame_names_tensor for the retries
+        r = run([emb, "-m", fold_output, "-p", "Hello world", "-t", "2"])
+        if r.stderr.strip():
+            break
+    assert r.returncode > 0, r.stderr[-3000:]
+    assert "output_norm" in r.stderr and REFUSAL in r.stderr, r.stderr[-3000:]
+    # text generation (the logits are exact) still runs
+    assert float(perplexity(fold_output, "--chunks", "1").split()[0]) > 1.0
+
+
+def test_fold_output_norm_refuses_embeddings_python(fold_output):
+    _llama_cpp()
+    r = _python(f"import llama_cpp; llama_cpp.Llama({str(fold_output)!r}, n_ctx=64, embedding=True, verbose=True)")
+    assert r.returncode != 0
+    assert REFUSAL in r.stderr, r.stderr[-3000:]
+    r = _python(f"import llama_cpp; llama_cpp.Llama({str(fold_output)!r}, n_ctx=64, verbose=True)")
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_fold_attn_v_warns_for_quantized_v_cache(fold_v):
+    warning = "V is cached rescaled, so a q8_0 V cache no longer gives exactly the source model's results"
+    base = [tool("llama-perplexity"), "-m", fold_v, "-f", TEXT, "-c", "128", "-b", "128", "--chunks", "1", "-t", "2",
+            "-fa", "on"]
+    r = run(base + ["-ctv", "q8_0"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert warning in r.stderr, r.stderr[-3000:]
+    r = run(base)                               # F16 V cache: no warning
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "folded into attn_v" not in r.stderr
