@@ -8,7 +8,7 @@
 # Output goes to build/demo/.  MODEL=<gguf> and BPW=<bits> override the defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --demo
 OUT=build/demo
 mkdir -p "$OUT"
 MODEL=${MODEL:-$(ggzip fetch smollm2 --path)}
