@@ -250,13 +250,14 @@ def test_no_chunks_for_a_huge_size_fails():
 # ---- real data ----------------------------------------------------------
 
 def test_real_q8_0_tensor(smollm2_gguf):
-    from gguf import GGMLQuantizationType, GGUFReader
-    reader = GGUFReader(smollm2_gguf)
-    tensors = [t for t in reader.tensors if t.tensor_type == GGMLQuantizationType.Q8_0]
-    assert tensors, "SmolLM2 carries a Q8_0 token embedding"
-    t = max(tensors, key=lambda t: t.n_bytes)
-    raw = np.ascontiguousarray(t.data).view(np.uint8).reshape(-1)
-    row = int(t.shape[0]) // 32 * 34
+    from ggzip.container import GGZipReader
+    from ggzip.container.gguf_io import T, tensor_nbytes
+    with GGZipReader(smollm2_gguf) as reader:
+        tensors = [t for t in reader.tensors.values() if t.ggml_type == T.Q8_0]
+        assert tensors, "SmolLM2 carries a Q8_0 token embedding"
+        t = max(tensors, key=lambda t: t.nbytes)
+        raw = np.array(reader.data(t.name))          # a copy: the map closes here
+    row = tensor_nbytes(t.ggml_type, t.ne[:1])
     frame = codec.encode(raw, layout="q8_0", row_size=row, threads=2)
     bound = codec.entropy_bound(raw, layout="q8_0", row_size=row)
     assert len(frame) <= bound * 1.005  # the 0.5% of the order-0 bound

@@ -125,7 +125,8 @@ def test_roundtrip_minilm_float_and_q8_types(minilm_types, tmp_path):
     assert by["emb.bf16"].stored < 0.8 * by["emb.bf16"].nbytes
     assert check_bounds(ggz) >= 5
     loader_layout(ggz)
-    # the stock reader reads it too, every tensor where the header says
+    # an independent reader (gguf-py, which follows llama.cpp's gguf.cpp) reads it
+    # too: a check of the format, not a second reader of the package
     r = gguf.GGUFReader(ggz)
     assert r.fields[Keys.TENSOR_NAMES].contents()[0] == "token_embd.weight"
     # the reader gives back the original arrays
@@ -144,8 +145,10 @@ def test_roundtrip_smollm2(smollm2_gguf, tmp_path):
     types = {G.type_name(t.ggml_type) for t in rep.tensors if t.coded}
     assert {"Q4_1", "Q8_0"} <= types
     assert rep.out_size < 0.96 * rep.in_size
-    assert check_bounds(ggz) == 1                       # token_embd, Q8_0
-    assert check_bounds(ggz, 512 * 1024, 0.01) == 91    # + the 0.55 MB Q4_1 matrices: tables cost more
+    assert check_bounds(ggz) >= 1                       # token_embd, Q8_0
+    # + the 0.55 MB Q4_1 matrices, where tables cost more: every one checked
+    big = [t for t in rep.tensors if t.coded and t.nbytes >= 512 * 1024]
+    assert len(big) > 1 and check_bounds(ggz, 512 * 1024, 0.01) == len(big)
     assert not rep.header_stored
     loader_layout(ggz)
     v = verify_file(ggz, progress=False)
@@ -198,7 +201,7 @@ def test_convert_output_decompresses_to_plain(tmp_path, minilm_types):
     decompress_file(tmp_path / "w.ggz.gguf", tmp_path / "w.back.gguf", progress=False)
     assert sha(tmp_path / "w.back.gguf") == sha(tmp_path / "w.plain.gguf")
     assert verify_file(tmp_path / "w.ggz.gguf", progress=False)["identical"] is None
-    pr = gguf.GGUFReader(tmp_path / "w.plain.gguf")        # the plain one is an ordinary GGUF
+    pr = gguf.GGUFReader(tmp_path / "w.plain.gguf")        # an ordinary GGUF to gguf-py too
     assert list(pr.fields["x.list"].contents()) == [1.5, 2.5]
     assert int(pr.tensors[0].n_bytes) == 8192 * 384 * 4
 
@@ -371,7 +374,8 @@ def test_analyze_plain_matches_ggzip(minilm_types, packed):
     read, plain tensors coded on the fly)."""
     a = analyze_file(minilm_types, progress=False, sample_bytes=64 * 1024)
     b = analyze_file(packed, progress=False, sample_bytes=64 * 1024)
+    assert [x["name"] for x in a["tensors"]] == [y["name"] for y in b["tensors"]]
     for x, y in zip(a["tensors"], b["tensors"]):
-        assert x["name"] == y["name"] and x["entropy_bytes"] == y["entropy_bytes"]
+        assert x["entropy_bytes"] == y["entropy_bytes"]
         assert abs(x["zstd3_bytes"] - y["zstd3_bytes"]) < 1e-6
     assert b["total"]["ggzip_bytes"] <= a["total"]["ggzip_bytes"]

@@ -150,7 +150,7 @@ def test_fold_is_exact_with_imatrix(smol, calib):
     m, w = smol
     ids, ref, imat = calib
     stats = load_imatrix(imat)
-    assert len(stats) == 30 * 7          # q k v output gate up down per layer
+    assert len(stats) == 7 * int(m.kv["llama.block_count"])   # q k v output gate up down
     shapes = {n: a.shape for n, a in w.items()}
     plan = plan_rescale("llama", shapes, m.kv, m.float32, stats, 0.5)
     # every fold of a llama block is exercised (the head is tied: no output fold)
@@ -265,7 +265,7 @@ def test_convert_end_to_end(smol, smol_path, calib, tmp_path, capsys):
     r = GGZipReader(out)
     assert r.value("general.architecture") == "llama"
     assert r.value("ggzip.convert.source") == "dequantized from Q4_1/Q8_0"
-    assert len(r.value("tokenizer.ggml.tokens")) == 49152
+    assert r.value("tokenizer.ggml.tokens") == list(m.kv["tokenizer.ggml.tokens"])
     got = {}
     bits = n = 0
     for t in r.tensors.values():
@@ -388,7 +388,7 @@ def test_bad_inputs(smol, smol_path, tmp_path):
     trunc = tmp_path / "trunc.gguf"
     with open(smol_path, "rb") as f:
         trunc.write_bytes(f.read(3_000_000))
-    fails(trunc, "trunc.gguf: not a readable GGUF")
+    fails(trunc, r"trunc.gguf: truncated: tensor '[^']+' ends at byte \d+, the file has 3000000")
     fails(tmp_path / "missing.gguf", "missing.gguf: no such file")
     fails(_small_gguf(tmp_path / "mamba.gguf", m, arch="mamba"),
           "mamba.gguf: unknown architecture 'mamba'")

@@ -162,6 +162,13 @@ def test_imatrix_gguf_and_dat_readers(tmp_path, ffn):
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
     got = load_imatrix(path)
     np.testing.assert_allclose(got["blk.0.ffn_up.weight"], s2 / 200, rtol=1e-6)
+    from ggzip.container import GGZipReader
+    with GGZipReader(path) as r:                 # the last tensor's data cut short
+        end = r.tensors["blk.0.ffn_up.weight.counts"].offset + 2
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(path.read_bytes()[:end])
+    with pytest.raises(GGZipError, match=r"cut.gguf: truncated: tensor 'blk.0.ffn_up.weight.counts'"):
+        load_imatrix(cut)
 
     # legacy .dat: values stored as mean * ncall
     import struct

@@ -29,7 +29,6 @@ from .writer import layout_for
 
 SAMPLE_BYTES = 512 * 1024
 GRAIN_ROWS = 512
-_Q8_0 = 8
 
 
 def _compressors():
@@ -79,7 +78,8 @@ def _entropy_bits(sym: np.ndarray) -> float:
 def q8_0_grain(data: np.ndarray, ne0: int, max_rows: int = GRAIN_ROWS) -> dict:
     """Symbol entropy (bits) of Q8_0 data as stored and requantized with one
     scale per row (on up to max_rows evenly spread rows)."""
-    blocks = data.reshape(-1, ne0 // 32, 34)
+    qk, block_bytes = G.type_sizes(G.T.Q8_0)
+    blocks = data.reshape(-1, ne0 // qk, block_bytes)
     rows = blocks.shape[0]
     sel = np.unique(np.linspace(0, rows - 1, min(rows, max_rows)).astype(np.int64))
     b = blocks[sel]
@@ -130,7 +130,7 @@ def analyze_file(path, *, sample_bytes: int = SAMPLE_BYTES, grain_rows: int = GR
             e["sampled_fraction"] = frac
             for name, f in comps.items():
                 e[f"{name}_bytes"] = f(sample) / frac
-            if t.ggml_type == _Q8_0 and len(t.ne) >= 2:
+            if t.ggml_type == G.T.Q8_0 and len(t.ne) >= 2:
                 e["q8_0"] = q8_0_grain(data, t.ne[0], grain_rows)
             for col in columns:
                 e["bpw" if col == "raw" else f"bpw_{col}"] = 8 * e[_bytes(col)] / max(t.n_elements, 1)

@@ -1,11 +1,13 @@
 """GGUF headers at the byte level: parse one from any buffer, serialise KV pairs
 and tensor infos.
 
-gguf-py's GGUFReader builds a numpy view per array element (10 s for the 262k-token
-vocabulary of Gemma-3 on a loaded 2-core machine); this parser records each KV
-pair's byte span and decodes a value only when asked (0.2 s).  Spans matter: a
-ggzip GGUF copies the original's KV pairs verbatim, so that decompress can rebuild
-the original header byte for byte.  Errors name the file and say what is wrong.
+The package's one GGUF reader (GGZipReader, convert's GGUFModel and the imatrix
+loader are built on it).  gguf-py's GGUFReader builds a numpy view per array
+element: opening Gemma-3-270M took it 93 s on a loaded 2-core machine, SmolLM2
+18 s, against 0.18 s and 0.05 s here, where each KV pair's byte span is recorded
+and a value decoded only when asked.  Spans matter: a ggzip GGUF copies the
+original's KV pairs verbatim, so that decompress can rebuild the original header
+byte for byte.  Errors name the file (and the tensor) and say what is wrong.
 """
 from __future__ import annotations
 
@@ -13,17 +15,19 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import gguf
 import numpy as np
 
 from ..errors import GGZipError
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
+VT = gguf.GGUFValueType           # metadata value types
+T = gguf.GGMLQuantizationType     # ggml type ids; block sizes in gguf.GGML_QUANT_SIZES
 
-
-class VT:
-    """GGUF metadata value types (gguf.GGUFValueType)."""
-    UINT8, INT8, UINT16, INT16, UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY, UINT64, INT64, FLOAT64 = range(13)
+# numpy dtype of the ggml types that have one (BF16 as its raw uint16)
+NUMPY_DTYPES = {T.F32: np.float32, T.F16: np.float16, T.BF16: np.uint16, T.F64: np.float64,
+                T.I8: np.int8, T.I16: np.int16, T.I32: np.int32, T.I64: np.int64}
 
 
 # fixed-size value types: struct format
@@ -38,17 +42,15 @@ _SIZE = {k: struct.calcsize(v) for k, v in _FMT.items()}
 
 def type_sizes(ggml_type: int) -> tuple[int, int]:
     """(block size, bytes per block) of a ggml type id, or GGZipError."""
-    import gguf
     try:
-        return gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ggml_type)]
+        return gguf.GGML_QUANT_SIZES[T(ggml_type)]
     except (ValueError, KeyError):
         raise GGZipError(f"unknown ggml type id {ggml_type}") from None
 
 
 def type_name(ggml_type: int) -> str:
-    import gguf
     try:
-        return gguf.GGMLQuantizationType(ggml_type).name
+        return T(ggml_type).name
     except ValueError:
         return f"type#{ggml_type}"
 

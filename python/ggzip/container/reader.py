@@ -14,8 +14,6 @@ from ..constants import CONTAINER_KEYS, FORMAT_VERSION, Keys
 from ..errors import GGZipError
 from . import gguf_io as G
 
-_I8 = 24
-
 
 @dataclass(frozen=True)
 class Tensor:
@@ -107,7 +105,7 @@ class GGZipReader:
         for ti in h.tensors:
             start = h.data_start + ti.offset
             if ti.name in coded:
-                if ti.ggml_type != _I8 or len(ti.ne) != 1:
+                if ti.ggml_type != G.T.I8 or len(ti.ne) != 1:
                     raise GGZipError(f"{what}: tensor {ti.name!r} is listed as compressed but is not "
                                      "a 1-D I8 frame")
                 ty, ne = coded.pop(ti.name)
@@ -188,8 +186,7 @@ class GGZipReader:
     def array(self, name: str) -> np.ndarray:
         t = self._get(name)
         raw = self.data(name)
-        dt = {0: np.float32, 1: np.float16, 30: np.uint16, 24: np.int8, 25: np.int16,
-              26: np.int32, 27: np.int64, 28: np.float64}.get(t.ggml_type)
+        dt = G.NUMPY_DTYPES.get(t.ggml_type)
         if dt is not None:
             return raw.view(dt).reshape(t.shape)
         return raw.reshape(-1, G.tensor_nbytes(t.ggml_type, t.ne[:1]))

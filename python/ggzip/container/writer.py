@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 
 from .. import codec
-from ..constants import CONTAINER_KEYS, FORMAT_VERSION, Keys
+from ..constants import CONTAINER_KEYS, FORMAT_VERSION, LAYOUT_IDS, LAYOUT_UNIT, Keys
 from ..errors import GGZipError
 from . import gguf_io as G
 from .gguf_io import VT
@@ -29,8 +29,8 @@ MIN_CODED_BYTES = 16 * 1024
 # a tensor is coded only if its frame saves at least this fraction
 MIN_GAIN = 0.01
 
-_Q8_0, _F32, _F16, _BF16 = 8, 0, 1, 30
-_I8 = 24
+# the frame layout of each ggml type with one (others: "bytes")
+LAYOUT_OF_TYPE = {G.T.Q8_0: "q8_0", G.T.F16: "plane16", G.T.BF16: "plane16", G.T.F32: "plane32"}
 
 
 def layout_for(ggml_type: int, ne) -> tuple[str, int]:
@@ -38,9 +38,9 @@ def layout_for(ggml_type: int, ne) -> tuple[str, int]:
     symbols and scales, 16/32-bit floats by byte plane, anything else as bytes.
     A row is ne0 elements, so chunks hold whole rows; 1-D tensors use the
     layout's unit and may be cut anywhere."""
-    layout = {_Q8_0: "q8_0", _F16: "plane16", _BF16: "plane16", _F32: "plane32"}.get(ggml_type, "bytes")
+    layout = LAYOUT_OF_TYPE.get(ggml_type, "bytes")
     if len(ne) <= 1:
-        row = {"q8_0": 34, "plane16": 2, "plane32": 4, "bytes": 1}[layout]
+        row = LAYOUT_UNIT[LAYOUT_IDS[layout]]
     else:
         row = G.tensor_nbytes(ggml_type, ne[:1])
     return layout, row
@@ -212,7 +212,7 @@ class GGZipWriter:
         ]) + extra
         plain_size = self._spools[0].tell()     # a multiple of the alignment
         infos = [G.tensor_info_bytes(t.name, t.ne, t.ggml_type, off) for t, off in self._plain]
-        infos += [G.tensor_info_bytes(t.name, (t.stored,), _I8, plain_size + off) for t, off in self._coded]
+        infos += [G.tensor_info_bytes(t.name, (t.stored,), G.T.I8, plain_size + off) for t, off in self._coded]
         head = G.preamble(len(infos), len(kvs)) + b"".join(raw for _, raw in kvs) + b"".join(infos)
         head += b"\0" * (G.align(len(head), self.alignment) - len(head))
         tmp = None

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,38 +152,32 @@ class ConvertReport:
 
 
 class GGUFModel:
-    """A GGUF model, memory-mapped, with float access to each tensor."""
+    """A GGUF model, memory-mapped (ggzip.container.GGZipReader), with float
+    access to each tensor.  tensors: name -> container.Tensor; kv: the model's
+    metadata, each value decoded when first read (a 262k-token vocabulary costs
+    only if a tokenizer asks for it)."""
 
     def __init__(self, path: Path):
-        import gguf
-        self.path = path
+        from ..container import GGZipReader
+        self.path = path = Path(path)
         if path.is_dir():
             raise GGZipError(f"{path}: is a folder; ggzip convert reads a GGUF file "
                              "(convert HF safetensors with llama.cpp's convert_hf_to_gguf.py)")
-        try:
-            self.reader = gguf.GGUFReader(path)
-        except FileNotFoundError:
-            raise GGZipError(f"{path}: no such file") from None
-        except Exception as e:  # gguf-py raises ValueError/IndexError/... on damage
-            raise GGZipError(f"{path}: not a readable GGUF (truncated or damaged?): "
-                             f"{type(e).__name__}: {e}") from None
-        self.tensors = {t.name: t for t in self.reader.tensors}
-        self.kv = {}
-        for k, f in self.reader.fields.items():
-            if k.startswith("GGUF."):
-                continue
-            try:
-                self.kv[k] = f.contents()
-            except Exception as e:
-                raise GGZipError(f"{path}: metadata {k!r} is damaged: {e}") from None
+        # GGZipError naming the file, and the tensor where one is at fault
+        self.reader = GGZipReader(path)
+        self.tensors = self.reader.tensors
+        self.kv = _Metadata(self.reader)
         arch = self.kv.get("general.architecture")
         if not isinstance(arch, str):
             raise GGZipError(f"{path}: no general.architecture in the GGUF metadata")
         self.arch = arch
 
+    def type_name(self, name: str) -> str:
+        return self.tensors[name].type_name
+
     def shape(self, name: str) -> tuple[int, ...]:
         """numpy shape (ne1, ne0) / (ne0,) of a tensor."""
-        return tuple(int(x) for x in reversed(self.tensors[name].shape))
+        return self.tensors[name].shape
 
     def float32(self, name: str) -> np.ndarray:
         return self.rows32(name, None)
@@ -191,33 +186,55 @@ class GGUFModel:
         """The tensor (rows=None) or some rows of a 2-D tensor (a slice or an
         index array) as float32, dequantized if needed, read from the mmap."""
         import gguf
+        from ..container.gguf_io import NUMPY_DTYPES, T, tensor_nbytes
         t = self.tensors[name]
-        ty = t.tensor_type
-        shp = self.shape(name)
-        data = t.data
+        shp = t.shape
+        data = self.reader.data(name)          # uint8: a view of the map (a plain tensor)
+        data = data.reshape(-1, tensor_nbytes(t.ggml_type, t.ne[:1]))   # one row per ne0
         if rows is not None:
-            if len(shp) != 2 or data.ndim != 2 or data.shape[0] != shp[0]:
-                raise GGZipError(f"{self.path}: tensor {name!r} of shape {shp} is stored "
-                                 f"as {data.shape}: shapes do not fit")
+            if len(shp) != 2:
+                raise GGZipError(f"{self.path}: tensor {name!r} of shape {shp} is not 2-D: "
+                                 "it cannot be read by rows")
             data = data[rows]
             shp = (data.shape[0], shp[1])
         try:
-            if ty == gguf.GGMLQuantizationType.F32:
-                a = np.asarray(data, np.float32)
-            elif ty in (gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.F64):
-                a = np.asarray(data).astype(np.float32)
+            if t.ggml_type in (T.F32, T.F16, T.F64):
+                a = data.view(NUMPY_DTYPES[t.ggml_type]).astype(np.float32, copy=False)
             else:
-                a = gguf.quants.dequantize(data, ty)
+                a = gguf.quants.dequantize(data, T(t.ggml_type))
         except NotImplementedError:
-            raise GGZipError(f"{self.path}: tensor {name!r} has type {ty.name}, which "
+            raise GGZipError(f"{self.path}: tensor {name!r} has type {t.type_name}, which "
                              "ggzip convert cannot dequantize") from None
         except Exception as e:
-            raise GGZipError(f"{self.path}: tensor {name!r} ({ty.name}) cannot be read: "
+            raise GGZipError(f"{self.path}: tensor {name!r} ({t.type_name}) cannot be read: "
                              f"{e}") from None
         if a.size != int(np.prod(shp)):
             raise GGZipError(f"{self.path}: tensor {name!r} holds {a.size} values, its "
                              f"shape {shp} needs {int(np.prod(shp))}")
         return a.reshape(shp)
+
+
+class _Metadata(Mapping):
+    """A GGUF's model metadata (container keys left out) by key, in file order;
+    a value is decoded when first read."""
+
+    def __init__(self, reader):
+        self._reader = reader
+        self._keys = {k: None for k in reader.model_keys}
+        self._values: dict = {}
+
+    def __getitem__(self, key: str):
+        if key not in self._keys:
+            raise KeyError(key)
+        if key not in self._values:
+            self._values[key] = self._reader.value(key)
+        return self._values[key]
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
 
 def _find_llama_tool(name: str) -> Path | None:
@@ -282,18 +299,18 @@ def _stats_from_text(src: GGUFModel, text: Path, progress: bool, threads: int | 
 
 
 def _copy_kv(writer, inp: GGUFModel) -> None:
-    import gguf
-    for k, f in inp.reader.fields.items():
+    """The input's metadata pairs, byte for byte, but for the ones OUT gets anew."""
+    h = inp.reader.header
+    for k in inp.kv:
         # ggzip.*: the input's own container/convert keys (a file convert wrote
         # with --keep-float, say) would clash with the ones written for OUT
-        if k.startswith(("GGUF.", "ggzip.")) or k in ("general.architecture", "general.file_type",
-                                                       "general.quantization_version"):
+        if k.startswith("ggzip.") or k in ("general.architecture", "general.file_type",
+                                           "general.quantization_version"):
             continue
-        vtype = f.types[0]
-        sub = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-        if vtype == gguf.GGUFValueType.ARRAY and len(f.types) > 2:
-            raise GGZipError(f"{inp.path}: metadata {k!r} is a nested array, not supported")
-        writer.add_kv(k, inp.kv[k], int(vtype), None if sub is None else int(sub))
+        if k == "general.alignment":        # the writer aligns the data by its value
+            writer.add_kv(k, inp.kv[k], h.kvs[k].vtype)
+        else:
+            writer.add_raw_kv(k, h.raw(h.kvs[k].start, h.kvs[k].end))
 
 
 def _quantizable(name: str, shape: tuple[int, ...]) -> bool:
@@ -356,8 +373,8 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
     plan = plan_rescale(src.arch, shapes, src.kv, src.float32, stats, alpha, source=str(inp),
                         no_fold=no_fold)
     kinds = _output_kinds(src, shapes, keep_float)
-    dequantized = sorted({src.tensors[n].tensor_type.name for n, k in kinds.items()
-                          if k != "copy" and src.tensors[n].tensor_type.name not in FLOAT_TYPES})
+    dequantized = sorted({src.type_name(n) for n, k in kinds.items()
+                          if k != "copy" and src.type_name(n) not in FLOAT_TYPES})
     report = ConvertReport(inp=inp, out=out, arch=src.arch, stats_source=stats_source,
                            dequantized_from=dequantized, alpha=alpha, plain=plain,
                            float_bytes=sum(int(np.prod(shapes[n])) * 4 for n in kinds))
@@ -469,7 +486,7 @@ def _output_kinds(src: GGUFModel, shapes: dict, keep_float: bool) -> dict[str, s
     the input's order, decided before anything is written."""
     kinds = {}
     for name, t in src.tensors.items():
-        ty = t.tensor_type.name     # unknown type ids already fail in GGUFModel
+        ty = t.type_name            # unknown type ids already fail in GGUFModel
         if ty in ("I8", "I16", "I32", "I64"):
             kinds[name] = "copy"
         elif _quantizable(name, shapes[name]):
@@ -508,9 +525,8 @@ def _write_tensor(w, src: GGUFModel, name: str, kind: str, plan, rates: _Rates,
     ne = tuple(reversed(shp))
     if kind == "copy":
         t = src.tensors[name]
-        w.add_tensor(name, int(t.tensor_type), tuple(int(x) for x in t.shape),
-                     np.ascontiguousarray(t.data))
-        return TensorReport(name, shp, t.tensor_type.name)
+        w.add_tensor(name, t.ggml_type, t.ne, src.reader.data(name))
+        return TensorReport(name, shp, t.type_name)
     if kind == "F32":
         a = plan.apply(name, src.float32(name))
         if prune > 0 and _quantizable(name, shp):

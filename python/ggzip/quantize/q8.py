@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import gguf
 import numpy as np
 
-QK = 32                 # weights per Q8_0 block
-BLOCK_BYTES = 2 + QK    # f16 scale + 32 int8
+# weights per Q8_0 block, bytes per block (f16 scale + QK int8)
+QK, BLOCK_BYTES = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0]
 QMAX = 127
 # Rounding offset: q = sign(x) floor(|x|/d + 0.5 - theta).  theta > 0 widens the
 # zero bin (a dead zone).  Measured on MiniLM's float weights at a matched rate

@@ -36,36 +36,35 @@ def load_imatrix(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def _load_gguf(path: Path) -> dict[str, np.ndarray]:
-    import gguf
-    try:
-        r = gguf.GGUFReader(path)
-    except Exception as e:  # gguf-py raises ValueError/IndexError on damage
-        raise GGZipError(f"{path}: not a readable GGUF imatrix ({e})") from None
+    from ..container import GGZipReader
+    from ..container.gguf_io import T
     sums, counts = {}, {}
-    for t in r.tensors:
-        if t.name.endswith(".in_sum2"):
-            sums[t.name[:-len(".in_sum2")]] = t
-        elif t.name.endswith(".counts"):
-            counts[t.name[:-len(".counts")]] = t
-    if not sums:
-        raise GGZipError(f"{path}: GGUF has no '<tensor>.in_sum2' entries: not an imatrix")
-    out = {}
-    for name, ts in sums.items():
-        if name not in counts:
-            raise GGZipError(f"{path}: imatrix entry {name!r} has in_sum2 but no counts")
-        if ts.tensor_type != gguf.GGMLQuantizationType.F32:
-            raise GGZipError(f"{path}: imatrix tensor {name}.in_sum2 is "
-                             f"{ts.tensor_type.name}, expected F32")
-        ne0 = int(ts.shape[0])
-        s2 = np.asarray(ts.data, np.float64).reshape(-1, ne0)
-        c = np.asarray(counts[name].data, np.float64).reshape(-1)
-        if c.size != s2.shape[0]:
-            raise GGZipError(f"{path}: imatrix entry {name!r}: {s2.shape[0]} matrices "
-                             f"but {c.size} counts")
-        used = c > 0
-        if not used.any():
-            continue       # never activated during calibration: no information
-        out[name] = (s2[used] / c[used, None]).mean(axis=0)
+    with GGZipReader(path) as r:   # GGZipError naming the file (and tensor) on damage
+        for name in r.tensors:
+            if name.endswith(".in_sum2"):
+                sums[name[:-len(".in_sum2")]] = name
+            elif name.endswith(".counts"):
+                counts[name[:-len(".counts")]] = name
+        if not sums:
+            raise GGZipError(f"{path}: GGUF has no '<tensor>.in_sum2' entries: not an imatrix")
+        out = {}
+        for name, s_name in sums.items():
+            if name not in counts:
+                raise GGZipError(f"{path}: imatrix entry {name!r} has in_sum2 but no counts")
+            for t in (r.tensors[s_name], r.tensors[counts[name]]):
+                if t.ggml_type != T.F32:
+                    raise GGZipError(f"{path}: imatrix tensor {t.name} is {t.type_name}, "
+                                     "expected F32")
+            ne0 = int(r.tensors[s_name].ne[0])
+            s2 = r.array(s_name).astype(np.float64).reshape(-1, ne0)
+            c = r.array(counts[name]).astype(np.float64).reshape(-1)
+            if c.size != s2.shape[0]:
+                raise GGZipError(f"{path}: imatrix entry {name!r}: {s2.shape[0]} matrices "
+                                 f"but {c.size} counts")
+            used = c > 0
+            if not used.any():
+                continue       # never activated during calibration: no information
+            out[name] = (s2[used] / c[used, None]).mean(axis=0)
     return out
 
 
