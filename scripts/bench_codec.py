@@ -344,7 +344,7 @@ def main(argv=None):
             notes.append(f"{model}: no Q8_0 tensor of 1 MiB or more")
             continue
         raw_total = sum(t[1].nbytes for t in tensors)
-        bound = sum(codec.entropy_bound(t[1], "q8_0") for t in tensors)
+        bound = sum(codec.entropy_bound(t[1], "q8_0", row_size=t[2]) for t in tensors)
         outs = [np.zeros(t[1].nbytes, np.uint8) for t in tensors]
         for o in outs:
             o.fill(0xA5)            # faulted in once, before any coder runs
@@ -373,7 +373,7 @@ def main(argv=None):
               f"encode {g['enc1']:.0f} MB/s on one core; {100 * bound / g['size']:.2f}% of the bound")
         summary.append(s)
         # per tensor: the ratio target is for tensors of 1 MiB and more
-        worst = min((codec.entropy_bound(t[1], "q8_0") / Ggzip(codec.kernel()).encode(t, 1).nbytes, t[0])
+        worst = min((codec.entropy_bound(t[1], "q8_0", row_size=t[2]) / Ggzip(codec.kernel()).encode(t, 1).nbytes, t[0])
                     for t in tensors)
         summary.append(f"{model}: worst tensor {worst[1]} at {100 * worst[0]:.2f}% of its bound")
     lines += ["Summary:", ""] + [f"- {s}" for s in summary] + [""]

@@ -86,8 +86,8 @@ def check_bounds(ggz: Path, min_bytes: int = MiB, tol: float = 0.005) -> int:
         for t in r.tensors.values():
             if not t.coded or t.nbytes < min_bytes:
                 continue
-            layout, _ = layout_for(t.ggml_type, t.ne)
-            bound = codec.entropy_bound(r.data(t.name), layout)
+            layout, row = layout_for(t.ggml_type, t.ne)
+            bound = codec.entropy_bound(r.data(t.name), layout, row_size=row)
             assert t.stored <= (1 + tol) * bound, (t.name, t.type_name, t.stored, bound)
             n += 1
     return n

@@ -124,7 +124,7 @@ def analyze_file(path, *, sample_bytes: int = SAMPLE_BYTES, grain_rows: int = GR
                 frame_size = len(codec.encode(data, layout=layout, row_size=row, threads=threads))
             e = {"name": t.name, "type": t.type_name, "ne": list(t.ne), "n_elements": t.n_elements,
                  "bytes": t.nbytes, "layout": layout,
-                 "entropy_bytes": codec.entropy_bound(data, layout),
+                 "entropy_bytes": codec.entropy_bound(data, layout, row_size=row),
                  "ggzip_bytes": frame_size, "stored_coded": t.coded}
             sample, frac = _sample(data, G.tensor_nbytes(t.ggml_type, t.ne[:1]), sample_bytes)
             e["sampled_fraction"] = frac
