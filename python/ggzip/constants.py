@@ -57,6 +57,8 @@ class Keys:
     # folds of 1/s that are exact for the logits only (quantize/fold.py): true when done
     FOLD_OUTPUT_NORM = "ggzip.fold.output_norm"  # bool: final hidden state is h / s
     FOLD_ATTN_V = "ggzip.fold.attn_v"            # bool: V (and its cache) holds V / s
+    # a model kv override, never stored: threads that decode the frames at load (patch 0006)
+    LOAD_THREADS = "ggzip.load_threads"          # int
 
 
 # keys that describe the container itself: decompress drops them, every other key

@@ -18,10 +18,8 @@ patches (the symbol llama_ggzip_version, added by patch 0001).
 """
 from __future__ import annotations
 
+from ..constants import Keys
 from ..errors import GGZipError
-
-# the model kv override that sets how many threads decode the frames at load (patch 0006)
-LOAD_THREADS_KEY = "ggzip.load_threads"
 
 BUILD_HINT = "run scripts/build_llama.sh --python (or set LLAMA_CPP_LIB_PATH to a patched build's lib dir)"
 
@@ -60,7 +58,7 @@ def Llama(model_path, *args, **kwargs):
     llama_cpp, _ = check_patched_llama_cpp()
     if kwargs.get("n_threads") is not None:
         overrides = dict(kwargs.get("kv_overrides") or {})
-        overrides.setdefault(LOAD_THREADS_KEY, int(kwargs["n_threads"]))
+        overrides.setdefault(Keys.LOAD_THREADS, int(kwargs["n_threads"]))
         kwargs["kv_overrides"] = overrides
     try:
         return llama_cpp.Llama(str(model_path), *args, **kwargs)
