@@ -133,6 +133,33 @@ def test_decode_chunk_alone(dec):
         assert np.array_equal(part, data[j * CHUNK:(j + 1) * CHUNK])
 
 
+@pytest.mark.parametrize("dec", DECODERS)
+def test_reader_random_access(dec):
+    """ggz_reader (the kept-in-RAM path): chunks in any order equal the data; check()
+    finds a damaged chunk by its stored bytes alone, and decoding it fails too."""
+    rng = np.random.default_rng(5)
+    blocks = rng.integers(-127, 128, size=(300, 34), dtype=np.int8).view(np.uint8)
+    blocks[:, :2] = np.frombuffer(np.float16(rng.random(300)).tobytes(), np.uint8).reshape(300, 2)
+    data = blocks.reshape(-1)
+    frame = codec.encode(data, layout="q8_0", row_size=34 * 10, chunk_size=34 * 40)
+    codec.set_kernel(dec)
+    r = codec.Reader(frame)
+    assert r.info.n_chunks > 3 and r.check() == data.nbytes
+    step = r.info.chunk_raw_size
+    for j in reversed(range(r.info.n_chunks)):
+        assert np.array_equal(r.chunk(j), data[j * step:(j + 1) * step])
+    bad = bytearray(frame)
+    bad[-3] ^= 0x10
+    rb = codec.Reader(bytes(bad))
+    with pytest.raises(CodecError) as e:
+        rb.check()
+    assert e.value.name == "CHECKSUM" and e.value.chunk == r.info.n_chunks - 1
+    with pytest.raises(CodecError):
+        rb.chunk(r.info.n_chunks - 1)
+    with pytest.raises(IndexError):
+        r.chunk(r.info.n_chunks)
+
+
 def test_threads_and_out_buffer():
     data = int8_bell(2_000_000)
     frame = codec.encode(data, threads=2)
@@ -301,7 +328,8 @@ def test_version_mismatch_is_refused():
     from ggzip.errors import GGZipError
     with pytest.raises(GGZipError) as e:
         _native._load(expected=(9, 9, 9))
-    assert "9.9.9" in str(e.value) and "0.1.0" in str(e.value)
+    got = ".".join(map(str, _native.EXPECTED_VERSION))
+    assert "9.9.9" in str(e.value) and got in str(e.value)
 
 
 def test_crc32c_known_value():
@@ -336,6 +364,8 @@ def test_cdef_structs_match_header(tmp_path):
     exprs, want = {}, {}
     for name in structs:
         t = ffi.typeof(name)
+        if t.fields is None:   # opaque (ggz_reader): declared, never defined in the header
+            continue
         exprs[f"sizeof({name})"] = f"sizeof({name})"
         want[f"sizeof({name})"] = ffi.sizeof(t)
         for field, cf in t.fields:

@@ -26,7 +26,7 @@ extern "C" {
 #endif
 
 #define GGZ_VERSION_MAJOR 0
-#define GGZ_VERSION_MINOR 1
+#define GGZ_VERSION_MINOR 2
 #define GGZ_VERSION_PATCH 0
 #define GGZ_VERSION_NUMBER (GGZ_VERSION_MAJOR * 10000 + GGZ_VERSION_MINOR * 100 + GGZ_VERSION_PATCH)
 
@@ -215,6 +215,33 @@ size_t ggz_decode_chunk(void * dst, size_t dstCapacity,
  *  scratch buffer of one chunk (no full-size output needed).
  *  @return raw_size, or an error code */
 size_t ggz_verify_tensor(const void * src, size_t srcSize, int64_t * bad_chunk);
+
+/* ---- random access: a frame opened once, chunks decoded on demand ------- */
+/* For tensors kept coded in memory and decoded inside the computation that
+ * reads them (the patched llama.cpp's matrix products): the header, tables
+ * and chunk offsets are parsed once, then any chunk decodes alone, from any
+ * number of threads at once, into the caller's buffers (no allocation). */
+typedef struct ggz_reader ggz_reader;
+
+/*! ggz_reader_open() : parse src[0, srcSize) (header, tables, index, header
+ *  CRC) and build its decode tables.  src must stay valid and unchanged while
+ *  the reader lives.  @return the frame size, or an error code (*out NULL) */
+size_t ggz_reader_open(ggz_reader ** out, const void * src, size_t srcSize);
+/*! ggz_reader_free() : NULL is a no-op */
+void ggz_reader_free(ggz_reader * r);
+/*! ggz_reader_info() : the frame's geometry, as ggz_frame_info_get() */
+void ggz_reader_info(const ggz_reader * r, ggz_frame_info * info);
+/*! ggz_reader_check() : the CRC32C of every chunk's stored bytes, without
+ *  decoding (a kept frame is checked once when it is loaded).
+ *  @return the frame's raw_size, or GGZ_ERR_CHECKSUM with *bad_chunk set */
+size_t ggz_reader_check(const ggz_reader * r, int64_t * bad_chunk);
+/*! ggz_reader_scratch_size() : bytes of scratch ggz_reader_decode_chunk() needs */
+size_t ggz_reader_scratch_size(const ggz_reader * r);
+/*! ggz_reader_decode_chunk() : chunk `index` into dst (dstCapacity >= its raw
+ *  size, at most info.chunk_raw_size), CRC checked as it decodes; scratch of
+ *  ggz_reader_scratch_size() bytes.  Thread-safe for distinct dst/scratch.
+ *  @return the chunk's raw size, or an error code */
+size_t ggz_reader_decode_chunk(const ggz_reader * r, uint32_t index, void * dst, size_t dstCapacity, void * scratch);
 
 /* ---- helpers ------------------------------------------------------------ */
 /*! ggz_crc32c() : CRC-32C (Castagnoli) of buf, continuing from crc (0 to start) */

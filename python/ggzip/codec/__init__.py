@@ -151,6 +151,32 @@ def decode_chunk(frame, index: int) -> np.ndarray:
     return out[:r]
 
 
+class Reader:
+    """A frame opened once for random access (ggz_reader, what the patched llama.cpp
+    uses for tensors kept coded in RAM): check() takes every chunk's CRC without
+    decoding, chunk(j) decodes one chunk."""
+
+    def __init__(self, frame):
+        self._src = _buf(frame)   # the reader points into these bytes: keep them alive
+        p = ffi.new("ggz_reader **")
+        _check(lib.ggz_reader_open(p, self._src, len(self._src)), "frame header")
+        self._r = ffi.gc(p[0], lib.ggz_reader_free)
+        self.info = info(frame)
+        self._scratch = ffi.new("uint8_t[]", lib.ggz_reader_scratch_size(self._r))
+
+    def check(self) -> int:
+        bad = ffi.new("int64_t *")
+        return _check(lib.ggz_reader_check(self._r, bad), "check", bad[0])
+
+    def chunk(self, index: int) -> np.ndarray:
+        if not 0 <= index < self.info.n_chunks:
+            raise IndexError(f"chunk {index} out of range (frame has {self.info.n_chunks})")
+        out = np.empty(self.info.chunk_raw_size, dtype=np.uint8)
+        r = _check(lib.ggz_reader_decode_chunk(self._r, index, ffi.from_buffer(out, require_writable=True),
+                                               out.nbytes, self._scratch), "decode chunk", index)
+        return out[:r]
+
+
 def verify(frame) -> int:
     """Check every CRC and decode every chunk into scratch; returns raw_size."""
     src = _buf(frame)

@@ -11,7 +11,7 @@ import cffi
 from ..errors import GGZipError
 
 # The version this binding was written for: ggz_version_number() must match.
-EXPECTED_VERSION = (0, 1, 0)
+EXPECTED_VERSION = (0, 2, 0)
 
 CDEF = """
 typedef struct { int layout; size_t row_size; size_t chunk_size; int n_threads; } ggz_params;
@@ -38,6 +38,13 @@ size_t ggz_decode_chunk(void * dst, size_t dstCapacity, const void * src, size_t
 size_t ggz_verify_tensor(const void * src, size_t srcSize, int64_t * bad_chunk);
 uint32_t ggz_crc32c(uint32_t crc, const void * buf, size_t size);
 double ggz_entropy_bound(const void * src, size_t raw_size, int layout, size_t row_size);
+typedef struct ggz_reader ggz_reader;
+size_t ggz_reader_open(ggz_reader ** out, const void * src, size_t srcSize);
+void ggz_reader_free(ggz_reader * r);
+void ggz_reader_info(const ggz_reader * r, ggz_frame_info * info);
+size_t ggz_reader_check(const ggz_reader * r, int64_t * bad_chunk);
+size_t ggz_reader_scratch_size(const ggz_reader * r);
+size_t ggz_reader_decode_chunk(const ggz_reader * r, uint32_t index, void * dst, size_t dstCapacity, void * scratch);
 """
 
 ffi = cffi.FFI()
