@@ -59,6 +59,10 @@ class Keys:
     FOLD_ATTN_V = "ggzip.fold.attn_v"            # bool: V (and its cache) holds V / s
     # a model kv override, never stored: threads that decode the frames at load (patch 0006)
     LOAD_THREADS = "ggzip.load_threads"          # int
+    # which frames stay compressed in RAM, decoded inside the matmuls: comma-separated
+    # fnmatch globs over tensor names, "all" or "none" (a kv override, < 128 bytes, or
+    # GGZIP_KEEP, or this key stored in the file; `ggzip plan` writes the SPEC)
+    KEEP = "ggzip.keep"                          # str
 
 
 # keys that describe the container itself: decompress drops them, every other key
