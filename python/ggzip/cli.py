@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "ggzip.convert.commands",    # convert
     "ggzip.fetch",               # fetch
     "ggzip.run.commands",        # run
+    "ggzip.plan.commands",       # plan
 ]
 
 

@@ -22,6 +22,9 @@ def register(subparsers) -> None:
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: all cores)")
     p.add_argument("--temp", type=float, default=0.8, help="sampling temperature (0: greedy)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--memory", metavar="SIZE", default=None,
+                   help="peak RSS budget (300M, 0.5G, bytes): plan the tensors kept compressed in RAM "
+                        "(ggzip plan) and run with that SPEC")
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
     p.set_defaults(func=run)
 
@@ -38,7 +41,11 @@ def run(args) -> int:
         raise GGZipError("-c/--ctx-size must be >= 1")
     from .llama import Llama
     llm = Llama(model, n_ctx=args.ctx_size, n_threads=args.threads or os.cpu_count(), seed=args.seed,
-                verbose=args.verbose)
+                verbose=args.verbose, memory=args.memory)
+    if llm.ggzip_plan is not None:
+        p = llm.ggzip_plan
+        print(f"ggzip: keeping {len(p.kept)} tensors compressed ({p.spec}): predicted peak RSS "
+              f"{p.peak_rss / (1 << 20):.1f} MiB, {p.gen_tps:.1f} tokens/s", file=sys.stderr)
     for part in llm(args.prompt, max_tokens=args.n_predict, temperature=args.temp, stream=True):
         sys.stdout.write(part["choices"][0]["text"])
         sys.stdout.flush()

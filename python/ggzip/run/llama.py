@@ -48,20 +48,38 @@ def ggzip_version() -> str:
     return check_patched_llama_cpp()[1]
 
 
-def Llama(model_path, *args, **kwargs):
+def Llama(model_path, *args, memory=None, **kwargs):
     """llama_cpp.Llama(model_path, ...) after checking for the ggzip patches.
     n_threads, when given, is also the number of threads that decode the frames
     at load (the model kv override ggzip.load_threads, unless kv_overrides sets
     it); without it they decode on the CPUs this process may run on.
+    memory=SIZE (bytes or '300M', '0.5G'): plan the tensors kept compressed in RAM
+    for that peak RSS with `n_threads` (default: all cores, prompt included) and
+    `n_ctx` (ggzip.plan; calibrates once per file and device, then cached) and load
+    with that SPEC as the ggzip.keep override; the plan is the result's ggzip_plan.
     A model that fails to load (a damaged frame, a missing file) raises GGZipError
     with llama.cpp's reason when it was logged (verbose=True prints it)."""
     llama_cpp, _ = check_patched_llama_cpp()
+    plan = None
+    if memory is not None:
+        import os
+        from ..plan.plan import plan as make_plan
+        if Keys.KEEP in (kwargs.get("kv_overrides") or {}):
+            raise GGZipError(f"give memory= or kv_overrides['{Keys.KEEP}'], not both")
+        # run as calibrated: the same threads for generation and prompt, the same context
+        kwargs["n_threads"] = kwargs.get("n_threads") or os.cpu_count() or 1
+        kwargs.setdefault("n_threads_batch", kwargs["n_threads"])
+        kwargs.setdefault("n_ctx", 512)   # llama_cpp.Llama's default
+        plan = make_plan(model_path, memory, threads=kwargs["n_threads"], ctx=kwargs["n_ctx"])
+        kwargs["kv_overrides"] = {**(kwargs.get("kv_overrides") or {}), Keys.KEEP: plan.spec}
     if kwargs.get("n_threads") is not None:
         overrides = dict(kwargs.get("kv_overrides") or {})
         overrides.setdefault(Keys.LOAD_THREADS, int(kwargs["n_threads"]))
         kwargs["kv_overrides"] = overrides
     try:
-        return llama_cpp.Llama(str(model_path), *args, **kwargs)
+        llm = llama_cpp.Llama(str(model_path), *args, **kwargs)
+        llm.ggzip_plan = plan
+        return llm
     except ValueError as e:
         # llama.cpp's reason went to its log, which is off unless verbose: for a
         # ggzip file, find the damaged tensor ourselves (only on this failure path)
