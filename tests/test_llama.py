@@ -371,3 +371,79 @@ def test_fold_attn_v_warns_for_quantized_v_cache(fold_v):
     r = run(base)                               # F16 V cache: no warning
     assert r.returncode == 0, r.stderr[-3000:]
     assert "folded into attn_v" not in r.stderr
+
+
+# --- tensors kept coded in RAM, decoded inside the ops (GGZIP_KEEP, ggzip.keep) ---
+
+KEEPING = re.compile(r"ggzip: keeping (\d+) of (\d+) frames compressed in RAM")
+# whole model; the token embedding alone (GET_ROWS, and MUL_MAT as SmolLM2's tied output); a partial plan
+KEEP_SPECS = ["all", "token_embd.weight", "blk.[0-9].ffn_*,blk.1*.attn_q*,blk.2?.attn_output*"]
+
+
+def _logits_kept(llama_cpp, model: Path, keep, tokens, n_batch: int):
+    kv = {"ggzip.keep": keep} if keep is not None else None
+    llm = llama_cpp.Llama(str(model), n_ctx=256, n_batch=n_batch, n_ubatch=n_batch, n_threads=2, logits_all=True,
+                          verbose=False, seed=0, kv_overrides=kv)
+    llm.eval(tokens)
+    out = np.array(llm.scores[: len(tokens)], dtype=np.float32)
+    llm.close()
+    return out
+
+
+@pytest.mark.parametrize("keep", KEEP_SPECS)
+def test_kept_logits_bit_identical(ggz, keep):
+    """Kept tensors run the same Q8_0 kernels on the same bytes as the decoded model:
+    one token at a time (ggml's vec_dot, as in generation) and in a batch (the tinyBLAS
+    kernel ggml's MUL_MAT takes for a prompt), logits equal bit for bit."""
+    llama_cpp = _llama_cpp()
+    llm = llama_cpp.Llama(str(ggz), n_ctx=64, verbose=False, vocab_only=True)
+    tokens = llm.tokenize(TEXT.read_text()[:400].encode())[:72]
+    llm.close()
+    for n_batch, n in ((1, 12), (64, len(tokens))):
+        plain = _logits_kept(llama_cpp, ggz, None, tokens[:n], n_batch)
+        kept = _logits_kept(llama_cpp, ggz, keep, tokens[:n], n_batch)
+        assert plain.shape == kept.shape and np.isfinite(plain).all()
+        assert np.array_equal(plain.view(np.uint32), kept.view(np.uint32)), (keep, n_batch)
+
+
+def test_keep_from_environment_and_override(ggz, q8_0):
+    """GGZIP_KEEP reaches every tool, --override-kv ggzip.keep=str:... wins over it, and
+    the perplexity equals the plain file's with every Q8_0 frame kept."""
+    names = ggzip_tensors(ggz)
+    want = perplexity(q8_0, "--chunks", "2")
+    env = {**os.environ, "GGZIP_KEEP": "all"}
+    r = run([tool("llama-perplexity"), "-m", ggz, "-f", TEXT, "-c", "128", "-b", "128", "--chunks", "2", "-t", "2", "-v"],
+            env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = KEEPING.search(r.stderr)
+    assert m and int(m.group(2)) == len(names) and 0 < int(m.group(1)) <= len(names), r.stderr[-3000:]
+    assert want in r.stdout + r.stderr
+    r = run([tool("llama-perplexity"), "-m", ggz, "-f", TEXT, "-c", "128", "-b", "128", "--chunks", "2", "-t", "2",
+             "-v", "--override-kv", "ggzip.keep=str:token_embd.weight"], env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert KEEPING.search(r.stderr).group(1) == "1", r.stderr[-3000:]
+    assert want in r.stdout + r.stderr
+    r = run([tool("llama-bench"), "-m", ggz, "-t", "2", "-p", "8", "-n", "4", "-r", "1", "-v"], env=env)
+    assert r.returncode == 0 and KEEPING.search(r.stderr), r.stderr[-3000:]
+
+
+def test_damaged_kept_frame_fails_the_load(ggz, tmp_path):
+    """A kept frame is checked when it is loaded (every chunk's CRC over its stored bytes,
+    without decoding): damage fails the load naming the tensor, never the output."""
+    import gguf
+    r = gguf.GGUFReader(ggz)
+    name = "blk.0.ffn_down.weight"
+    assert name in ggzip_tensors(ggz)
+    t = next(t for t in r.tensors if t.name == name)
+    data = bytearray(ggz.read_bytes())
+    data[int(t.data_offset) + int(t.n_bytes) * 3 // 4] ^= 0x5A
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(bytes(data))
+    for _ in range(5):   # see test_corrupted_frame_names_tensor for the retries
+        r = run([tool("llama-perplexity"), "-m", bad, "-f", TEXT, "-c", "128", "-t", "2", "-v"],
+                env={**os.environ, "GGZIP_KEEP": "blk.0.*"})
+        if r.stderr.strip():
+            break
+    assert r.returncode > 0
+    assert re.search(rf"tensor '{re.escape(name)}': ggzip frame is damaged \(checksum mismatch, chunk \d+\)", r.stderr), r.stderr[-3000:]
+    assert "selects" in r.stderr and "keeping" not in r.stderr   # failed while loading the kept frames
