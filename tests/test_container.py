@@ -379,3 +379,18 @@ def test_analyze_plain_matches_ggzip(minilm_types, packed):
         assert x["entropy_bytes"] == y["entropy_bytes"]
         assert abs(x["zstd3_bytes"] - y["zstd3_bytes"]) < 1e-6
     assert b["total"]["ggzip_bytes"] <= a["total"]["ggzip_bytes"]
+
+
+def test_chunk_size_option(smollm2_gguf, tmp_path):
+    """compress --chunk-kib: finer chunks (for tensors kept compressed in RAM, shared among
+    more threads) are recorded in each frame, cost little, and give the input back."""
+    ggz, back = tmp_path / "c64.gguf", tmp_path / "back.gguf"
+    rep = compress_file(smollm2_gguf, ggz, progress=False, chunk_size=64 * 1024)
+    default = compress_file(smollm2_gguf, tmp_path / "c256.gguf", progress=False)
+    with GGZipReader(ggz) as r:
+        infos = [codec.info(bytes(r.stored(t.name))) for t in r.tensors.values() if t.coded]
+    assert infos and all(i.chunk_raw_size <= 64 * 1024 for i in infos)
+    assert any(i.n_chunks > 4 for i in infos)
+    assert default.out_size < rep.out_size < 1.01 * default.out_size
+    decompress_file(ggz, back, progress=False)
+    assert sha(back) == sha(smollm2_gguf)

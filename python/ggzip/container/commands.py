@@ -11,7 +11,8 @@ def _progress(args) -> bool:
 
 def _compress(args) -> int:
     from .files import compress_file
-    rep = compress_file(args.input, args.output, threads=args.threads, progress=_progress(args))
+    rep = compress_file(args.input, args.output, threads=args.threads, progress=_progress(args),
+                        chunk_size=args.chunk_kib * 1024)
     print(rep.summary())
     return 0
 
@@ -64,6 +65,9 @@ def register(sub) -> None:
     p.add_argument("input", help="GGUF file")
     p.add_argument("output", help="ggzip GGUF to write")
     p.add_argument("-t", "--threads", type=int, default=None, metavar="N", help="encoder threads (default: all cores)")
+    p.add_argument("--chunk-kib", type=int, default=0, metavar="KIB",
+                   help="raw KiB per rANS chunk (default 256): smaller chunks share a tensor kept "
+                        "compressed in RAM (GGZIP_KEEP) among more threads, for about 256 bytes each")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_compress)
 

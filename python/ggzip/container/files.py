@@ -89,8 +89,10 @@ def _layout_gaps(infos, data_start: int, size: int, what: str):
     return gaps, order
 
 
-def compress_file(src, dst, threads: Optional[int] = None, progress: bool = True) -> CompressReport:
-    """Write a ggzip GGUF of the GGUF src to dst (atomically), losslessly."""
+def compress_file(src, dst, threads: Optional[int] = None, progress: bool = True,
+                  chunk_size: int = 0) -> CompressReport:
+    """Write a ggzip GGUF of the GGUF src to dst (atomically), losslessly; chunk_size:
+    raw bytes per chunk (0: the codec's default)."""
     src, dst = Path(src), Path(dst)
     t0 = time.perf_counter()
     if dst.exists() and src.exists() and dst.resolve() == src.resolve():
@@ -118,7 +120,7 @@ def compress_file(src, dst, threads: Optional[int] = None, progress: bool = True
                 padding, np.uint8), VT.ARRAY, VT.UINT8)))
         extra.append((Keys.ORIGINAL_SHA256, G.kv_bytes(Keys.ORIGINAL_SHA256, _sha256(r, progress), VT.STRING)))
 
-        w = GGZipWriter(dst, alignment=h.alignment, threads=threads)
+        w = GGZipWriter(dst, alignment=h.alignment, threads=threads, chunk_size=chunk_size)
         try:
             for k, raw in kv_raw:
                 w.add_raw_kv(k, raw)

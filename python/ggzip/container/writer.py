@@ -73,12 +73,14 @@ class GGZipWriter:
     GGUF instead (nothing coded, no ggzip container keys)."""
 
     def __init__(self, path, *, alignment: int = G.DEFAULT_ALIGNMENT, threads: Optional[int] = None,
-                 check: bool = True, plain: bool = False):
+                 check: bool = True, plain: bool = False, chunk_size: int = 0):
         self.path = Path(path)
         if alignment <= 0 or alignment & (alignment - 1):
             raise GGZipError(f"{path}: alignment {alignment} is not a power of two")
         self.alignment = alignment
         self.threads = threads or 0
+        # raw bytes per chunk (0: the codec's default); the frame records its rows per chunk
+        self.chunk_size = chunk_size or 0
         self.check = check
         self.plain = plain
         self.kvs: list[tuple[str, bytes]] = []
@@ -140,7 +142,8 @@ class GGZipWriter:
         frame = None
         if code and not self.plain and nbytes >= MIN_CODED_BYTES:
             layout, row = layout_for(ggml_type, ne)
-            frame = codec.encode(view, layout=layout, row_size=row, threads=self.threads)
+            frame = codec.encode(view, layout=layout, row_size=row, chunk_size=self.chunk_size,
+                                 threads=self.threads)
             if len(frame) > nbytes * (1 - MIN_GAIN):
                 frame = None
             else:

@@ -17,7 +17,7 @@ def _run(args) -> int:
                   calib_text=args.calib_text, theta=args.theta,
                   progress=not args.quiet, keep_float=args.keep_float,
                   bpw_for=dict(args.bpw_for or []), plain=args.plain,
-                  threads=args.threads, embd_share=args.embd_share,
+                  threads=args.threads, embd_share=args.embd_share, chunk_size=args.chunk_kib * 1024,
                   no_fold=[n for arg in args.no_fold or [] for n in arg])
     if args.json:
         doc = {"input": str(rep.inp), "output": str(rep.out), "arch": rep.arch,
@@ -128,12 +128,15 @@ def register(sub) -> None:
                    help="leave a fold of 1/s out (repeatable, or a comma list): 'output' keeps "
                         "the final hidden state exact (llama-embedding on a decoder), 'v' keeps "
                         "V exact for a quantized V cache (-ctv q8_0); the output records "
-                        "ggzip.fold.output_norm / ggzip.fold.attn_v"),
+                        "ggzip.fold.output_norm / ggzip.fold.attn_v")
     p.add_argument("--plain", action="store_true",
                    help="write an ordinary Q8_0 GGUF (stock llama.cpp loads it) instead of "
                         "rANS-coding the tensors (ggzip compress can code it later)")
     p.add_argument("-t", "--threads", type=int, default=None, metavar="N",
                    help="rANS encoder and llama-imatrix threads (default: all cores)")
+    p.add_argument("--chunk-kib", type=int, default=0, metavar="KIB",
+                   help="raw KiB per rANS chunk (default 256): smaller chunks share a tensor kept "
+                        "compressed in RAM (GGZIP_KEEP) among more threads, for about 256 bytes each")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_defaults)

@@ -340,7 +340,7 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
             theta: float = DEFAULT_THETA, progress: bool = True,
             keep_float: bool = False, plain: bool = False,
             threads: int | None = None, bpw_for: dict[str, float] | None = None,
-            embd_share: float | None = None, no_fold=()) -> ConvertReport:
+            embd_share: float | None = None, no_fold=(), chunk_size: int = 0) -> ConvertReport:
     """Convert IN to a ggzip GGUF at OUT (Q8_0 tensors rANS-coded), or with
     plain=True to an ordinary Q8_0 GGUF; see the module docstring.  alpha None:
     ALPHA_IMATRIX with an imatrix, ALPHA_PROXY without.  keep_float: write the
@@ -354,6 +354,7 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
     EMBD_SHARE_DEFAULT for the architecture, else 1 = uniform; a bpw_for pattern
     naming the token embedding takes precedence).  no_fold: folds left out
     (quantize.fold.FOLD_KEYS: "output", "v"), for embeddings or a quantized V cache.
+    chunk_size: raw bytes per rANS chunk (0: the codec's default, 256 KiB).
 
     The steps: check the options, read IN, choose every tensor's rate, gather
     activation statistics, plan the rescaling, decide each tensor's output type,
@@ -380,7 +381,7 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
                            float_bytes=sum(int(np.prod(shapes[n])) * 4 for n in kinds))
 
     from ..container import GGZipWriter
-    w = GGZipWriter(out, plain=plain, threads=threads)     # GGZipError if OUT's folder is unwritable
+    w = GGZipWriter(out, plain=plain, threads=threads, chunk_size=chunk_size)     # GGZipError if OUT's folder is unwritable
     try:
         _write_metadata(w, src, report, keep_float=keep_float, prune=prune,
                         rate_note=rates.note, fold_flags=plan.fold_flags(src.kv))
