@@ -11,7 +11,13 @@
  * 2060-2120 MB/s with the opmask renormalisation, 1775-1850 with the AVX2 one,
  * 1715 with two zmm registers of 16 lanes looked up the same way and 1596 with
  * zmm gathers.  vpexpandw (words straight into place, VBMI2) was slower still
- * (1720), and so was a vpgatherdd lookup (1320). */
+ * (1720), and so was a vpgatherdd lookup (1320).
+ *
+ * On Zen 3 (AVX2 only) the same choices hold (native/tests/bench_kernel.c:
+ * gathers -16%, other lookups -7..-10%).  There the four groups of a step
+ * are one latency chain the out-of-order window cannot overlap further;
+ * eight groups (64 lanes, a format change) decoded phase by phase, all
+ * lookups first, measured +17%. */
 #ifndef GGZIP_RANS_X86_H
 #define GGZIP_RANS_X86_H
 
