@@ -222,6 +222,9 @@ def test_plan_predicts_the_measured_peak_rss(smol_ggzip, tmp_path, monkeypatch):
     p = plan(smol_ggzip, budget, progress=False, **kw)       # from the cache
     assert p.calibration == cal
     assert p.kept and p.peak_rss <= budget and len(p.spec) <= MAX_SPEC
+    from ggzip.plan.plan import format_plan
+    text = format_plan(p)
+    assert text.endswith(f"SPEC: {p.spec}") and p.kept[0].name in text and "predicted peak RSS" in text
     m = measure(smol_ggzip, keep=p.spec, **kw)
     assert m.keep_log, "the loader kept nothing"
     assert abs(m.peak_rss - p.peak_rss) <= 0.10 * m.peak_rss, \
