@@ -19,6 +19,8 @@ def register(subparsers) -> None:
     p.add_argument("-c", "--ctx", type=int, default=DEFAULT_CTX, help=f"context size (default {DEFAULT_CTX})")
     p.add_argument("--spec", action="store_true", help="print only the SPEC")
     p.add_argument("--recalibrate", action="store_true", help="measure again instead of using the cache")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="calibration passes, the fastest kept (default 1; 2-3 on a busy machine)")
     p.set_defaults(func=run)
 
 
@@ -27,6 +29,7 @@ def run(args) -> int:
     from .plan import format_plan, plan
     if args.threads is not None and args.threads < 1 or args.ctx < 1:
         raise GGZipError("--threads and --ctx must be >= 1")
-    p = plan(args.model, args.memory, threads=args.threads, ctx=args.ctx, recalibrate=args.recalibrate)
+    p = plan(args.model, args.memory, threads=args.threads, ctx=args.ctx, recalibrate=args.recalibrate,
+             rounds=args.rounds)
     print(p.spec if args.spec else format_plan(p))
     return 0
