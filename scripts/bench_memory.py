@@ -40,6 +40,7 @@ import hashlib
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -269,21 +270,33 @@ def run_row(path: Path, keep, limit, args) -> dict:
     return out
 
 
+def runner_baseline() -> int:
+    """Peak RSS of the runner with no model: a Python interpreter that imported
+    llama_cpp and numpy, as measure()'s child does before it loads."""
+    code = ("import numpy, llama_cpp\n"
+            "print(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(r.stdout.split()[-1]) * 1024
+
+
 # ---- one model's rows -------------------------------------------------------------
 
 def plan_for(path: Path, budget: int, args):
     """(SPEC, predictions) of ggzip.plan for a budget, or (None, why) when it fails
     (a budget below the smallest feasible one, a library without keep)."""
     from ggzip.errors import GGZipError
-    from ggzip.plan.plan import plan
+    from ggzip.plan.plan import decode_speed, plan
     try:
-        p = plan(path, budget, threads=args.threads, ctx=args.ctx, n_prompt=N_PROMPT, n_gen=N_GEN)
+        p = plan(path, budget, threads=args.threads, ctx=args.ctx, n_prompt=N_PROMPT, n_gen=N_GEN,
+                 rounds=args.rounds)
     except GGZipError as e:
-        return None, str(e)
-    cal = p.calibration
+        m = re.search(r"below the smallest feasible size, ([0-9.]+ MiB)", str(e))
+        return None, f"infeasible: the smallest is {m.group(1)}" if m else str(e).splitlines()[0][:200]
     kept_names = {i.name for i in p.kept}
+    # the codec's speed on this file's frames now, just before the run (the
+    # calibration's may be older, taken on a busier machine)
     return p.spec, {"pred_rss": p.peak_rss, "pred_pp": p.prompt_tps, "pred_tg": p.gen_tps,
-                    "decode_gbps": cal.decode_gbps.get(str(args.threads)),
+                    "decode_gbps": decode_speed(path, p.items, args.threads)[args.threads],
                     "decoded_per_token": decoded_per_token(path, kept_names),
                     "n_kept": len(p.kept), "n_eligible": len(p.items)}
 
@@ -300,11 +313,12 @@ def decoded_per_token(path: Path, kept: set) -> int:
 
 def smallest_feasible(path: Path, args):
     """The plan's smallest feasible budget (every eligible tensor kept), rounded up to
-    a MiB, or (None, why)."""
+    a MiB, or (None, why). Calibrates afresh (every plan of this invocation reuses it)."""
     from ggzip.errors import GGZipError
     from ggzip.plan.plan import calibrate, eligible_items, predict
     try:
-        cal = calibrate(path, args.threads, args.ctx, N_PROMPT, N_GEN)
+        cal = calibrate(path, args.threads, args.ctx, N_PROMPT, N_GEN, recalibrate=True,
+                        rounds=args.rounds)
         return -(-predict(cal, eligible_items(path))[0] // 2**20) * 2**20, ""
     except GGZipError as e:
         return None, str(e)
@@ -333,7 +347,7 @@ def bench_model(inp: Inputs, args) -> dict:
             spec, pred = plan_for(path, limit, args) if label not in no_plan else (None, no_plan[label])
             row = dict(budget=blabel, limit=limit, method=label, file=path, role="ggzip", spec=spec)
             if spec is None:
-                row["error"] = "no plan: " + pred.splitlines()[0][:300]
+                row["error"] = pred if pred.startswith("infeasible") else "no plan: " + pred
                 say(f"    {label}: {row['error']}")
             else:
                 row.update(pred)
@@ -383,7 +397,8 @@ def table(res) -> list:
            "pp128 t/s (plan) | tg64 t/s (plan) | KLD |", "|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         budget = "no limit" if r["limit"] is None else f"{r['budget']}: {mib(r['limit'])}"
-        method = ROLE[r["role"]].format(r["method"]) + (" (earlier run)" if r.get("reused") else "")
+        method = ("(c) the largest llama.cpp type that fits" if r["method"] == "-" else
+                  ROLE[r["role"]].format(r["method"])) + (" (earlier run)" if r.get("reused") else "")
         spec = f"`{r['spec']}`" if r.get("spec") else "-"
         kld = "-" if r.get("kld") is None else f"{r['kld']:.4f}" + (" (flattered)" if r["flattered"] else "")
         size = mib(r["file_size"]) if "file_size" in r else "-"
@@ -490,9 +505,12 @@ def main(argv=None):
     ap.add_argument("--ctx", type=int, default=512, help="context of the measured runs")
     ap.add_argument("--chunks", type=int, default=6, help="512-token chunks of the KL divergence")
     ap.add_argument("--timeout", type=float, default=900, help="seconds one measured run may take")
+    ap.add_argument("--rounds", type=int, default=2, help="calibration rounds of ggzip.plan (default 2)")
     ap.add_argument("--reuse-plain", action="store_true",
                     help="take the rows of plain files (a, b, c) measured by an earlier invocation with the "
                          "same file, limit, threads and ctx (the section names their libllama)")
+    ap.add_argument("--from-results", type=Path, metavar="JSON",
+                    help="write the section and plot from a results.json of an earlier invocation")
     ap.add_argument("--prepare-only", action="store_true", help="make the inputs and their KLD only")
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "bench-memory")
     ap.add_argument("--out", type=Path, default=BENCH_MD)
@@ -500,6 +518,10 @@ def main(argv=None):
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     given = argv if argv is not None else sys.argv[1:]
+    if args.from_results:
+        saved = json.loads(args.from_results.read_text())
+        return report(saved["header"] + [f"(Section written from {args.from_results.name} by "
+                                          f"`--from-results`.)", ""], saved["models"], args)
     t0, load0 = time.perf_counter(), os.getloadavg()[1]
     results = []
     for name in args.models.split(","):
@@ -513,33 +535,41 @@ def main(argv=None):
             results.append(bench_model(inp, args))
     if args.prepare_only:
         return 0
-    (args.work / "results.json").write_text(json.dumps(results, indent=1, default=str))
     lib = sorted({r["library"] for res in results for r in res["rows"] if "library" in r})
-    lines = [provenance("bench_memory.py", given, f", libllama {'; '.join(lib) or '?'}"),
-             f"This invocation: {(time.perf_counter() - t0) / 60:.0f} min; load average (5 min) "
-             f"{load0:.1f} at the start, {os.getloadavg()[1]:.1f} at the end, on {os.cpu_count()} cores "
-             "(the machine is shared: speeds are as noisy as that).", "",
-             f"Every run is one `ggzip.plan.measure.measure()` (a fresh llama-cpp-python process: load, "
-             f"an untimed warm-up, then a {N_PROMPT}-token prompt as one batch and {N_GEN} greedy tokens; "
-             f"tg = 1 / median token time), {args.threads} threads, ctx {args.ctx}, mmap on (llama-cpp-python's "
-             "default), inside a cgroup v1 memory group whose `memory.limit_in_bytes` is the budget (no "
-             "limit for (a)); the model file is dropped from the page cache before each run. **Budgets** "
-             "are shares of the plain Q8_0 file's size, and the smallest budget `ggzip.plan` finds feasible "
-             "for each ggzip file (every eligible tensor kept). **cgroup peak**: `memory.max_usage_in_bytes` "
-             "(page cache included); **peak RSS**: the process's VmHWM (interpreter and shared libraries "
-             "included), the quantity the plan predicts. The ggzip rows run the SPEC `ggzip.plan.plan()` "
-             f"chose for the budget (same threads and ctx). Inputs from one F32 GGUF per model (dequantized "
-             f"from the fetched file): `ggzip convert --target-bpw {GZ_BPW} --imatrix`, `llama-quantize Q8_0` "
-             "then `ggzip compress` (lossless), `llama-quantize --imatrix` Q4_K_M, IQ4_XS, Q3_K_M, Q2_K; "
-             "imatrix on tests/data/declaration.txt. **KLD**: `llama-perplexity --kl-divergence` against the F32 "
-             f"model on scripts/data/alice-ch1-3.txt, {args.chunks} chunks of {CTX} tokens; \"flattered\": the "
-             f"type re-codes without loss >= {REGRID_SHARE:.0%} of the weights, or >= {REGRID_EXTRA:.0%} more "
-             "of them than Q8_0 does: it puts the dequantized source's low-bit tensors back on their own grid, "
-             "so its KLD partly measures the source file.", ""]
+    header = [provenance("bench_memory.py", given, f", libllama {'; '.join(lib) or '?'}"),
+              f"This invocation: {(time.perf_counter() - t0) / 60:.0f} min; load average (5 min) "
+              f"{load0:.1f} at the start, {os.getloadavg()[1]:.1f} at the end, on {os.cpu_count()} cores "
+              "(the machine is shared: speeds are as noisy as that).", "",
+              f"Every run is one `ggzip.plan.measure.measure()` (a fresh llama-cpp-python process: load, "
+              f"an untimed warm-up, then a {N_PROMPT}-token prompt as one batch and {N_GEN} greedy tokens; "
+              f"tg = 1 / median token time), {args.threads} threads, ctx {args.ctx}, mmap on (llama-cpp-python's "
+              "default), inside a cgroup v1 memory group whose `memory.limit_in_bytes` is the budget (no "
+              "limit for (a)); the model file is dropped from the page cache before each run. **Budgets** "
+              "are shares of the plain Q8_0 file's size, and the smallest budget `ggzip.plan` finds feasible "
+              "for each ggzip file (every eligible tensor kept). **cgroup peak**: `memory.max_usage_in_bytes` "
+              "(page cache included); **peak RSS**: the process's VmHWM (interpreter and shared libraries "
+              f"included: the runner alone, Python with llama_cpp imported, peaks at {mib(runner_baseline())} "
+              "MiB), the quantity the plan predicts. The ggzip rows run the SPEC `ggzip.plan.plan()` "
+              f"chose for the budget (same threads and ctx; calibrated afresh, {args.rounds} rounds). "
+              "Inputs from one F32 GGUF per model (dequantized "
+              f"from the fetched file): `ggzip convert --target-bpw {GZ_BPW} --imatrix`, `llama-quantize Q8_0` "
+              "then `ggzip compress` (lossless), `llama-quantize --imatrix` Q4_K_M, IQ4_XS, Q3_K_M, Q2_K; "
+              "imatrix on tests/data/declaration.txt. **KLD**: `llama-perplexity --kl-divergence` against the F32 "
+              f"model on scripts/data/alice-ch1-3.txt, {args.chunks} chunks of {CTX} tokens; \"flattered\": the "
+              f"type re-codes without loss >= {REGRID_SHARE:.0%} of the weights, or >= {REGRID_EXTRA:.0%} more "
+              "of them than Q8_0 does: it puts the dequantized source's low-bit tensors back on their own grid, "
+              "so its KLD partly measures the source file (\"lossless\": the share of weights a type re-codes without "
+              "loss).", ""]
+    atomic_json(args.work / "results.json", {"header": header, "models": results})
+    return report(header, results, args)
+
+
+def report(header: list, results: list, args) -> int:
+    lines = list(header)
     for res in results:
         sizes = ", ".join(f"{m} {mib(n)}" for m, n in res["files"].items())
         lines += [f"**{res['label']}** (file MiB: {sizes}; KLD: " +
-                  ", ".join(f"{m} {r['kld']:.4f}" + (f" ({r['lossless']:.0%} of weights re-coded without loss)"
+                  ", ".join(f"{m} {r['kld']:.4f}" + (f" (lossless {r['lossless']:.0%})"
                                                    if "lossless" in r else "")
                             for m, r in res["kld_all"].items()) + ")", ""]
         lines += table(res) + [""]
