@@ -447,6 +447,9 @@ def targets(res) -> list:
                 parts.append(f"tg / decode-bound speed ({r['decode_gbps']:.2f} GB/s on {res['threads']} "
                              f"threads / {mib(r['decoded_per_token'])} MiB decoded per token = "
                              f"{bound:.1f} t/s) = {x:.2f} (target >= 0.8: {verdict})")
+            x = r["peak_rss"] / plain["peak_rss"]
+            parts.append(f"peak RSS {mib(r['peak_rss'])} MiB = {x:.0%} of plain Q8_0's unlimited "
+                         f"{mib(plain['peak_rss'])} MiB (the issue's headline: about 60%)")
             x = r["prompt_tps"] / plain["prompt_tps"]
             parts.append(f"pp / plain Q8_0 pp = {r['prompt_tps']:.1f} / {plain['prompt_tps']:.1f} = {x:.2f} "
                          f"(target >= 0.8: {'met' if x >= 0.8 else 'NOT met'})")
