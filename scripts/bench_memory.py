@@ -239,7 +239,7 @@ def run_row(path: Path, keep, limit, args) -> dict:
     in the work folder and, with --reuse-plain, taken from there."""
     from ggzip.errors import GGZipError
     from ggzip.plan.measure import measure
-    key = f"{path.name}|{keep}|{limit}|{args.threads}|{args.ctx}|{N_PROMPT}|{N_GEN}"
+    key = f"{path.name}|{keep}|{limit}|{args.threads}|{args.ctx}|{N_PROMPT}|{N_GEN}|{args.repeat}"
     store = args.work / "plain-rows.json"
     stored = json.loads(store.read_text()) if store.exists() else {}
     if keep is None and args.reuse_plain and key in stored:
@@ -250,7 +250,7 @@ def run_row(path: Path, keep, limit, args) -> dict:
     with Cgroup(limit) as cg:
         try:
             m = measure(path, keep=keep, threads=args.threads, ctx=args.ctx, n_prompt=N_PROMPT,
-                        n_gen=N_GEN, cgroup=cg.path, timeout=args.timeout)
+                        n_gen=N_GEN, repeat=args.repeat, cgroup=cg.path, timeout=args.timeout)
             out = {k: getattr(m, k) for k in ("prompt_tps", "gen_tps", "gen_tps_mean", "peak_rss",
                                               "rss_load", "load_s", "keep_log", "library")}
         except GGZipError as e:
@@ -517,6 +517,8 @@ def main(argv=None):
     ap.add_argument("--ctx", type=int, default=512, help="context of the measured runs")
     ap.add_argument("--chunks", type=int, default=6, help="512-token chunks of the KL divergence")
     ap.add_argument("--timeout", type=float, default=900, help="seconds one measured run may take")
+    ap.add_argument("--repeat", type=int, default=2,
+                    help="timed rounds of each measured run (pp: median round, tg: median token; default 2)")
     ap.add_argument("--rounds", type=int, default=2, help="calibration rounds of ggzip.plan (default 2)")
     ap.add_argument("--reuse-plain", action="store_true",
                     help="take the rows of plain files (a, b, c) measured by an earlier invocation with the "
@@ -553,8 +555,8 @@ def main(argv=None):
               f"{load0:.1f} at the start, {os.getloadavg()[1]:.1f} at the end, on {os.cpu_count()} cores "
               "(the machine is shared: speeds are as noisy as that).", "",
               f"Every run is one `ggzip.plan.measure.measure()` (a fresh llama-cpp-python process: load, "
-              f"an untimed warm-up, then a {N_PROMPT}-token prompt as one batch and {N_GEN} greedy tokens; "
-              f"tg = 1 / median token time), {args.threads} threads, ctx {args.ctx}, mmap on (llama-cpp-python's "
+              f"an untimed warm-up, then {args.repeat} rounds of a {N_PROMPT}-token prompt as one batch and "
+              f"{N_GEN} greedy tokens; pp from the median round, tg = 1 / median token time), {args.threads} threads, ctx {args.ctx}, mmap on (llama-cpp-python's "
               "default), inside a cgroup v1 memory group whose `memory.limit_in_bytes` is the budget (no "
               "limit for (a)); the model file is dropped from the page cache before each run. **Budgets** "
               "are shares of the plain Q8_0 file's size, and the smallest budget `ggzip.plan` finds feasible "
