@@ -55,17 +55,14 @@ def llama_bench(model: Path, keep: str | None, threads: int, n_prompt: int, n_ge
 
 
 def kept_frames(model: Path) -> tuple[list[bytes], int, int]:
-    """The frames GGZIP_KEEP=all keeps (Q8_0 matrices coded no larger than decoded),
+    """The frames GGZIP_KEEP=all keeps (ggzip.plan's eligibility, the loader's rule),
     their decoded and stored bytes."""
     from ggzip.container import GGZipReader
-    frames, dec, stored = [], 0, 0
+    from ggzip.plan.plan import eligible_items
+    items = eligible_items(model)
     with GGZipReader(model) as r:
-        for t in r.tensors.values():
-            if t.coded and t.type_name == "Q8_0" and all(d == 1 for d in t.ne[2:]) and t.stored <= t.nbytes:
-                frames.append(bytes(r.stored(t.name)))
-                dec += t.nbytes
-                stored += t.stored
-    return frames, dec, stored
+        frames = [bytes(r.stored(it.name)) for it in items]
+    return frames, sum(it.decoded for it in items), sum(it.frame for it in items)
 
 
 def decode_seconds(frames: list[bytes], threads: int) -> float:

@@ -171,8 +171,11 @@ def _llama_cpp():
         pytest.skip(str(e))
 
 
-def _logits(llama_cpp, model: Path, tokens=None):
-    llm = llama_cpp.Llama(str(model), n_ctx=256, n_threads=2, logits_all=True, verbose=False, seed=0)
+def _logits(llama_cpp, model: Path, tokens=None, keep=None, n_batch: int = 512):
+    """Logits of every token; keep: the ggzip.keep override (None: none given)."""
+    kv = {"ggzip.keep": keep} if keep is not None else None
+    llm = llama_cpp.Llama(str(model), n_ctx=256, n_batch=n_batch, n_ubatch=n_batch, n_threads=2, logits_all=True,
+                          verbose=False, seed=0, kv_overrides=kv)
     if tokens is None:
         tokens = llm.tokenize(TEXT.read_text()[:600].encode())
     llm.eval(tokens)
@@ -380,16 +383,6 @@ KEEPING = re.compile(r"ggzip: keeping (\d+) of (\d+) frames compressed in RAM")
 KEEP_SPECS = ["all", "token_embd.weight", "blk.[0-9].ffn_*,blk.1*.attn_q*,blk.2?.attn_output*"]
 
 
-def _logits_kept(llama_cpp, model: Path, keep, tokens, n_batch: int):
-    kv = {"ggzip.keep": keep} if keep is not None else None
-    llm = llama_cpp.Llama(str(model), n_ctx=256, n_batch=n_batch, n_ubatch=n_batch, n_threads=2, logits_all=True,
-                          verbose=False, seed=0, kv_overrides=kv)
-    llm.eval(tokens)
-    out = np.array(llm.scores[: len(tokens)], dtype=np.float32)
-    llm.close()
-    return out
-
-
 @pytest.mark.parametrize("keep", KEEP_SPECS)
 def test_kept_logits_bit_identical(ggz, keep):
     """Kept tensors run the same Q8_0 kernels on the same bytes as the decoded model:
@@ -400,8 +393,8 @@ def test_kept_logits_bit_identical(ggz, keep):
     tokens = llm.tokenize(TEXT.read_text()[:400].encode())[:72]
     llm.close()
     for n_batch, n in ((1, 12), (64, len(tokens))):
-        plain = _logits_kept(llama_cpp, ggz, None, tokens[:n], n_batch)
-        kept = _logits_kept(llama_cpp, ggz, keep, tokens[:n], n_batch)
+        _, plain = _logits(llama_cpp, ggz, tokens[:n], None, n_batch)
+        _, kept = _logits(llama_cpp, ggz, tokens[:n], keep, n_batch)
         assert plain.shape == kept.shape and np.isfinite(plain).all()
         assert np.array_equal(plain.view(np.uint32), kept.view(np.uint32)), (keep, n_batch)
 

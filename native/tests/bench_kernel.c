@@ -220,19 +220,6 @@ GGZ_INLINE __m256i symbols32(__m256i e0, __m256i e1, __m256i e2, __m256i e3)
     return _mm256_permutevar8x32_epi32(_mm256_packus_epi16(a, b), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
-GGZ_INLINE void crc32(uint64_t * c, const uint8_t ** q, const uint8_t * end)
-{
-    if (GGZ_LIKELY(end - *q >= 32)) {
-        uint64_t v = *c;
-        v = _mm_crc32_u64(v, ggz_rd64(*q));
-        v = _mm_crc32_u64(v, ggz_rd64(*q + 8));
-        v = _mm_crc32_u64(v, ggz_rd64(*q + 16));
-        v = _mm_crc32_u64(v, ggz_rd64(*q + 24));
-        *c = v;
-        *q += 32;
-    }
-}
-
 /* One pass over ns streams (1 or 2) of 8 * G lanes each, side by side, while
  * all have whole steps and 4 * lanes bytes left; then each alone, scalar.
  * Symbols of step k, lane l go to dst + (k * G/4 + l / 32) * 34 + l % 32. */
@@ -266,7 +253,7 @@ GGZ_INLINE int run(bstream * s, const unsigned ns, const unsigned G, const int c
             __m256i e[16];
             _Pragma("GCC unroll 16")
             for (unsigned i = 0; i < ns; i++)
-                if (crc_on) for (unsigned r = 0; r < G / 4; r++) crc32(&c[i], &q[i], end[i]);
+                if (crc_on) for (unsigned r = 0; r < G / 4; r++) ggz_crc_step32(&c[i], &q[i], end[i]);
             step_phased(x, ns, G, tab, lk, renorm == RN_LATE, e, p);
             _Pragma("GCC unroll 16")
             for (unsigned i = 0; i < ns; i++)
@@ -278,7 +265,7 @@ GGZ_INLINE int run(bstream * s, const unsigned ns, const unsigned G, const int c
         }
         _Pragma("GCC unroll 16")
         for (unsigned i = 0; i < ns; i++) {
-            if (crc_on) for (unsigned r = 0; r < G / 4; r++) crc32(&c[i], &q[i], end[i]);
+            if (crc_on) for (unsigned r = 0; r < G / 4; r++) ggz_crc_step32(&c[i], &q[i], end[i]);
             __m256i e[8];
             _Pragma("GCC unroll 16")
             for (unsigned g = 0; g < G; g++) x[i * G + g] = step8(x[i * G + g], tab, lk, renorm, &e[g], &p[i], _mm256_setzero_si256());
