@@ -19,6 +19,9 @@
 #   neon-zig      NEON kernel built with zig cc (aarch64-linux-musl), under qemu -cpu cortex-a76
 #   avx2-haswell  on an AVX-512 host: the C tests under qemu -cpu Haswell-v4, where
 #                 the dispatcher must pick (and the tests run) the avx2 kernel
+#   bench-aarch64 ggzip-bench cross-built (as neon-a53) on the ggzip GGUF $GGZIP_BENCH_FILE
+#                 under qemu -cpu cortex-a53 and cortex-a76, neon and scalar kernels: every
+#                 frame's CRC must equal the native build's (skipped without the file)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -169,6 +172,25 @@ step_avx2_haswell() {
     # avx2 kernel looks its table up with scalar loads, not vpgatherdd (which
     # qemu 7.2 mis-emulates for some index registers), so all of it runs here.
     qemu-x86_64-static -cpu Haswell-v4 build/native-test/ggzip_test --expect-kernel avx2 2>/dev/null
+}
+
+step_bench_aarch64() {
+    [ -n "${GGZIP_BENCH_FILE:-}" ] || { skip "GGZIP_BENCH_FILE not set (a ggzip GGUF to decode)"; return; }
+    neon_build || return
+    build build/native-aarch64 ggzip-bench -- || return 1
+    build build/native-bench ggzip-bench -- || return 1
+    # the speeds are emulation speeds (a proxy at best); the CRCs must agree
+    build/native-bench/ggzip-bench --repeat 1 --tensors "$GGZIP_BENCH_FILE" > "$LOGS/bench-native.txt" || return 1
+    grep -q ' crc32c 0x.* [0-9]*$' "$LOGS/bench-native.txt" || { echo "FAIL no ggzip frames in $GGZIP_BENCH_FILE"; return 1; }
+    local cpu
+    for cpu in cortex-a53 cortex-a76; do
+        qemu-aarch64-static -cpu "$cpu" build/native-aarch64/ggzip-bench --kernel neon --kernel scalar \
+            --repeat 1 --tensors "$GGZIP_BENCH_FILE" > "$LOGS/bench-$cpu.txt" || return 1
+        grep '^kernel' "$LOGS/bench-$cpu.txt" | sed "s/^/$cpu: /"
+        diff <(grep -v '^kernel' "$LOGS/bench-native.txt" | grep crc32c) <(grep -v '^kernel' "$LOGS/bench-$cpu.txt" | grep crc32c) \
+            || { echo "FAIL $cpu: frames decode differently from the native build"; return 1; }
+    done
+    grep '^kernel' "$LOGS/bench-native.txt" | sed 's/^/native: /'
 }
 
 T0=$SECONDS
