@@ -11,6 +11,8 @@
 #   scripts/build_llama.sh --python-only      # only libllama + llama-cpp-python
 #   scripts/build_llama.sh --stock            # only an UNPATCHED llama-simple (tests: a stock
 #                                             # llama.cpp must refuse ggzip files cleanly)
+#   scripts/build_llama.sh --tree-only        # only the patched source tree; prints its path
+#                                             # (scripts/build_android.sh cross-builds it)
 #
 # Pin: the llama.cpp vendored in the PyPI sdist llama-cpp-python==0.3.36 (commit 0c1e570).
 # Outputs (override with env):
@@ -35,13 +37,14 @@ LOGS=${GGZIP_BUILD_LOGS:-$ROOT/build/logs}
 PY=${PYTHON:-python3}
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2}
 
-want_tools=1 want_python=0 want_stock=0 targets=()
+want_tools=1 want_python=0 want_stock=0 want_tree_only=0 targets=()
 for arg in "$@"; do
     case $arg in
         --python) want_python=1 ;;
         --python-only) want_python=1; want_tools=0 ;;
         --stock) want_stock=1; want_tools=0 ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        --tree-only) want_tree_only=1; want_tools=0 ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
         -*) echo "build_llama.sh: unknown option $arg" >&2; exit 2 ;;
         *) targets+=("$arg") ;;
     esac
@@ -123,6 +126,7 @@ if [ "$(cat "$tree/.ggzip-series" 2>/dev/null)" != "$series_hash" ]; then
     done
     echo "$series_hash" > "$tree/.ggzip-series"
 fi
+if [ $want_tree_only = 1 ]; then echo "$llama"; exit 0; fi
 
 # $ORIGIN: the shared libraries find each other wherever they are copied together
 # (llama-cpp-python's package directory)

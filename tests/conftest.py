@@ -2,9 +2,23 @@
 (cached under ~/.cache/ggzip/models; scripts/setup.sh fetches the small ones)."""
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# the patched x86 llama.cpp of scripts/build_llama.sh
+BIN = Path(os.environ.get("GGZIP_LLAMA_DIR", ROOT / "build" / "llama")) / "bin"
+
+
+def llama_tool(name: str) -> Path:
+    """A tool of the patched build, or a visible skip when it is not built."""
+    path = BIN / name
+    if not os.access(path, os.X_OK):
+        pytest.skip(f"patched {name} not built in {BIN} (run scripts/build_llama.sh {name})")
+    return path
 
 
 def fetch_or_skip(name: str) -> Path:
@@ -33,3 +47,22 @@ def minilm_dir() -> Path:
 def gemma3_gguf() -> Path:
     """Gemma-3-270M, Q4_K_M with Q8_0/Q5_0/Q6_K tensors (gemma3)."""
     return fetch_or_skip("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
+def smollm2_q8_0(tmp_path_factory, smollm2_gguf) -> Path:
+    """SmolLM2 re-quantized to Q8_0 by the patched llama-quantize."""
+    out = tmp_path_factory.mktemp("smollm2") / "smollm2.Q8_0.gguf"
+    r = subprocess.run([str(llama_tool("llama-quantize")), "--allow-requantize", str(smollm2_gguf), str(out), "Q8_0", "2"],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_ggz(smollm2_q8_0) -> Path:
+    """The lossless ggzip GGUF of smollm2_q8_0 (every tensor rANS-coded)."""
+    from ggzip.container import compress_file
+    out = smollm2_q8_0.with_name("smollm2.Q8_0.ggzip.gguf")
+    compress_file(smollm2_q8_0, out, progress=False)
+    return out

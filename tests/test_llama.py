@@ -16,20 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import llama_tool
 
 pytestmark = [pytest.mark.llama, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(os.environ.get("GGZIP_LLAMA_DIR", ROOT / "build" / "llama")) / "bin"
 TEXT = ROOT / "tests" / "data" / "declaration.txt"
-BUILD_HINT = "run scripts/build_llama.sh"
-
-
-def tool(name: str) -> Path:
-    path = BIN / name
-    if not os.access(path, os.X_OK):
-        pytest.skip(f"patched {name} not built in {BIN} ({BUILD_HINT} {name})")
-    return path
+tool = llama_tool
 
 
 def run(cmd, **kw) -> subprocess.CompletedProcess:
@@ -37,21 +30,13 @@ def run(cmd, **kw) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def q8_0(tmp_path_factory, smollm2_gguf) -> Path:
-    quantize = tool("llama-quantize")
-    src = smollm2_gguf
-    out = tmp_path_factory.mktemp("llama") / "smollm2.Q8_0.gguf"
-    r = run([quantize, "--allow-requantize", src, out, "Q8_0", "2"])
-    assert r.returncode == 0, r.stderr[-2000:]
-    return out
+def q8_0(smollm2_q8_0) -> Path:
+    return smollm2_q8_0
 
 
 @pytest.fixture(scope="module")
-def ggz(q8_0) -> Path:
-    from ggzip.container import compress_file
-    out = q8_0.with_name("smollm2.Q8_0.ggzip.gguf")
-    compress_file(q8_0, out, progress=False)
-    return out
+def ggz(smollm2_ggz) -> Path:
+    return smollm2_ggz
 
 
 def ggzip_tensors(path: Path) -> list[str]:
