@@ -344,6 +344,20 @@ def test_writer_keeps_incompressible_tensors_plain(tmp_path):
     assert not t.coded and t.stored == t.nbytes
 
 
+def test_writer_records_a_non_default_alignment(tmp_path):
+    rng = np.random.default_rng(2)
+    small = rng.integers(-3, 4, 100, dtype=np.int8)
+    coded = np.round(rng.normal(0, 3, 1 << 16)).astype(np.int8)
+    with GGZipWriter(tmp_path / "a.gguf", alignment=64) as w:
+        w.add_tensor("small", T.I8, (small.size,), small)
+        w.add_tensor("coded", T.I8, (coded.size,), coded)
+    # gguf-py finds the data where the header says, as llama.cpp does
+    assert gguf.GGUFReader(tmp_path / "a.gguf").alignment == 64
+    with GGZipReader(tmp_path / "a.gguf") as r:
+        np.testing.assert_array_equal(r.array("small"), small)
+        np.testing.assert_array_equal(r.array("coded"), coded)
+
+
 def test_analyze_json_and_plot(packed, tmp_path, capsys):
     png = tmp_path / "a.png"
     assert cli(["analyze", "-q", str(packed), "--json", "--plot", str(png)]) == 0

@@ -189,6 +189,9 @@ class GGZipWriter:
         if self._closed:
             return
         self._closed = True
+        if self.alignment != G.DEFAULT_ALIGNMENT and "general.alignment" not in self._keys:
+            # every reader assumes the default unless the header says otherwise
+            self.add_kv("general.alignment", self.alignment, VT.UINT32)
         coded = [t for t, _ in self._coded]
         shapes = []
         for t in coded:
