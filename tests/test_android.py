@@ -1,0 +1,126 @@
+"""The static aarch64 builds (scripts/build_android.sh) under qemu-user, one
+emulated CPU per variant: armv8.0 on a Cortex-A53, armv8.2-dotprod on a
+Cortex-A76.  For each: ggzip-bench decodes a ggzip SmolLM2 to the same bytes as
+the x86 build (per-tensor CRC32C), llama-cli generates text from it, keeping
+every tensor compressed (GGZIP_KEEP=all) generates the same greedy text, and
+every system call of the run is one Android's app seccomp filter allows
+(android/seccomp-allowed.txt).  Skips, saying why, without qemu-aarch64-static."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.llama, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = Path(os.environ.get("GGZIP_ANDROID_DIR", ROOT / "build" / "android"))
+VARIANTS = {"armv8.0": "cortex-a53", "armv8.2-dotprod": "cortex-a76"}
+QEMU = "qemu-aarch64-static"
+PROMPT = "What is the capital of France?"
+
+
+def run(cmd, timeout=1800, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+@pytest.fixture(scope="module")
+def arm_bins() -> Path:
+    """Both variants' llama-cli and ggzip-bench, built (or brought up to date) once."""
+    if not shutil.which(QEMU):
+        pytest.skip(f"{QEMU} not found (Debian: qemu-user-static)")
+    r = run(["bash", ROOT / "scripts" / "build_android.sh", "--targets", "llama-cli ggzip-bench", "--no-tarball"],
+            timeout=5400)
+    if r.returncode != 0 and "FAILED: zig-install" in r.stderr:
+        pytest.skip(f"zig cannot be installed here: {r.stderr.strip()[-300:]}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return OUT
+
+
+@pytest.fixture(scope="module")
+def x86_bench() -> Path:
+    """ggzip-bench built for this host, the reference decode."""
+    d = ROOT / "build" / "native-bench"
+    r = run(["cmake", "-S", ROOT / "native", "-B", d, "-DCMAKE_BUILD_TYPE=Release"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run(["cmake", "--build", d, "-j", "2", "--target", "ggzip-bench"])
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return d / "ggzip-bench"
+
+
+def tensor_crcs(out: str) -> dict:
+    """`NAME crc32c 0x... BYTES` lines of ggzip-bench --tensors"""
+    crcs = dict(re.findall(r"^(\S+) (crc32c 0x[0-9a-f]{8} \d+)$", out, re.M))
+    assert crcs, f"no tensor lines in ggzip-bench output:\n{out[-2000:]}"
+    return crcs
+
+
+def qemu(variant: str, *args) -> list:
+    return [QEMU, "-cpu", VARIANTS[variant], *args]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_arm_decode_equals_x86(variant, arm_bins, x86_bench, smollm2_ggz):
+    ref = run([x86_bench, smollm2_ggz, "--tensors", "--repeat", "1"])
+    assert ref.returncode == 0, ref.stdout + ref.stderr
+    # both the NEON and the scalar kernel; ggzip-bench itself fails if they disagree
+    arm = run(qemu(variant, arm_bins / variant / "bin" / "ggzip-bench", smollm2_ggz, "--tensors", "--repeat", "1",
+                   "--kernel", "neon", "--kernel", "scalar"))
+    assert arm.returncode == 0, arm.stdout + arm.stderr
+    assert tensor_crcs(arm.stdout) == tensor_crcs(ref.stdout)
+
+
+def generate(variant: str, bins: Path, model: Path, trace: bool = False, env=None, extra=()):
+    cmd = qemu(variant, *(["-strace"] if trace else []), bins / variant / "bin" / "llama-cli",
+               "-m", model, "-p", PROMPT, "-n", "6", "-st", "--temp", "0", "-t", "2", "-c", "256",
+               "--no-warmup", "--simple-io", *extra)
+    r = run(cmd, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    return r
+
+
+def answer(out: str) -> str:
+    """The model's reply: llama-cli's output between the prompt's echo and its
+    timings line"""
+    m = re.search(re.escape(PROMPT) + r"\n(.*?)\n\[ Prompt:", out, re.S)
+    assert m, f"no reply in llama-cli's output:\n{out[-2000:]}"
+    return re.sub(r"\s+", " ", m.group(1)).strip()
+
+
+def allowed_syscalls() -> set:
+    lines = (ROOT / "android" / "seccomp-allowed.txt").read_text().splitlines()
+    return {ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_llama_cli_runs_within_android_seccomp(variant, arm_bins, smollm2_ggz):
+    # the issue's limit for a stripped static llama-cli
+    assert (arm_bins / variant / "bin" / "llama-cli").stat().st_size < 15e6
+    r = generate(variant, arm_bins, smollm2_ggz, trace=True)
+    text = answer(r.stdout)
+    assert re.search(r"[A-Za-z]{2}", text), f"no text generated:\n{r.stdout[-2000:]}"
+    # qemu -strace: "PID name(args) = ret" per guest call, on stderr
+    calls = set(re.findall(r"^\d+ (\w+)\(", r.stderr, re.M))
+    assert "openat" in calls and "mmap" in calls, f"no strace output:\n{r.stderr[-2000:]}"
+    unknown = re.findall(r"Unknown syscall \d+", r.stderr)
+    assert not unknown, unknown
+    outside = sorted(calls - allowed_syscalls())
+    assert not outside, f"system calls Android's app seccomp filter kills: {outside}"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_keep_compressed_generates_the_same_text(variant, arm_bins, smollm2_ggz):
+    # Kept tensors run ggml's own Q8_0 kernels (vec_dot, sgemm) on the decoded
+    # chunks.  The dotprod build's plain path would repack Q8_0 into interleaved
+    # blocks whose kernels round differently (on this prompt SmolLM2's first
+    # token is a near tie that flips), so the plain run is made with the same
+    # kernels (--no-repack): then the text must be identical.
+    plain = generate(variant, arm_bins, smollm2_ggz, extra=["--no-repack"])
+    # -v: the CLI logs the loader's lines only when verbose
+    kept = generate(variant, arm_bins, smollm2_ggz, env={"GGZIP_KEEP": "all"}, extra=["--no-repack", "-v"])
+    assert re.search(r"ggzip: keeping \d+ of \d+ frames compressed in RAM", kept.stderr), kept.stderr[-2000:]
+    assert answer(kept.stdout) == answer(plain.stdout)
