@@ -1,16 +1,23 @@
 """The static aarch64 builds (scripts/build_android.sh) under qemu-user, one
 emulated CPU per variant: armv8.0 on a Cortex-A53, armv8.2-dotprod on a
 Cortex-A76.  For each: ggzip-bench decodes a ggzip SmolLM2 to the same bytes as
-the x86 build (per-tensor CRC32C), llama-cli generates text from it, keeping
-every tensor compressed (GGZIP_KEEP=all) generates the same greedy text, and
-every system call of the run is one Android's app seccomp filter allows
-(android/seccomp-allowed.txt).  Skips, saying why, without qemu-aarch64-static."""
+the x86 build (per-tensor CRC32C); llama-cli generates text from it and
+llama-server answers a completion over HTTP and stops on SIGINT, every system
+call of both runs one that Android's app seccomp filter allows
+(android/seccomp-allowed.txt); keeping every tensor compressed (GGZIP_KEEP=all)
+generates the same greedy text.  Skips, saying why, without qemu-aarch64-static."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -30,10 +37,10 @@ def run(cmd, timeout=1800, **kw) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def arm_bins() -> Path:
-    """Both variants' llama-cli and ggzip-bench, built (or brought up to date) once."""
+    """Both variants' llama-cli, llama-server and ggzip-bench, built (or brought up to date) once."""
     if not shutil.which(QEMU):
         pytest.skip(f"{QEMU} not found (Debian: qemu-user-static)")
-    r = run(["bash", ROOT / "scripts" / "build_android.sh", "--targets", "llama-cli ggzip-bench", "--no-tarball"],
+    r = run(["bash", ROOT / "scripts" / "build_android.sh", "--targets", "llama-cli llama-server ggzip-bench", "--no-tarball"],
             timeout=5400)
     if r.returncode != 0 and "FAILED: zig-install" in r.stderr:
         pytest.skip(f"zig cannot be installed here: {r.stderr.strip()[-300:]}")
@@ -103,13 +110,59 @@ def test_llama_cli_runs_within_android_seccomp(variant, arm_bins, smollm2_ggz):
     r = generate(variant, arm_bins, smollm2_ggz, trace=True)
     text = answer(r.stdout)
     assert re.search(r"[A-Za-z]{2}", text), f"no text generated:\n{r.stdout[-2000:]}"
-    # qemu -strace: "PID name(args) = ret" per guest call, on stderr
-    calls = set(re.findall(r"^\d+ (\w+)\(", r.stderr, re.M))
-    assert "openat" in calls and "mmap" in calls, f"no strace output:\n{r.stderr[-2000:]}"
-    unknown = re.findall(r"Unknown syscall \d+", r.stderr)
+    check_syscalls(r.stderr)
+
+
+def check_syscalls(trace: str) -> None:
+    """qemu -strace's log: "PID name(args) = ret" per guest call"""
+    calls = set(re.findall(r"^\d+ (\w+)\(", trace, re.M))
+    assert "openat" in calls and "mmap" in calls, f"no strace output:\n{trace[-2000:]}"
+    unknown = re.findall(r"Unknown syscall \d+", trace)
     assert not unknown, unknown
     outside = sorted(calls - allowed_syscalls())
     assert not outside, f"system calls Android's app seccomp filter kills: {outside}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_llama_server_runs_within_android_seccomp(variant, arm_bins, smollm2_ggz, tmp_path):
+    """Serve one completion over HTTP, then stop on SIGINT as a user would."""
+    port = free_port()
+    log = tmp_path / "strace.log"
+    with open(log, "wb") as err:
+        srv = subprocess.Popen([str(c) for c in qemu(variant, "-strace", arm_bins / variant / "bin" / "llama-server",
+                                "-m", smollm2_ggz, "--host", "127.0.0.1", "--port", port, "-c", "256", "-t", "2",
+                                "--no-warmup")], stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 600
+            while True:
+                assert srv.poll() is None, log.read_bytes()[-3000:].decode(errors="replace")
+                try:
+                    with urllib.request.urlopen(url + "/health", timeout=10) as h:
+                        if h.status == 200:
+                            break
+                except (urllib.error.URLError, ConnectionError):  # loading: 503, or not listening yet
+                    pass
+                assert time.monotonic() < deadline, "llama-server did not come up in 10 min under qemu"
+                time.sleep(2)
+            req = urllib.request.Request(url + "/completion", method="POST", data=json.dumps(
+                {"prompt": "The capital of France is", "n_predict": 4, "temperature": 0}).encode())
+            with urllib.request.urlopen(req, timeout=600) as resp:
+                content = json.loads(resp.read())["content"]
+            assert re.search(r"[A-Za-z]{2}", content), content
+            srv.send_signal(signal.SIGINT)
+            assert srv.wait(timeout=120) == 0
+        finally:
+            if srv.poll() is None:
+                srv.kill()
+                srv.wait()
+    check_syscalls(log.read_bytes().decode(errors="replace"))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
