@@ -88,8 +88,9 @@ done
 
 # 1. zig
 if ! "$PY" -c "import ziglang" 2>/dev/null; then
+    # the release these scripts were tested with (as pyproject.toml's test extra)
     log "installing zig (pip install ziglang)"
-    logged zig-install "$PY" -m pip install ziglang
+    logged zig-install "$PY" -m pip install "ziglang>=0.17.1,<0.18"
 fi
 ZIG=$("$PY" -c "import ziglang, os; print(os.path.join(os.path.dirname(ziglang.__file__), 'zig'))")
 [ -x "$ZIG" ] || { log "zig not found at $ZIG"; exit 1; }
