@@ -10,25 +10,24 @@
  * move the next words into exactly those lanes, in lane order.
  *
  * Why multiplies and not a byte shuffle (tbl): measured only under qemu-user
- * 7.2.22 (TCG on an x86 host, one thread, ggzip-bench on a ggzip SmolLM2-135M
- * Q4_1, decoded MB/s, best of 3 interleaved runs of a median of 3); qemu
- * speed is a proxy until real ARM hardware is measured.  qemu runs tbl as an
- * out-of-line helper (~20 ns each in a microbenchmark, against ~0.5 ns for a
- * vector add; crc32cx is a helper too, ~25 ns), eight a step:
+ * 7.2 (TCG on an x86 host, one thread, ggzip-bench on a ggzip SmolLM2-135M
+ * Q4_1, decoded MB/s, median of 3 in-process and max of 3 interleaved runs);
+ * qemu speed is a proxy until real ARM hardware is measured.  qemu runs tbl
+ * as an out-of-line helper (~20 ns each in a microbenchmark, against ~0.5 ns
+ * for a vector add; crc32cx is a helper too, ~25 ns), eight a step:
  *                        cortex-a76   cortex-a53   loop insns / 32 symbols
- *   scalar kernel           97          97
- *   tbl (before)            74          76          301
- *   tbl, these lookups      76          74          298
- *   shifts (ushl)          102         101          382
- *   multiplies (this)      112         112          356
- * So under qemu this is ~1.15x scalar, not the 2x hoped for: the CRC alone
- * (4 crc32cx helpers a step, ~3 ns a stream byte) is nearly a third of the
- * scalar time, and the 32 table loads (each address cleaned of its tag byte,
- * ~11 host instructions) and the vector ops (each a round trip through
- * qemu's register file in memory, so their interleaving counts as much as
- * their number) take most of the rest.  On real cores the multiplies cost
- * instructions (18% more than tbl) and multiplier issue slots: measure there
- * before keeping them (the tbl renormalisation is in git history). */
+ *   scalar kernel           96          93
+ *   tbl (before)            74          75          301
+ *   tbl, these lookups      76          75          298
+ *   shifts (ushl)           78          89          382
+ *   multiplies (this)      105         107          356
+ * So under qemu this is ~1.1x scalar, not the 2x hoped for: the CRC alone
+ * (4 crc32cx helpers a step, ~3 ns a decoded byte) is a quarter of the
+ * scalar time, and the 32 table loads (each address cleaned of its tag
+ * byte, ~11 host instructions) and the vector ops (each a round trip
+ * through qemu's register file in memory) take most of the rest.  On real
+ * cores the multiplies cost instructions (18% more than tbl) and multiplier
+ * issue slots; measure there before keeping them. */
 #include "internal.h"
 
 #include <arm_neon.h>
