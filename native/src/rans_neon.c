@@ -6,7 +6,14 @@
  * lane indices per 64-bit move out of the vector register, and the entries
  * are paired back the same way.  The arithmetic and the renormalisation stay
  * in vectors: a compare gives the lanes below L, and a byte shuffle (tbl)
- * spreads the next words over exactly those lanes, in lane order. */
+ * spreads the next words over exactly those lanes, in lane order.
+ *
+ * Under qemu-user 7.2 this loop decodes at ~0.75x the scalar kernel (tbl and
+ * crc32cx are out-of-line helpers there, ~20-25 ns each).  A variant that
+ * renormalised with multiplies by a mask-picked row instead of tbl reached
+ * ~1.15x under qemu but took 18% more instructions and many more multiplier
+ * slots: likely slower on a phone, so not kept until real hardware decides
+ * (git history: "neon: renormalise with multiplies"; scripts/bench_arm.py). */
 #include "internal.h"
 
 #include <arm_neon.h>
