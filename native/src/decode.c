@@ -25,7 +25,9 @@ int ggz_dtabs_build(dtabs * d, const frame_hdr * h)
     d->dt[0] = d->dt[1] = NULL;
     for (unsigned s = 0; s < h->n_streams; s++) {
         if (h->mode[s] != MODE_RANS) continue;
-        d->dt[s] = malloc(sizeof(ggz_dtab));
+        /* only the period's tables (16 KiB each; Q8_0 streams have one): a
+         * reader lives as long as llama.cpp keeps its tensor compressed */
+        d->dt[s] = malloc(h->period[s] * sizeof d->dt[s]->slot[0]);
         if (!d->dt[s]) { free(d->dt[0]); return GGZ_ERR_ALLOC; }
         for (unsigned t = 0; t < h->period[s]; t++) ggz_dtab_build(d->dt[s]->slot[t], &h->freqs[s][t]);
     }
