@@ -13,7 +13,9 @@
 #   armv8.2-dotprod  phones from about 2018 on (Cortex-A55/A75/A76 and later: the
 #                    SDOT instruction, about 2x faster Q8_0 matrix products)
 # Outputs (override with env):
-#   GGZIP_ANDROID_DIR  build/android     build trees (one per variant) and the toolchain wrappers
+#   GGZIP_ANDROID_DIR  build/android     the build tree and each variant's tools
+#   GGZIP_TOOLCHAIN_DIR ~/.cache/ggzip/toolchain-aarch64  zig wrappers (outside the checkout, so
+#                                        that ccache's compiler check holds across clones)
 #   GGZIP_DIST_DIR     dist              ggzip-android-<variant>.tar.gz
 #   GGZIP_BUILD_LOGS   build/logs        compiler output, one log per step
 # Incremental: re-running rebuilds only what changed.  zig keeps its own cache of
@@ -51,7 +53,11 @@ if [ $tarball = 1 ] && [ "${targets[*]}" != "${ALL_TARGETS[*]}" ]; then
 fi
 
 log() { echo "build_android.sh: $*" >&2; }
-mkdir -p "$LOGS" "$OUT/toolchain"
+TOOLCHAIN=${GGZIP_TOOLCHAIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ggzip/toolchain-aarch64}
+mkdir -p "$LOGS" "$TOOLCHAIN" "$OUT"
+# ccache: paths under the checkout hashed relative to it, and the wrappers by
+# their text (which names zig's version), so another clone hits the cache
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$ROOT} CCACHE_COMPILERCHECK=${CCACHE_COMPILERCHECK:-content}
 logged() {
     local name=$1; shift
     if ! "$@" >"$LOGS/$name.log" 2>&1; then
@@ -109,7 +115,7 @@ for v in "${ALL_VARIANTS[@]}"; do
     cases+="        -march=${ARCH[$v]}) args+=($(march_flag "${ARCH[$v]}")) ;;"$'\n'
 done
 for tool in cc c++; do
-    write_if_changed "$OUT/toolchain/aarch64-zig-$tool" <<EOF
+    write_if_changed "$TOOLCHAIN/aarch64-zig-$tool" <<EOF
 #!/usr/bin/env bash
 # zig $ZIG_VERSION $tool for aarch64-linux-musl (made by scripts/build_android.sh):
 # ggml's CMake passes GCC's -march, which zig rejects
@@ -124,7 +130,7 @@ exec "$ZIG" $tool -target aarch64-linux-musl "\${args[@]}"
 EOF
 done
 for tool in ar ranlib; do
-    write_if_changed "$OUT/toolchain/aarch64-zig-$tool" <<EOF
+    write_if_changed "$TOOLCHAIN/aarch64-zig-$tool" <<EOF
 #!/bin/sh
 exec "$ZIG" $tool "\$@"
 EOF
@@ -135,11 +141,11 @@ llama=$(bash "$ROOT/scripts/build_llama.sh" --tree-only)
 
 launcher=()
 command -v ccache >/dev/null && launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
-TC=$OUT/toolchain/aarch64-zig
+TC=$TOOLCHAIN/aarch64-zig
 # linked ahead of libc.a: musl's accept4 would fall back to accept(2), which
 # Android's app seccomp filter kills (android/accept4.c); named by its hash, so
 # that a change of it changes the link flags and relinks
-shim=$OUT/toolchain/accept4-$(sha256sum "$ROOT/android/accept4.c" | cut -c1-12).o
+shim=$OUT/accept4-$(sha256sum "$ROOT/android/accept4.c" | cut -c1-12).o
 [ -f "$shim" ] || logged android-shim "$TC-cc" -O2 -c "$ROOT/android/accept4.c" -o "$shim"
 # One build tree for every variant: only the CPU backend's flags differ, so a
 # variant switch recompiles ggml-cpu alone (ccache keeps both) and relinks.

@@ -89,6 +89,8 @@ fi
 
 launcher=()
 command -v ccache >/dev/null && launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+# paths under the checkout hashed relative to it: another clone of it hits the cache
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$ROOT}
 
 # 1b. --stock: the pinned llama.cpp as it is, llama-simple only (ccache shares
 # every object the series does not touch with the patched build)
