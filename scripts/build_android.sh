@@ -150,6 +150,11 @@ shim=$OUT/accept4-$(sha256sum "$ROOT/android/accept4.c" | cut -c1-12).o
 # One build tree for every variant: only the CPU backend's flags differ, so a
 # variant switch recompiles ggml-cpu alone (ccache keeps both) and relinks.
 dir=$OUT/build
+# a tree configured with another compiler starts afresh (CMake would drop the cache
+# and our -D options with it)
+if [ -f "$dir/CMakeCache.txt" ] && ! grep -qx "CMAKE_C_COMPILER:[A-Z]*=$TC-cc" "$dir/CMakeCache.txt"; then
+    rm -rf "$dir"
+fi
 for v in "${variants[@]}"; do
     start=$SECONDS
     log "building ${targets[*]} for $v (-march=${ARCH[$v]}; log: $LOGS/android-$v.log)"
