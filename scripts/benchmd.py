@@ -45,7 +45,8 @@ def git_revision() -> str:
     head = git("rev-parse", "--short", "HEAD")
     if head.returncode != 0:
         return "unknown (not a git work tree)"
-    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    # the tables and plots the benchmarks write are not what made them
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!BENCHMARKS.md", ":!docs").stdout.strip()
     return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
