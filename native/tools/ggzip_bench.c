@@ -5,10 +5,11 @@
  *
  *   ggzip-bench [--kernel NAME]... [--threads N] [--repeat R] [--tensors] FILE
  *
- * Output: a header line, then per kernel
- *   kernel NAME: X.X MB/s (decoded MB/s, median of R) crc32c 0xXXXXXXXX
+ * Output: a header line, then per kernel (e.g.)
+ *   kernel neon: 412.5 MB/s (decoded MB/s, median of 3) crc32c 0x78fdfe86
  * (the CRC of all decoded bytes, frames in file order); with --tensors one
- * line per frame, "TENSOR crc32c 0xXXXXXXXX DECODEDBYTES".  Exit 1 if the
+ * line per frame: tensor name, "crc32c", its decoded bytes' CRC in hex and
+ * their count.  Exit 1 if the
  * file is bad, a frame fails or the kernels disagree; 2 on a usage error.
  * Needs only the decoder (ggzip_decode_static). */
 #define _POSIX_C_SOURCE 200809L
