@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -66,3 +67,16 @@ def smollm2_ggz(smollm2_q8_0) -> Path:
     out = smollm2_q8_0.with_name("smollm2.Q8_0.ggzip.gguf")
     compress_file(smollm2_q8_0, out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def ggzip_bench() -> Path:
+    """ggzip-bench (native/tools/ggzip_bench.c) built for this host: a target outside `all`."""
+    if not shutil.which("cmake") or not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("cmake or a C compiler not found")
+    d = ROOT / "build" / "native-bench"
+    for cmd in (["cmake", "-S", "native", "-B", str(d), "-DCMAKE_BUILD_TYPE=Release"],
+                ["cmake", "--build", str(d), "-j", "2", "--target", "ggzip-bench"]):
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return d / "ggzip-bench"

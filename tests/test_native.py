@@ -36,22 +36,6 @@ def test_native_step(step):
 
 # ---- ggzip-bench (native/tools/ggzip_bench.c) --------------------------------------
 
-BENCH_DIR = ROOT / "build" / "native-bench"
-
-
-@pytest.fixture(scope="module")
-def ggzip_bench() -> pathlib.Path:
-    """ggzip-bench built natively (a target outside `all`)."""
-    import shutil
-    if not shutil.which("cmake") or not (shutil.which("cc") or shutil.which("gcc")):
-        pytest.skip("cmake or a C compiler not found")
-    for cmd in (["cmake", "-S", "native", "-B", str(BENCH_DIR), "-DCMAKE_BUILD_TYPE=Release"],
-                ["cmake", "--build", str(BENCH_DIR), "-j", "2", "--target", "ggzip-bench"]):
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return BENCH_DIR / "ggzip-bench"
-
-
 @pytest.fixture(scope="module")
 def bench_file(tmp_path_factory) -> pathlib.Path:
     """A small ggzip GGUF: I8, F16 and Q8_0 frames, several chunks each, one
