@@ -26,7 +26,7 @@ extern "C" {
 #endif
 
 #define GGZ_VERSION_MAJOR 0
-#define GGZ_VERSION_MINOR 2
+#define GGZ_VERSION_MINOR 3
 #define GGZ_VERSION_PATCH 0
 #define GGZ_VERSION_NUMBER (GGZ_VERSION_MAJOR * 10000 + GGZ_VERSION_MINOR * 100 + GGZ_VERSION_PATCH)
 
@@ -242,6 +242,49 @@ size_t ggz_reader_scratch_size(const ggz_reader * r);
  *  ggz_reader_scratch_size() bytes.  Thread-safe for distinct dst/scratch.
  *  @return the chunk's raw size, or an error code */
 size_t ggz_reader_decode_chunk(const ggz_reader * r, uint32_t index, void * dst, size_t dstCapacity, void * scratch);
+
+/* ---- activation sparsity (CHESS) on Q8_0 weights ------------------------- */
+/* Matrix-vector products that skip the inputs a threshold zeroes, for one
+ * token, on Q8_0 matrices (blocks of 34 bytes: f16 scale, 32 int8).  Each call
+ * does one range of outputs, so that threads split a product among them with
+ * no reduction.  A matrix "stored transposed" has row k = input k: the product
+ * adds x_k times row k for each input that passes, reading only those rows.
+ * Kernels: AVX2 (with FMA and F16C), NEON, scalar; chosen once, like the
+ * decoder's (ggz_sparse_kernel_name). */
+
+/*! ggz_sparse_kernel_name() : @return the name of the sparse kernels in use */
+const char * ggz_sparse_kernel_name(void);
+/*! ggz_sparse_set_kernel() : use kernels `name` ("scalar", "avx2", "neon")
+ *  @return 0, or GGZ_ERR_KERNEL if not built in or not runnable here */
+size_t ggz_sparse_set_kernel(const char * name);
+
+/*! ggz_sparse_qx_size() : bytes of an n-vector quantized by ggz_sparse_quantize
+ *  (n a multiple of 32): n int8 followed by n/32 float scales */
+size_t ggz_sparse_qx_size(int64_t n);
+/*! ggz_sparse_quantize() : x (n floats) as Q8_0 quantizes an activation: per
+ *  32 values d = absmax / 127 and q = round(x / d); into qx (4-byte aligned) */
+void ggz_sparse_quantize(const float * x, int64_t n, void * qx);
+/*! ggz_sparse_up() : rows [i0, i1) of the Q8_0 matrix w (rows of n_in inputs,
+ *  row_bytes apart): h[i] = a[i] * (row i . x) where |a[i]| >= thr[i] and
+ *  a[i] != 0, else h[i] = 0 and row i is not read.  qx: x quantized.  The
+ *  gated FFN's up projection times act(gate) in one pass. */
+void ggz_sparse_up(const void * w, size_t row_bytes, int64_t n_in, const void * qx,
+                   const float * a, const float * thr, int64_t i0, int64_t i1, float * h);
+/*! ggz_sparse_select() : the indices k, ascending, of the inputs that pass:
+ *  x[k] != 0 and (thr NULL or |x[k]| >= thr[k]).  idx holds n.
+ *  @return their count */
+int64_t ggz_sparse_select(const float * x, const float * thr, int64_t n, int32_t * idx);
+/*! ggz_sparse_axpy() : outputs [32*b0, 32*b1) of a Q8_0 matrix stored
+ *  transposed (row k = input k, row_bytes apart):
+ *  y[j] = sum over the nnz selected k of x[k] * row_k[j] (y indexed from 0 = output 32*b0) */
+void ggz_sparse_axpy(const void * wt, size_t row_bytes, const int32_t * idx, int64_t nnz,
+                     const float * x, int64_t b0, int64_t b1, float * y);
+/*! ggz_sparse_tmm() : the same product, dense, for n_tok tokens (a prompt):
+ *  Y[t][j] = sum over all n_in k of X[t][k] * row_k[j] for outputs j in
+ *  [32*b0, 32*b1); X rows ldx floats apart, Y rows ldy floats apart, Y[t][0] =
+ *  output 32*b0 */
+void ggz_sparse_tmm(const void * wt, size_t row_bytes, int64_t n_in, const float * X, size_t ldx,
+                    int64_t n_tok, int64_t b0, int64_t b1, float * Y, size_t ldy);
 
 /* ---- helpers ------------------------------------------------------------ */
 /*! ggz_crc32c() : CRC-32C (Castagnoli) of buf, continuing from crc (0 to start) */

@@ -54,6 +54,13 @@ static int has_avx512vbmi(void)
     return has_avx512() && __get_cpuid_count(7, 0, &a, &b, &c, &d) && ((c >> 1) & 1);
 }
 
+/* the sparse kernels (sparse_avx2.c) also need FMA and F16C */
+int ggz_cpu_has_avx2_fma(void)
+{
+    unsigned a, b, c, d;
+    return has_avx2() && __get_cpuid(1, &a, &b, &c, &d) && ((c >> 12) & 1) && ((c >> 29) & 1);
+}
+
 #endif
 
 static int always(void) { return 1; }

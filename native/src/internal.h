@@ -199,4 +199,39 @@ GGZ_INLINE int ggz_decode_finish(uint32_t * x, const uint8_t * p, const uint8_t 
     return bad ? GGZ_ERR_CORRUPT : GGZ_OK;
 }
 
+/* ---- activation sparsity (sparse.c, sparse_avx2.c) ------------------------- */
+#ifndef Q8_0_BLOCK
+#define Q8_0_BLOCK 34
+#define Q8_0_QK    32
+#endif
+
+float ggz_f16_to_f32(uint16_t h);
+
+/* an input passes where it is nonzero and not below its threshold */
+GGZ_INLINE int ggz_sparse_pass(float v, float t) { return v != 0.0f && (v >= t || -v >= t); }
+
+typedef void (*ggz_sparse_up_fn)(const void *, size_t, int64_t, const void *, const float *,
+                                 const float *, int64_t, int64_t, float *);
+typedef void (*ggz_sparse_axpy_fn)(const void *, size_t, const int32_t *, int64_t, const float *,
+                                   int64_t, int64_t, float *);
+typedef void (*ggz_sparse_tmm_fn)(const void *, size_t, int64_t, const float *, size_t, int64_t,
+                                  int64_t, int64_t, float *, size_t);
+typedef struct {
+    const char * name;
+    int (*available)(void);
+    ggz_sparse_up_fn   up;
+    ggz_sparse_axpy_fn axpy;
+    ggz_sparse_tmm_fn  tmm;
+} ggz_sparse_kernels;
+
+#if defined(GGZ_HAVE_X86)
+int  ggz_cpu_has_avx2_fma(void);      /* dispatch.c: AVX2, FMA and F16C, saved by the OS */
+void ggz_sparse_up_avx2(const void *, size_t, int64_t, const void *, const float *, const float *,
+                        int64_t, int64_t, float *);
+void ggz_sparse_axpy_avx2(const void *, size_t, const int32_t *, int64_t, const float *, int64_t,
+                          int64_t, float *);
+void ggz_sparse_tmm_avx2(const void *, size_t, int64_t, const float *, size_t, int64_t, int64_t,
+                         int64_t, float *, size_t);
+#endif
+
 #endif /* GGZIP_INTERNAL_H */

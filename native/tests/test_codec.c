@@ -15,6 +15,7 @@
 #include "frame_util.h"
 #include "ggzip.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -697,6 +698,132 @@ static void bench(void)
     free(raw);
 }
 
+
+/* ---- activation sparsity kernels ------------------------------------------ */
+
+/* f16 bits of a small positive scale: exponent 2^-7..2^-4, any mantissa */
+static uint16_t rnd_scale16(void) { return (uint16_t)((8 + rnd() % 4) << 10 | (rnd() & 0x3ff)); }
+
+static double f16d(uint16_t h) { return ldexp(1.0 + (h & 0x3ff) / 1024.0, (int)(h >> 10) - 15); }
+
+static float rnd_act(int zero_pct)
+{
+    if ((int)(rnd() % 100) < zero_pct) return 0.0f;
+    return ((float)(rnd() % 20001) - 10000.0f) / 4000.0f;
+}
+
+/* Every sparse kernel built in and runnable here against a double reference
+ * of the same formulas, on random Q8_0 matrices, masks and thresholds, with
+ * ranges that do not start at 0 and odd block counts (the tile tails). */
+static void test_sparse_kernels(void)
+{
+    static const char * const names[] = { "scalar", "avx2", "neon" };
+    enum { N_IN = 96, N_OUT = 160, N_TOK = 7 };          /* 3 and 5 blocks */
+    const size_t rb_up = N_IN / 32 * 34, rb_t = N_OUT / 32 * 34;
+    uint8_t * w = malloc(N_OUT * rb_up), * wt = malloc(N_IN * rb_t);
+    float x[N_IN], a[N_OUT], thr[N_OUT], xthr[N_IN], X[N_TOK * N_IN];
+    for (size_t r = 0; r < N_OUT; r++)
+        for (size_t b = 0; b < N_IN / 32; b++) {
+            uint8_t * blk = w + r * rb_up + b * 34;
+            const uint16_t d = rnd_scale16();
+            memcpy(blk, &d, 2);
+            for (int j = 0; j < 32; j++) blk[2 + j] = (uint8_t)(rnd() % 255 - 127);
+        }
+    for (size_t k = 0; k < N_IN; k++)
+        for (size_t b = 0; b < N_OUT / 32; b++) {
+            uint8_t * blk = wt + k * rb_t + b * 34;
+            const uint16_t d = rnd_scale16();
+            memcpy(blk, &d, 2);
+            for (int j = 0; j < 32; j++) blk[2 + j] = bell8();
+        }
+    for (int k = 0; k < N_IN; k++) { x[k] = rnd_act(20); xthr[k] = (float)(rnd() % 100) / 100.0f; }
+    for (int i = 0; i < N_OUT; i++) { a[i] = rnd_act(10); thr[i] = (float)(rnd() % 150) / 100.0f; }
+    for (int i = 0; i < N_TOK * N_IN; i++) X[i] = rnd_act(0);
+
+    /* the activation as the kernels see it */
+    int8_t qx[N_IN + 4 * (N_IN / 32)];
+    check(ggz_sparse_qx_size(N_IN) == sizeof qx, "sparse: qx size", "");
+    ggz_sparse_quantize(x, N_IN, qx);
+    const float * xd = (const float *)(qx + N_IN);
+    int quant_ok = 1;
+    for (int k = 0; k < N_IN; k++) quant_ok &= fabs(qx[k] * (double)xd[k / 32] - x[k]) <= xd[k / 32] * 0.5001;
+    check(quant_ok, "sparse: quantized activation within half a step", "");
+
+    double up_ref[N_OUT], ax_ref[N_OUT], tmm_ref[N_TOK][N_OUT];
+    for (int i = 0; i < N_OUT; i++) {
+        double s = 0;
+        for (int b = 0; b < N_IN / 32; b++) {
+            const uint8_t * blk = w + i * rb_up + b * 34;
+            uint16_t d; memcpy(&d, blk, 2);
+            long acc = 0;
+            for (int j = 0; j < 32; j++) acc += (int8_t)blk[2 + j] * qx[b * 32 + j];
+            s += f16d(d) * xd[b] * (double)acc;
+        }
+        up_ref[i] = (a[i] != 0 && fabsf(a[i]) >= thr[i]) ? a[i] * s : 0.0;
+    }
+    int32_t idx[N_IN];
+    int64_t nnz_ref = 0;
+    for (int k = 0; k < N_IN; k++) nnz_ref += x[k] != 0 && fabsf(x[k]) >= xthr[k];
+    for (int j = 0; j < N_OUT; j++) {
+        double s = 0;
+        for (int k = 0; k < N_IN; k++) {
+            if (!(x[k] != 0 && fabsf(x[k]) >= xthr[k])) continue;
+            const uint8_t * blk = wt + k * rb_t + (j / 32) * 34;
+            uint16_t d; memcpy(&d, blk, 2);
+            s += x[k] * f16d(d) * (int8_t)blk[2 + j % 32];
+        }
+        ax_ref[j] = s;
+        for (int t = 0; t < N_TOK; t++) {
+            double u = 0;
+            for (int k = 0; k < N_IN; k++) {
+                const uint8_t * blk = wt + k * rb_t + (j / 32) * 34;
+                uint16_t d; memcpy(&d, blk, 2);
+                u += X[t * N_IN + k] * f16d(d) * (int8_t)blk[2 + j % 32];
+            }
+            tmm_ref[t][j] = u;
+        }
+    }
+    const int64_t nnz = ggz_sparse_select(x, xthr, N_IN, idx);
+    check(nnz == nnz_ref && nnz > 0 && nnz < N_IN, "sparse: select count", "");
+
+    const char * start = ggz_sparse_kernel_name();
+    for (size_t ki = 0; ki < sizeof names / sizeof names[0]; ki++) {
+        if (ggz_is_error(ggz_sparse_set_kernel(names[ki]))) {
+            printf("sparse kernel %s: not built in or not runnable here, skipped\n", names[ki]);
+            continue;
+        }
+        float h[N_OUT], y[N_OUT], Y[N_TOK][N_OUT + 3];
+        for (int i = 0; i < N_OUT; i++) h[i] = -999.0f;
+        ggz_sparse_up(w, rb_up, N_IN, qx, a, thr, 1, N_OUT - 2, h);  /* a range: rows 1 .. N-3 */
+        int ok = h[0] == -999.0f && h[N_OUT - 1] == -999.0f && h[N_OUT - 2] == -999.0f;
+        for (int i = 1; i < N_OUT - 2; i++) ok &= fabs(h[i] - up_ref[i]) <= 1e-4 * (1 + fabs(up_ref[i]));
+        for (int i = 1; i < N_OUT - 2; i++) ok &= (up_ref[i] == 0) == (h[i] == 0.0f);
+        check(ok, "sparse up = reference, skipped rows exactly 0", names[ki]);
+
+        /* outputs of blocks 1..4 (b0 = 1: y starts at output 32), then all */
+        for (int b0 = 0; b0 <= 1; b0++) {
+            for (int i = 0; i < N_OUT; i++) y[i] = -999.0f;
+            ggz_sparse_axpy(wt, rb_t, idx, nnz, x, b0, N_OUT / 32, y);
+            ok = 1;
+            for (int j = 32 * b0; j < N_OUT; j++) ok &= fabs(y[j - 32 * b0] - ax_ref[j]) <= 1e-4 * (1 + fabs(ax_ref[j]));
+            for (int j = N_OUT - 32 * b0; j < N_OUT; j++) ok &= y[j] == -999.0f;
+            check(ok, b0 ? "sparse axpy = reference (outputs from block 1)" : "sparse axpy = reference", names[ki]);
+
+            for (int t = 0; t < N_TOK; t++) for (int i = 0; i < N_OUT + 3; i++) Y[t][i] = -999.0f;
+            ggz_sparse_tmm(wt, rb_t, N_IN, X, N_IN, N_TOK, b0, N_OUT / 32, &Y[0][0], N_OUT + 3);
+            ok = 1;
+            for (int t = 0; t < N_TOK; t++) {
+                for (int j = 32 * b0; j < N_OUT; j++) ok &= fabs(Y[t][j - 32 * b0] - tmm_ref[t][j]) <= 1e-4 * (1 + fabs(tmm_ref[t][j]));
+                for (int j = N_OUT - 32 * b0; j < N_OUT + 3; j++) ok &= Y[t][j] == -999.0f;
+            }
+            check(ok, b0 ? "sparse tmm = reference (outputs from block 1)" : "sparse tmm = reference", names[ki]);
+        }
+    }
+    ggz_sparse_set_kernel(start);
+    free(w);
+    free(wt);
+}
+
 int main(int argc, char ** argv)
 {
     const char * start_kernel = ggz_kernel_name();
@@ -720,6 +847,7 @@ int main(int argc, char ** argv)
     test_oversized_headers();
     test_batch();
     test_threads_fail_together();
+    test_sparse_kernels();
     if (do_bench) bench();
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;

@@ -11,7 +11,7 @@ import cffi
 from ..errors import GGZipError
 
 # The version this binding was written for: ggz_version_number() must match.
-EXPECTED_VERSION = (0, 2, 0)
+EXPECTED_VERSION = (0, 3, 0)
 
 CDEF = """
 typedef struct { int layout; size_t row_size; size_t chunk_size; int n_threads; } ggz_params;
@@ -45,6 +45,17 @@ void ggz_reader_info(const ggz_reader * r, ggz_frame_info * info);
 size_t ggz_reader_check(const ggz_reader * r, int64_t * bad_chunk);
 size_t ggz_reader_scratch_size(const ggz_reader * r);
 size_t ggz_reader_decode_chunk(const ggz_reader * r, uint32_t index, void * dst, size_t dstCapacity, void * scratch);
+const char * ggz_sparse_kernel_name(void);
+size_t ggz_sparse_set_kernel(const char * name);
+size_t ggz_sparse_qx_size(int64_t n);
+void ggz_sparse_quantize(const float * x, int64_t n, void * qx);
+void ggz_sparse_up(const void * w, size_t row_bytes, int64_t n_in, const void * qx,
+                   const float * a, const float * thr, int64_t i0, int64_t i1, float * h);
+int64_t ggz_sparse_select(const float * x, const float * thr, int64_t n, int32_t * idx);
+void ggz_sparse_axpy(const void * wt, size_t row_bytes, const int32_t * idx, int64_t nnz,
+                     const float * x, int64_t b0, int64_t b1, float * y);
+void ggz_sparse_tmm(const void * wt, size_t row_bytes, int64_t n_in, const float * X, size_t ldx,
+                    int64_t n_tok, int64_t b0, int64_t b1, float * Y, size_t ldy);
 """
 
 ffi = cffi.FFI()
