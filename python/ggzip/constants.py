@@ -63,6 +63,10 @@ class Keys:
     # fnmatch globs over tensor names, "all" or "none" (a kv override, < 128 bytes, or
     # GGZIP_KEEP, or this key stored in the file; `ggzip plan` writes the SPEC)
     KEEP = "ggzip.keep"                          # str
+    # activation sparsity (CHESS; quantize/sparsity.py), each written only when its P > 0
+    SPARSE_FFN = "ggzip.sparse.ffn"                # f32 P of the FFN thresholds
+    SPARSE_ATTN = "ggzip.sparse.attn"              # f32 P of the attn_q / attn_output thresholds
+    SPARSE_TRANSPOSED = "ggzip.sparse.transposed"  # [str] weights stored transposed
 
 
 # keys that describe the container itself: decompress drops them, every other key
@@ -71,3 +75,15 @@ CONTAINER_KEYS = frozenset({
     Keys.FORMAT_VERSION, Keys.TENSOR_NAMES, Keys.TENSOR_TYPES, Keys.TENSOR_SHAPES,
     Keys.ORIGINAL_SIZE, Keys.ORIGINAL_SHA256, Keys.ORIGINAL_TENSOR_INFO, Keys.ORIGINAL_HEADER,
     Keys.ORIGINAL_PADDING})
+
+
+# ---- activation sparsity (CHESS) --------------------------------------------
+# A weight named in Keys.SPARSE_TRANSPOSED is stored transposed: ne = [n_out, n_in]
+# (numpy (n_in, n_out)), row k = column k of the usual W, Q8_0 blocks along the
+# outputs, so that y = sum_k x_k row_k skips the rows of zero inputs.  Which:
+SPARSE_TRANSPOSED_FFN = ("ffn_down",)                 # when Keys.SPARSE_FFN is written
+SPARSE_TRANSPOSED_ATTN = ("attn_q", "attn_output")    # when Keys.SPARSE_ATTN is written
+# F32 1-D thresholds "blk.N.<weight>" + SPARSE_THR_SUFFIX:
+#   ffn_up      [n_ff]: act(gate)_i is zeroed where |act(gate)_i| < t_i
+#   attn_q, attn_output [n_in]: input channel j (file coordinates) is skipped where |x_j| < t_j
+SPARSE_THR_SUFFIX = ".sparse_thr"

@@ -18,12 +18,14 @@ def _run(args) -> int:
                   progress=not args.quiet, keep_float=args.keep_float,
                   bpw_for=dict(args.bpw_for or []), plain=args.plain,
                   threads=args.threads, embd_share=args.embd_share, chunk_size=args.chunk_kib * 1024,
-                  no_fold=[n for arg in args.no_fold or [] for n in arg])
+                  no_fold=[n for arg in args.no_fold or [] for n in arg],
+                  sparsity=args.sparsity, attn_sparsity=args.attn_sparsity)
     if args.json:
         doc = {"input": str(rep.inp), "output": str(rep.out), "arch": rep.arch,
                "stats": rep.stats_source, "alpha": rep.alpha, "dequantized_from": rep.dequantized_from,
                "seconds": rep.seconds, "file_bytes": rep.file_bytes, "q8_bytes": rep.q8_bytes,
-               "plain": rep.plain, **rep.totals(),
+               "plain": rep.plain, "sparsity": rep.sparsity,
+               "attn_sparsity": rep.attn_sparsity, **rep.totals(),
                "tensors": [{"name": t.name, "shape": list(t.shape), "type": t.out_type,
                             **({"bpw": t.stats.bpw, "snr_db": t.stats.snr_db,
                                 "wsnr_db": t.stats.wsnr_db, "step": t.step}
@@ -129,6 +131,14 @@ def register(sub) -> None:
                         "the final hidden state exact (llama-embedding on a decoder), 'v' keeps "
                         "V exact for a quantized V cache (-ctv q8_0); the output records "
                         "ggzip.fold.output_norm / ggzip.fold.attn_v")
+    p.add_argument("--sparsity", type=float, default=0.0, metavar="P",
+                   help="activation sparsity of the FFN (CHESS): per-channel thresholds that "
+                        "zero a fraction P in [0, 1) of act(gate) on the --calib-text tokens, "
+                        "applied by the patched llama.cpp on single-token batches; ffn_down is "
+                        "stored transposed (default 0: none)")
+    p.add_argument("--attn-sparsity", type=float, default=0.0, metavar="P",
+                   help="the same for the inputs of attn_q and attn_output (one threshold per "
+                        "layer, the P-quantile of |x|); both stored transposed (default 0)")
     p.add_argument("--plain", action="store_true",
                    help="write an ordinary Q8_0 GGUF (stock llama.cpp loads it) instead of "
                         "rANS-coding the tensors (ggzip compress can code it later)")

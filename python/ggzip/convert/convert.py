@@ -9,6 +9,13 @@ ggzip.container.GGZipWriter codes it.  The rescaling plan needs only the imatrix
 and the 1-D norm weights, so it is built before the first tensor.  The writer
 spools each tensor to disk as it comes and writes the output to a temporary file
 renamed only when complete.
+
+Activation sparsity (--sparsity / --attn-sparsity, quantize/sparsity.py): the
+thresholds come from ggzip's numpy forward pass of the dense source model over
+the calibration text, are mapped through the rescaling, and are written as F32
+tensors; the weights the sparse kernels read by input channel (ffn_down, and
+attn_q / attn_output with attention sparsity) are stored transposed
+(constants.SPARSE_TRANSPOSED_*).
 """
 from __future__ import annotations
 
@@ -26,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..constants import Keys
+from ..constants import (SPARSE_THR_SUFFIX, SPARSE_TRANSPOSED_ATTN, SPARSE_TRANSPOSED_FFN,
+                         Keys)
 from ..errors import GGZipError
 from ..quantize import (BLOCK_BYTES, QK, QuantStats, pack_q8_0, plan_rescale, prune_rows,
                         quantize_rows, reference_step, row_absmax, row_steps, sample_rows,
@@ -108,6 +116,8 @@ class ConvertReport:
     q8_bytes: int = 0             # bytes of the tensors before the rANS code
     file_bytes: int = 0           # bytes of the output file
     plain: bool = False           # written as a plain GGUF (nothing coded)
+    sparsity: float = 0.0         # P of the FFN activation-sparsity thresholds (0: none)
+    attn_sparsity: float = 0.0    # P of the attn_q / attn_output thresholds (0: none)
 
     def totals(self) -> dict:
         q = [t for t in self.tensors if t.stats is not None]
@@ -142,13 +152,23 @@ class ConvertReport:
                 f"{t['zero_fraction'] * 100:.1f}% zeros\n"
                 f"  SNR {t['snr_db']:.2f} dB, activation-weighted {t['wsnr_db']:.2f} dB "
                 f"(stats: {self.stats_source}, alpha {self.alpha:g})\n"
-                f"  {src}\n"
+                f"  {src}\n" + self._sparsity_line() +
                 f"  {self.float_bytes / 1e6:.0f} MB of float in {self.seconds:.1f} s = "
                 f"{t['mb_per_s']:.0f} MB/s\n"
                 f"  file {self.file_bytes / 1e6:.1f} MB" +
                 (" (plain GGUF, not rANS-coded)" if self.plain else
                  f" ({8 * self.file_bytes / t['weights']:.3f} bits per quantized weight, all "
                  f"included); its tensors as plain Q8_0/F32: {self.q8_bytes / 1e6:.1f} MB"))
+
+
+    def _sparsity_line(self) -> str:
+        if not (self.sparsity or self.attn_sparsity):
+            return ""
+        return (f"  activation sparsity: FFN P={self.sparsity:g}, attention P={self.attn_sparsity:g} "
+                "(thresholds from ggzip's numpy pass; "
+                + ", ".join((["ffn_down"] if self.sparsity else []) +
+                            (["attn_q", "attn_output"] if self.attn_sparsity else [])) +
+                " stored transposed)\n")
 
 
 class GGUFModel:
@@ -271,31 +291,40 @@ def imatrix_from_text(model: Path, text: Path, out: Path, threads: int | None = 
     return out
 
 
-def _stats_from_text(src: GGUFModel, text: Path, progress: bool, threads: int | None = None):
-    """Activation statistics of a calibration text: llama-imatrix when it is built
-    (llama.cpp's own graph and tokenizer), else ggzip's numpy forward pass."""
+def _stats_from_text(src: GGUFModel, text: Path, progress: bool, threads: int | None = None,
+                     sparsity: tuple[float, float] = (0.0, 0.0), want_stats: bool = True):
+    """(activation statistics, where they came from, SparsityProbe or None) of a
+    calibration text.  Statistics (want_stats): llama-imatrix when it is built
+    (llama.cpp's own graph and tokenizer), else ggzip's numpy forward pass.
+    Sparsity thresholds (sparsity = (ffn P, attn P), either > 0): always the
+    numpy pass, which then also gives the statistics if llama-imatrix does not."""
     try:
         body = text.read_text(encoding="utf-8", errors="replace")
     except OSError as e:
         raise GGZipError(f"{text}: cannot read calibration text: {e.strerror}") from None
-    if _find_llama_tool("llama-imatrix") is not None:
+    stats = source = None
+    if want_stats and _find_llama_tool("llama-imatrix") is not None:
         with tempfile.TemporaryDirectory(prefix="ggzip-imatrix-") as d:
             im = imatrix_from_text(src.path, text, Path(d) / "imatrix.gguf", threads)
-            return load_imatrix(im), f"llama-imatrix on {text.name}"
-    from ..quantize.calibrate import BPETokenizer, activation_stats
-    ids = BPETokenizer(src.kv, str(src.path)).encode(body)
+            stats, source = load_imatrix(im), f"llama-imatrix on {text.name}"
+        if not any(sparsity):
+            return stats, source, None
+    from ..quantize.calibrate import tokenize
+    from ..quantize.sparsity import calibrate
+    ids = tokenize(src, body)
     from tqdm import tqdm
-    bar = tqdm(total=1, desc="calibrate", file=sys.stderr, leave=False,
-               disable=None if progress else True)
+    bar = tqdm(total=1, desc="sparsity calibration" if any(sparsity) else "calibrate",
+               file=sys.stderr, leave=False, disable=None if progress else True)
 
     def step(done, total):
         bar.total = total
         bar.n = done
         bar.refresh()
-    with np.errstate(over="ignore"):
-        stats = activation_stats(src, ids, progress=step)
+    numpy_stats, probe = calibrate(src, ids, *sparsity, progress=step)
     bar.close()
-    return stats, f"ggzip numpy forward pass on {text.name} ({len(ids)} tokens)"
+    if want_stats and stats is None:
+        stats, source = numpy_stats, f"ggzip numpy forward pass on {text.name} ({len(ids)} tokens)"
+    return stats, source, (probe if any(sparsity) else None)
 
 
 def _copy_kv(writer, inp: GGUFModel) -> None:
@@ -340,7 +369,8 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
             theta: float = DEFAULT_THETA, progress: bool = True,
             keep_float: bool = False, plain: bool = False,
             threads: int | None = None, bpw_for: dict[str, float] | None = None,
-            embd_share: float | None = None, no_fold=(), chunk_size: int = 0) -> ConvertReport:
+            embd_share: float | None = None, no_fold=(), chunk_size: int = 0,
+            sparsity: float = 0.0, attn_sparsity: float = 0.0) -> ConvertReport:
     """Convert IN to a ggzip GGUF at OUT (Q8_0 tensors rANS-coded), or with
     plain=True to an ordinary Q8_0 GGUF; see the module docstring.  alpha None:
     ALPHA_IMATRIX with an imatrix, ALPHA_PROXY without.  keep_float: write the
@@ -355,43 +385,56 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
     naming the token embedding takes precedence).  no_fold: folds left out
     (quantize.fold.FOLD_KEYS: "output", "v"), for embeddings or a quantized V cache.
     chunk_size: raw bytes per rANS chunk (0: the codec's default, 256 KiB).
+    sparsity / attn_sparsity: P in [0, 1) of the CHESS thresholds of the FFN /
+    of attn_q and attn_output (needs calib_text; see the module docstring).
 
     The steps: check the options, read IN, choose every tensor's rate, gather
     activation statistics, plan the rescaling, decide each tensor's output type,
     then write the metadata and the tensors one by one."""
     inp, out = Path(inp), Path(out)
     _check_options(target_bpw, step, prune, bpw_for, alpha, embd_share)
+    _check_sparsity(sparsity, attn_sparsity, calib_text, keep_float)
     t0 = time.perf_counter()
     src = GGUFModel(inp)
+    shapes = {n: src.shape(n) for n in src.tensors}
+    transposed = _sparse_transposed(src, shapes, sparsity, attn_sparsity)
     rates = _choose_rates(src, target_bpw, step, dict(bpw_for or {}), embd_share)
-    stats, stats_source = _activation_stats(src, imatrix, calib_text, progress, threads)
+    stats, stats_source, probe = _activation_stats(src, imatrix, calib_text, progress, threads,
+                                                   (sparsity, attn_sparsity))
     if alpha is None:
         alpha = ALPHA_IMATRIX if stats is not None else ALPHA_PROXY
     if stats is None:
         stats_source = "weight-proxy (no imatrix: norm weights stand for activation scales" + \
             ("; alpha 0, so no rescaling)" if alpha == 0 else ")")
-    shapes = {n: src.shape(n) for n in src.tensors}
     plan = plan_rescale(src.arch, shapes, src.kv, src.float32, stats, alpha, source=str(inp),
                         no_fold=no_fold)
+    thresholds = _threshold_tensors(src, shapes, probe, plan)
     kinds = _output_kinds(src, shapes, keep_float)
     dequantized = sorted({src.type_name(n) for n, k in kinds.items()
                           if k != "copy" and src.type_name(n) not in FLOAT_TYPES})
     report = ConvertReport(inp=inp, out=out, arch=src.arch, stats_source=stats_source,
                            dequantized_from=dequantized, alpha=alpha, plain=plain,
+                           sparsity=sparsity, attn_sparsity=attn_sparsity,
                            float_bytes=sum(int(np.prod(shapes[n])) * 4 for n in kinds))
 
+    import gguf
     from ..container import GGZipWriter
     w = GGZipWriter(out, plain=plain, threads=threads, chunk_size=chunk_size)     # GGZipError if OUT's folder is unwritable
     try:
         _write_metadata(w, src, report, keep_float=keep_float, prune=prune,
-                        rate_note=rates.note, fold_flags=plan.fold_flags(src.kv))
+                        rate_note=rates.note, fold_flags=plan.fold_flags(src.kv),
+                        transposed=transposed)
         from tqdm import tqdm
         bar = tqdm(total=report.float_bytes, unit="B", unit_scale=True, desc="convert",
                    file=sys.stderr, disable=None if progress else True, leave=False)
         for name, kind in kinds.items():
-            report.tensors.append(_write_tensor(w, src, name, kind, plan, rates, prune, theta))
+            report.tensors.append(_write_tensor(w, src, name, kind, plan, rates, prune, theta,
+                                                name in transposed))
             bar.update(int(np.prod(shapes[name])) * 4)
         bar.close()
+        for name, t in thresholds.items():
+            w.add_tensor(name, gguf.GGMLQuantizationType.F32, t.shape[::-1], t)
+            report.tensors.append(TensorReport(name, t.shape, "F32"))
         report.q8_bytes = w.raw_bytes
         w.close()
     except BaseException:
@@ -421,6 +464,62 @@ def _check_options(target_bpw, step, prune, bpw_for, alpha, embd_share) -> None:
         raise GGZipError(f"--embd-share {embd_share}: must be in (0, 1]")
     if embd_share is not None and target_bpw is None:
         raise GGZipError("--embd-share needs --target-bpw")
+
+
+def _check_sparsity(sparsity: float, attn_sparsity: float, calib_text, keep_float: bool) -> None:
+    for flag, p in (("--sparsity", sparsity), ("--attn-sparsity", attn_sparsity)):
+        if not 0.0 <= p < 1.0:
+            raise GGZipError(f"{flag} {p}: must be in [0, 1)")
+    if sparsity or attn_sparsity:
+        flag = "--sparsity" if sparsity else "--attn-sparsity"
+        if calib_text is None:
+            raise GGZipError(f"{flag} needs --calib-text FILE: the thresholds come from the "
+                             "model's activations on that text")
+        if keep_float:
+            raise GGZipError(f"{flag} cannot go with --keep-float: the sparse kernels of the "
+                             "patched llama.cpp read Q8_0 weights only")
+
+
+def _sparse_transposed(src: GGUFModel, shapes: dict, sparsity: float,
+                       attn_sparsity: float) -> list[str]:
+    """Names of the weights to store transposed (constants.SPARSE_TRANSPOSED_*),
+    after checking that the model can have thresholds."""
+    from ..quantize.sparsity import SPARSE_ARCHS
+    if not (sparsity or attn_sparsity):
+        return []
+    if src.arch not in SPARSE_ARCHS:
+        raise GGZipError(f"{src.path}: activation sparsity is supported for "
+                         f"{', '.join(SPARSE_ARCHS)}, not for {src.arch!r}")
+    kinds = (SPARSE_TRANSPOSED_FFN if sparsity else ()) + \
+        (SPARSE_TRANSPOSED_ATTN if attn_sparsity else ())
+    n_layer = int(src.kv.get(f"{src.arch}.block_count", 0))
+    names = []
+    for il in range(n_layer):
+        for kind in kinds:
+            name = f"blk.{il}.{kind}.weight"
+            shp = shapes.get(name)
+            if shp is None or len(shp) != 2:
+                raise GGZipError(f"{src.path}: activation sparsity needs a 2-D tensor {name!r}")
+            if shp[0] % QK:
+                raise GGZipError(f"{src.path}: tensor {name!r} has {shp[0]} outputs, not a "
+                                 f"multiple of {QK}: it cannot be stored transposed in Q8_0")
+            names.append(name)
+    return names
+
+
+def _threshold_tensors(src: GGUFModel, shapes: dict, probe, plan) -> dict[str, np.ndarray]:
+    """{blk.N.<weight>.sparse_thr: F32 thresholds in the file's coordinates}."""
+    if probe is None:
+        return {}
+    out = probe.tensors(plan)
+    for name, t in out.items():
+        weight = name[:-len(SPARSE_THR_SUFFIX)] + ".weight"
+        # ffn_up: one per output (intermediate channel); attn: one per input
+        n = shapes[weight][0] if weight.endswith("ffn_up.weight") else shapes[weight][1]
+        if t.shape != (n,) or not np.isfinite(t).all():
+            raise GGZipError(f"{src.path}: thresholds {name!r} of shape {t.shape} do not fit "
+                             f"{weight!r} of shape {shapes[weight]} (or are not finite)")
+    return out
 
 
 @dataclass
@@ -468,18 +567,25 @@ def _choose_rates(src: GGUFModel, target_bpw: float | None, step: float | None,
     return _Rates(target_bpw, step, bpw_for, note)
 
 
-def _activation_stats(src: GGUFModel, imatrix, calib_text, progress: bool, threads: int | None):
-    """({weight name: E[x^2] per input column}, where they came from) from an
-    imatrix file or a calibration text; (None, None) without either."""
+def _activation_stats(src: GGUFModel, imatrix, calib_text, progress: bool, threads: int | None,
+                      sparsity: tuple[float, float] = (0.0, 0.0)):
+    """({weight name: E[x^2] per input column}, where they came from,
+    SparsityProbe or None) from an imatrix file or a calibration text; (None,
+    None, None) without either.  The thresholds (sparsity > 0) always come from
+    the calibration text."""
     if imatrix is not None:
         stats = load_imatrix(imatrix)
         if not any(n in src.tensors for n in stats):
             raise GGZipError(f"{imatrix}: no imatrix entry names a tensor of {src.path} "
                              "(imatrix of another model?)")
-        return stats, f"imatrix:{Path(imatrix).name}"
+        probe = None
+        if any(sparsity):
+            probe = _stats_from_text(src, Path(calib_text), progress, threads, sparsity,
+                                     want_stats=False)[2]
+        return stats, f"imatrix:{Path(imatrix).name}", probe
     if calib_text is not None:
-        return _stats_from_text(src, Path(calib_text), progress, threads)
-    return None, None
+        return _stats_from_text(src, Path(calib_text), progress, threads, sparsity)
+    return None, None, None
 
 
 def _output_kinds(src: GGUFModel, shapes: dict, keep_float: bool) -> dict[str, str]:
@@ -498,7 +604,8 @@ def _output_kinds(src: GGUFModel, shapes: dict, keep_float: bool) -> dict[str, s
 
 
 def _write_metadata(w, src: GGUFModel, report: ConvertReport, *, keep_float: bool,
-                    prune: float, rate_note: str, fold_flags: dict[str, bool]) -> None:
+                    prune: float, rate_note: str, fold_flags: dict[str, bool],
+                    transposed: list[str] = ()) -> None:
     """The input's metadata, then the file type and what convert did (Keys.CONVERT_*)."""
     import gguf
     from ..container.gguf_io import VT
@@ -515,12 +622,19 @@ def _write_metadata(w, src: GGUFModel, report: ConvertReport, *, keep_float: boo
                  "dequantized from " + "/".join(report.dequantized_from))
     for key, done in fold_flags.items():
         w.add_kv(key, done, VT.BOOL)
+    if report.sparsity:
+        w.add_float32(Keys.SPARSE_FFN, float(report.sparsity))
+    if report.attn_sparsity:
+        w.add_float32(Keys.SPARSE_ATTN, float(report.attn_sparsity))
+    if transposed:
+        w.add_kv(Keys.SPARSE_TRANSPOSED, list(transposed), VT.ARRAY, VT.STRING)
 
 
 def _write_tensor(w, src: GGUFModel, name: str, kind: str, plan, rates: _Rates,
-                  prune: float, theta: float) -> TensorReport:
+                  prune: float, theta: float, transpose: bool = False) -> TensorReport:
     """Rescale (and prune) one tensor, quantize it if kind is Q8_0, hand it to
-    the writer; kind "copy" passes it through untouched."""
+    the writer; kind "copy" passes it through untouched.  transpose: a Q8_0
+    weight stored as W'^T (for the sparse kernels), numpy (n_in, n_out)."""
     import gguf
     shp = src.shape(name)
     ne = tuple(reversed(shp))
@@ -538,6 +652,18 @@ def _write_tensor(w, src: GGUFModel, name: str, kind: str, plan, rates: _Rates,
         w.add_tensor(name, gguf.GGMLQuantizationType.F32, ne, a)
         return TensorReport(name, shp, "F32")
     target_bpw, step = rates.of(name)
+    if transpose:
+        a = plan.apply(name, src.float32(name))
+        if prune > 0:       # by rows = outputs, as for every weight
+            a = prune_rows(a, prune, plan.rescaled_stat(name))
+        a = np.ascontiguousarray(a.T)
+        # quantized by rows of W'^T (one step per input channel), without
+        # row_factor / col_stat: nothing divides these weights' outputs, and the
+        # fold already evened out their input columns, which are these rows
+        blocks, report = quantize_tensor(name, a, target_bpw=target_bpw, step=step, theta=theta,
+                                         source=str(src.path))
+        w.add_tensor(name, gguf.GGMLQuantizationType.Q8_0, a.shape[::-1], blocks)
+        return report
     blocks, report = quantize_streamed(
         name, shp, lambda r: plan.apply(name, src.rows32(name, r), rows=r),
         row_factor=plan.row_factor(name), col_stat=plan.rescaled_stat(name),

@@ -1,5 +1,5 @@
 """Activation statistics computed by ggzip itself, without llama.cpp: a numpy
-forward pass of a llama / qwen2 / qwen3 GGUF over a user text, recording
+forward pass of a llama / qwen2 / qwen3 / gemma3 GGUF over a user text, recording
 E[x^2] of the input of every matrix exactly as llama-imatrix does (same tensor
 names, same meaning), so `convert --calib-text` works before llama.cpp is built.
 
@@ -7,14 +7,22 @@ It follows llama.cpp's graph for these architectures: RMSNorm times the stored
 weight, rope on adjacent pairs (llama, whose converter permutes Q/K for it) or
 on halves (qwen2/qwen3, NEOX), optional rope_freqs factors, GQA where query head
 h reads KV head h // (n_head / n_kv), qwen2 Q/K/V biases, qwen3 per-head Q/K
-RMSNorm, SwiGLU.  Text is cut into independent chunks of n_ctx tokens like
-llama-imatrix's.  The pass runs layer by layer over all chunks, so only one
-layer's weights are in memory at a time.
+RMSNorm, SwiGLU.  gemma3 (llama.cpp's src/models/gemma3.cpp): embeddings times
+sqrt(n_embd), per-head Q/K RMSNorm, NEOX rope with rope.freq_base on global
+layers and rope.freq_base_swa (10000 by default) on sliding-window ones (every
+layer but each sliding_window_pattern-th, 6 by default, unless the GGUF lists the
+pattern per layer), Q scaled by 1/sqrt(head dim), post-attention and post-FFN
+RMSNorms, GELU (tanh) gate times up, final logit softcapping when the GGUF sets
+it.  Text is cut into independent chunks of n_ctx tokens like llama-imatrix's.
+The pass runs layer by layer over all chunks, so only one layer's weights are in
+memory at a time; a probe (quantize/sparsity.py) may watch the activations.
 
 The tokenizer is the model's byte-level BPE (tokenizer.ggml.model "gpt2":
 vocabulary and merges from the GGUF); the pre-tokenizer is GPT-2's split rule
 (letters, digits, other symbols, spaces), which models with their own split
 rules (smollm, qwen2) refine only at the margins - close enough for statistics.
+Other tokenizers (gemma3's SentencePiece-style "llama") go through llama.cpp's own
+tokenizer in llama-cpp-python, vocabulary only (tokenize()).
 """
 from __future__ import annotations
 
@@ -25,7 +33,10 @@ import numpy as np
 
 from ..errors import GGZipError
 
-CALIB_ARCHS = {"llama": "norm", "qwen2": "neox", "qwen3": "neox"}   # arch -> rope mode
+CALIB_ARCHS = {"llama": "norm", "qwen2": "neox", "qwen3": "neox",   # arch -> rope mode
+               "gemma3": "neox"}
+GEMMA3_SWA_PATTERN = 6      # llama.cpp's default: layers il % 6 < 5 use the sliding window
+GEMMA3_SWA_BASE = 10000.0   # llama.cpp's default rope.freq_base_swa
 
 # GPT-2's split: contractions, optional space + letters / digits / other symbols,
 # whitespace runs.  Python's re has no \p{L}: [^\W\d_] is "letters" here.
@@ -119,10 +130,39 @@ def _rope(t: np.ndarray, cos: np.ndarray, sin: np.ndarray, mode: str) -> np.ndar
     return out
 
 
-def activation_stats(model, ids, n_ctx: int = 512, progress=None) -> dict[str, np.ndarray]:
-    """{weight name: E[x^2] per input column} of a llama/qwen2/qwen3 model on
-    token ids.  model: has .arch, .kv, .tensors and .float32(name) (GGUFModel)."""
-    return _run(model, ids, n_ctx, progress, want_logits=False)[0]
+def tokenize(model, text: str) -> list[int]:
+    """Token ids of a text for MODEL (a GGUFModel): byte-level BPE read from the
+    GGUF (BPETokenizer), else llama.cpp's tokenizer through llama-cpp-python,
+    loading the vocabulary only, with the model's BOS."""
+    if model.kv.get("tokenizer.ggml.model") == "gpt2":
+        return BPETokenizer(model.kv, str(model.path)).encode(text)
+    try:
+        import llama_cpp
+    except ImportError:
+        raise GGZipError(f"{model.path}: tokenizer {model.kv.get('tokenizer.ggml.model')!r} is "
+                         "not byte-level BPE: ggzip's own calibration tokenizes it with "
+                         "llama-cpp-python (pip install llama-cpp-python), which is not "
+                         "installed") from None
+    try:
+        llm = llama_cpp.Llama(model_path=str(model.path), vocab_only=True, verbose=False)
+    except Exception as e:     # llama-cpp-python raises ValueError, RuntimeError, ...
+        raise GGZipError(f"{model.path}: llama-cpp-python cannot load the vocabulary: {e}") from None
+    try:
+        return list(llm.tokenize(text.encode("utf-8"), add_bos=True))
+    finally:
+        llm.close()
+
+
+def activation_stats(model, ids, n_ctx: int = 512, progress=None,
+                     probe=None) -> dict[str, np.ndarray]:
+    """{weight name: E[x^2] per input column} of a llama/qwen2/qwen3/gemma3
+    model on token ids.  model: has .arch, .kv, .tensors and .float32(name)
+    (GGUFModel).  probe: None, or an object whose see(layer, what, array) is
+    given, in each layer and chunk, the input of attn_q ("attn_q", tokens x
+    n_embd), the input of attn_output ("attn_output"), act(gate x) ("ffn_act",
+    tokens x n_ff) and up x ("ffn_up"), and whose layer_done(layer) is called
+    when every chunk has passed that layer."""
+    return _run(model, ids, n_ctx, progress, want_logits=False, probe=probe)[0]
 
 
 def logits(model, ids, n_ctx: int = 512) -> np.ndarray:
@@ -131,7 +171,28 @@ def logits(model, ids, n_ctx: int = 512) -> np.ndarray:
     return _run(model, ids, n_ctx, None, want_logits=True)[1]
 
 
-def _run(model, ids, n_ctx, progress, want_logits):
+def _gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """ggml_gelu: the tanh approximation of GELU."""
+    return 0.5 * x * (1 + np.tanh(np.float32(np.sqrt(2 / np.pi)) * (x + np.float32(0.044715) * x ** 3)))
+
+
+def _silu(x: np.ndarray) -> np.ndarray:
+    return x / (1 + np.exp(-x))
+
+
+def _gemma3_swa_layers(kv: dict, L: int) -> list[bool]:
+    """Which layers of a gemma3 model use the sliding window (llama.cpp's
+    llama_hparams::set_swa_pattern, dense_first false)."""
+    if int(kv.get("gemma3.attention.sliding_window", 0) or 0) <= 0:
+        return [False] * L
+    pat = kv.get("gemma3.attention.sliding_window_pattern", GEMMA3_SWA_PATTERN)
+    if isinstance(pat, (list, tuple, np.ndarray)):      # one bool per layer
+        return [bool(v) for v in pat][:L]
+    n = int(pat)
+    return [n == 0 or il % n < n - 1 for il in range(L)]
+
+
+def _run(model, ids, n_ctx, progress, want_logits, probe=None):
     arch = model.arch
     if arch not in CALIB_ARCHS:
         raise GGZipError(f"{model.path}: ggzip computes statistics itself only for "
@@ -139,6 +200,7 @@ def _run(model, ids, n_ctx, progress, want_logits):
                          "(scripts/build_llama.sh) or pass --imatrix")
     mode = CALIB_ARCHS[arch]
     kv = model.kv
+    gemma = arch == "gemma3"
 
     def hp(key, default=None):
         v = kv.get(f"{arch}.{key}", default)
@@ -157,18 +219,37 @@ def _run(model, ids, n_ctx, progress, want_logits):
     if n_rot != hd:
         raise GGZipError(f"{model.path}: partial rope ({n_rot} of {hd}) is not supported "
                          "by ggzip's own calibration; use --imatrix")
+    scaling = kv.get(f"{arch}.rope.scaling.type", "none")
+    if scaling not in ("none", "linear"):
+        raise GGZipError(f"{model.path}: rope scaling {scaling!r} is not supported by ggzip's "
+                         "own calibration; use --imatrix")
+    # linear scaling divides positions by the factor; gemma3's sliding-window
+    # layers keep rope_freq_scale_train_swa = 1
+    pos_scale = 1.0 / float(kv.get(f"{arch}.rope.scaling.factor", 1.0) or 1.0) \
+        if scaling == "linear" else 1.0
+    swa = _gemma3_swa_layers(kv, L) if gemma else [False] * L
+    n_swa = int(kv.get("gemma3.attention.sliding_window", 0) or 0) if gemma else 0
+    # llama.cpp: 1/sqrt(head dim), but n_embd / n_head for Gemma-3-27B (62 layers)
+    q_scale = 1.0 / np.sqrt(D / n_head if gemma and L == 62 else hd)
     ids = np.asarray(ids, np.int64)
     chunks = [ids[i:i + n_ctx] for i in range(0, len(ids), n_ctx)]
     chunks = [c for c in chunks if len(c) >= 8]
     if not chunks:
         raise GGZipError(f"{model.path}: calibration text too short ({len(ids)} tokens)")
 
-    inv = base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
-    if "rope_freqs.weight" in model.tensors:
-        inv = inv / model.float32("rope_freqs.weight").astype(np.float64)
+    def inv_freq(b):
+        inv = b ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
+        if "rope_freqs.weight" in model.tensors:
+            inv = inv / model.float32("rope_freqs.weight").astype(np.float64)
+        return inv
+    inv_global = inv_freq(base)
+    inv_swa = inv_freq(float(kv.get("gemma3.rope.freq_base_swa", GEMMA3_SWA_BASE))) if gemma else None
     embd = model.float32("token_embd.weight")
     xs = [embd[c].astype(np.float32) for c in chunks]
     del embd
+    if gemma:
+        xs = [x * np.float32(np.sqrt(D)) for x in xs]
+    act = _gelu_tanh if gemma else _silu
     sums: dict[str, np.ndarray] = {}
     count = sum(len(c) for c in chunks)
 
@@ -179,25 +260,31 @@ def _run(model, ids, n_ctx, progress, want_logits):
         s = np.einsum("ij,ij->j", v, v, dtype=np.float64)
         sums[name] = sums.get(name, 0) + s
 
+    def see(il, what, v):
+        if probe is not None:
+            probe.see(il, what, v)
+
     for il in range(L):
         p = f"blk.{il}."
         W = {n[len(p):]: model.float32(n) for n in model.tensors if n.startswith(p)}
         gqa = n_head // n_kv
+        inv = inv_swa if swa[il] else inv_global
         for ci, x in enumerate(xs):
             T = x.shape[0]
-            ang = np.arange(T)[:, None] * inv[None, :]
+            ang = np.arange(T)[:, None] * (pos_scale if not swa[il] else 1.0) * inv[None, :]
             cos = np.cos(ang).astype(np.float32)[:, None, :]
             sin = np.sin(ang).astype(np.float32)[:, None, :]
             h = rms(x, W["attn_norm.weight"])
             for n in ("attn_q", "attn_k", "attn_v"):
                 acc(p + n + ".weight", h)
+            see(il, "attn_q", h)
 
             def proj(n, heads):
                 y = h @ W[n + ".weight"].T
                 if n + ".bias" in W:
                     y = y + W[n + ".bias"]
                 y = y.reshape(T, heads, -1)
-                if n + "_norm.weight" in W:       # qwen3: per-head RMSNorm of Q and K
+                if n + "_norm.weight" in W:       # qwen3, gemma3: per-head RMSNorm of Q and K
                     y = rms(y, W[n + "_norm.weight"])
                 return y
             q = _rope(proj("attn_q", n_head), cos, sin, mode)
@@ -205,21 +292,35 @@ def _run(model, ids, n_ctx, progress, want_logits):
             v = proj("attn_v", n_kv)
             k = np.repeat(k, gqa, axis=1)
             v = np.repeat(v, gqa, axis=1)
-            a = np.einsum("thd,shd->hts", q, k) / np.float32(np.sqrt(hd))
-            a += np.triu(np.full((T, T), -np.inf, np.float32), 1)
+            a = np.einsum("thd,shd->hts", q, k) * np.float32(q_scale)
+            mask = np.triu(np.ones((T, T), bool), 1)
+            if swa[il]:     # llama.cpp masks key p0 for query p1 when p1 - p0 >= n_swa
+                mask |= np.tril(np.ones((T, T), bool), -n_swa)
+            a[:, mask] = -np.inf
             a = np.exp(a - a.max(axis=-1, keepdims=True))
             a /= a.sum(axis=-1, keepdims=True)
             o = np.einsum("hts,shd->thd", a, v).reshape(T, -1)
             acc(p + "attn_output.weight", o)
-            x = x + o @ W["attn_output.weight"].T
+            see(il, "attn_output", o)
+            o = o @ W["attn_output.weight"].T
+            if gemma:
+                o = rms(o, W["post_attention_norm.weight"])
+            x = x + o
             h = rms(x, W["ffn_norm.weight"])
             acc(p + "ffn_gate.weight", h)
             acc(p + "ffn_up.weight", h)
-            g = h @ W["ffn_gate.weight"].T
+            g = act(h @ W["ffn_gate.weight"].T)
             u = h @ W["ffn_up.weight"].T
-            m = g / (1 + np.exp(-g)) * u
+            see(il, "ffn_act", g)
+            see(il, "ffn_up", u)
+            m = g * u
             acc(p + "ffn_down.weight", m)
-            xs[ci] = x + m @ W["ffn_down.weight"].T
+            f = m @ W["ffn_down.weight"].T
+            if gemma:
+                f = rms(f, W["post_ffw_norm.weight"])
+            xs[ci] = x + f
+        if probe is not None:
+            probe.layer_done(il)
         if progress is not None:
             progress(il + 1, L)
     out = None
@@ -228,4 +329,7 @@ def _run(model, ids, n_ctx, progress, want_logits):
         head = model.float32("output.weight" if "output.weight" in model.tensors
                              else "token_embd.weight")
         out = np.concatenate([rms(x, g) @ head.T for x in xs])
+        cap = float(kv.get(f"{arch}.final_logit_softcapping", 0.0) or 0.0) if gemma else 0.0
+        if cap:
+            out = np.tanh(out / cap) * cap
     return {n: s / count for n, s in sums.items()}, out
