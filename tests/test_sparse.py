@@ -132,15 +132,17 @@ def _dequant(r, name) -> np.ndarray:
     return gguf.quants.dequantize(r.data(name), gguf.GGMLQuantizationType(t.ggml_type)).reshape(t.shape)
 
 
-@pytest.mark.parametrize("arch,plain", [("llama", True), ("gemma3", False), ("qwen2", True)])
-def test_converted_file(tiny, tmp_path, arch, plain):
+@pytest.mark.parametrize("arch,plain,prune", [("llama", True, 0.0), ("gemma3", False, 0.0),
+                                              ("qwen2", True, 0.25)])
+def test_converted_file(tiny, tmp_path, arch, plain, prune):
     """Keys, transposed weights (the transpose of the usual tensor within both
-    roundings), thresholds in the file's coordinates (t_j s_j = T, s read off
-    the weights themselves: the ratio of a rescaled column to the original)."""
+    roundings, pruned alike), thresholds in the file's coordinates (t_j s_j = T,
+    s read off the weights themselves: a rescaled column's norm over the original's)."""
     from ggzip.container import GGZipReader
     models, text = tiny
     path, imat = models[arch]
-    kw = dict(imatrix=imat, alpha=0.5, calib_text=text, step=0.5, progress=False, plain=plain)
+    kw = dict(imatrix=imat, alpha=0.5, calib_text=text, step=0.5, progress=False, plain=plain,
+              prune=prune)
     rep = convert(path, tmp_path / "sp.gguf", sparsity=0.5, attn_sparsity=0.3, **kw)
     assert (rep.sparsity, rep.attn_sparsity) == (0.5, 0.3)
     assert "FFN P=0.5, attention P=0.3" in rep.summary()
@@ -165,6 +167,9 @@ def test_converted_file(tiny, tmp_path, arch, plain):
             tol = 0.5 * np.repeat(_q8_0_steps(r, name), 32, axis=1).T + \
                 0.5 * np.repeat(_q8_0_steps(d, name), 32, axis=1) + 1e-6
             assert (np.abs(a.T - b) <= tol).all(), name
+            if prune:     # the same weights zeroed, by rows of the usual orientation
+                assert ((b == 0) == (a.T == 0)).mean() > 0.99
+                assert abs((b == 0).mean(axis=1) - prune).max() < 0.05
         if not plain:
             shapes = dict(zip(r.value(Keys.TENSOR_NAMES), r.value(Keys.TENSOR_SHAPES).reshape(-1, 4)))
             for name in want:
@@ -179,7 +184,9 @@ def test_converted_file(tiny, tmp_path, arch, plain):
                 name = f"blk.{il}.{kind}.weight"
                 t = r.array(f"blk.{il}.{kind}{SPARSE_THR_SUFFIX}")
                 assert t.shape == (src.shape(name)[1],)
-                s = np.linalg.norm(_dequant(r, name), axis=1) / np.linalg.norm(w_src[name], axis=0)
+                kept = _dequant(r, name).T != 0          # the pruned weights say nothing of s
+                s = np.linalg.norm(_dequant(r, name).T * kept, axis=0) / \
+                    np.linalg.norm(w_src[name] * kept, axis=0)
                 assert s.max() / s.min() > 5          # the fold is really there
                 np.testing.assert_allclose(t * s, T, rtol=0.03)
 

@@ -642,17 +642,8 @@ def _write_tensor(w, src: GGUFModel, name: str, kind: str, plan, rates: _Rates,
         t = src.tensors[name]
         w.add_tensor(name, t.ggml_type, t.ne, src.reader.data(name))
         return TensorReport(name, shp, t.type_name)
-    if kind == "F32":
-        a = plan.apply(name, src.float32(name))
-        if prune > 0 and _quantizable(name, shp):
-            a = prune_rows(a, prune, plan.rescaled_stat(name))
-        a = np.ascontiguousarray(a, np.float32)
-        if not np.isfinite(a).all():
-            raise GGZipError(f"{src.path}: tensor {name!r} holds NaN or infinite values")
-        w.add_tensor(name, gguf.GGMLQuantizationType.F32, ne, a)
-        return TensorReport(name, shp, "F32")
-    target_bpw, step = rates.of(name)
-    if transpose:
+    if transpose:    # Q8_0 whatever its input width: only the outputs form blocks
+        target_bpw, step = rates.of(name)
         a = plan.apply(name, src.float32(name))
         if prune > 0:       # by rows = outputs, as for every weight
             a = prune_rows(a, prune, plan.rescaled_stat(name))
@@ -664,6 +655,16 @@ def _write_tensor(w, src: GGUFModel, name: str, kind: str, plan, rates: _Rates,
                                          source=str(src.path))
         w.add_tensor(name, gguf.GGMLQuantizationType.Q8_0, a.shape[::-1], blocks)
         return report
+    if kind == "F32":
+        a = plan.apply(name, src.float32(name))
+        if prune > 0 and _quantizable(name, shp):
+            a = prune_rows(a, prune, plan.rescaled_stat(name))
+        a = np.ascontiguousarray(a, np.float32)
+        if not np.isfinite(a).all():
+            raise GGZipError(f"{src.path}: tensor {name!r} holds NaN or infinite values")
+        w.add_tensor(name, gguf.GGMLQuantizationType.F32, ne, a)
+        return TensorReport(name, shp, "F32")
+    target_bpw, step = rates.of(name)
     blocks, report = quantize_streamed(
         name, shp, lambda r: plan.apply(name, src.rows32(name, r), rows=r),
         row_factor=plan.row_factor(name), col_stat=plan.rescaled_stat(name),

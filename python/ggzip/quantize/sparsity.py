@@ -13,7 +13,8 @@ SparsityProbe), per layer, at a sparsity P (the fraction of inputs zeroed):
     the tokens and channels of the input of attn_q (attn_norm's output) and of
     attn_output (the attention output before wo).
 
-The file stores per-channel thresholds in its own coordinates (FORMAT below):
+The file stores per-channel thresholds in its own coordinates (the format:
+constants.py, Keys.SPARSE_* and SPARSE_*):
 convert folds W' = W diag(s), x' = x / s into attn_q and attn_output
 (fold.RescalePlan.cols), so their thresholds are t_j = T / s_j, and |x'_j| < t_j
 exactly when |x_j| < T.  act(gate x) is unchanged by every fold (gate's input
@@ -31,9 +32,9 @@ import numpy as np
 from ..constants import SPARSE_THR_SUFFIX
 
 SPARSE_ARCHS = ("gemma3", "llama", "qwen2", "qwen3")
-# values of one layer's importance matrix (tokens x n_ff) kept for its quantile:
+# values of one layer's activation (tokens x channels) kept for a quantile:
 # 2^25 float32 = 128 MiB; above it every k-th token is kept (a regular subsample:
-# the tokens of a text are not ordered by importance), the mean m_i uses all
+# the tokens of a text are not ordered by importance); the mean m_i uses all
 MAX_QUANTILE_VALUES = 1 << 25
 
 
@@ -73,13 +74,11 @@ class SparsityProbe:
             s = np.abs(v).sum(axis=0, dtype=np.float64)
             self._up_sum = s if self._up_sum is None else self._up_sum + s
             self._up_count += v.shape[0]
-        elif what == "ffn_act" and self.ffn_p > 0:
-            every = -(-self.n_tokens * v.shape[1] // MAX_QUANTILE_VALUES)
-            self._seen.setdefault(what, []).append(np.abs(v[::max(1, every)]))
-        elif what in ("attn_q", "attn_output") and self.attn_p > 0:
+        elif (what == "ffn_act" and self.ffn_p > 0) or \
+                (what in ("attn_q", "attn_output") and self.attn_p > 0):
             self._width[(layer, what)] = v.shape[1]
-            # tokens x n_embd (or n_head * head dim): far smaller than the FFN's, kept whole
-            self._seen.setdefault(what, []).append(np.abs(v))
+            every = max(1, -(-self.n_tokens * v.shape[1] // MAX_QUANTILE_VALUES))
+            self._seen.setdefault(what, []).append(np.abs(v[::every]))
 
     def layer_done(self, layer: int) -> None:
         if self.ffn_p > 0:
