@@ -73,13 +73,12 @@ int64_t ggz_sparse_select(const float * x, const float * thr, int64_t n, int32_t
 /* ---- scalar ----------------------------------------------------------------- */
 
 static void up_scalar(const void * w, size_t row_bytes, int64_t n_in, const void * qx,
-                      const float * a, const float * thr, int64_t i0, int64_t i1, float * h)
+                      const int32_t * rows, int64_t n, const float * a, float * h)
 {
     const int8_t * q = (const int8_t *)qx;
     const float * xd = (const float *)(q + n_in);
-    for (int64_t i = i0; i < i1; i++) {
-        if (!ggz_sparse_pass(a[i], thr ? thr[i] : 0.0f)) { h[i] = 0.0f; continue; }
-        const uint8_t * row = (const uint8_t *)w + (size_t)i * row_bytes;
+    for (int64_t r = 0; r < n; r++) {
+        const uint8_t * row = (const uint8_t *)w + (size_t)rows[r] * row_bytes;
         float sum = 0.0f;
         for (int64_t b = 0; b < n_in / Q8_0_QK; b++) {
             const uint8_t * blk = row + b * Q8_0_BLOCK;
@@ -87,7 +86,7 @@ static void up_scalar(const void * w, size_t row_bytes, int64_t n_in, const void
             for (int j = 0; j < Q8_0_QK; j++) s += (int8_t)blk[2 + j] * q[b * Q8_0_QK + j];
             sum += ggz_f16_to_f32(ggz_rd16(blk)) * xd[b] * (float)s;
         }
-        h[i] = a[i] * sum;
+        h[rows[r]] = a[rows[r]] * sum;
     }
 }
 
@@ -133,14 +132,14 @@ static float f16_neon(const uint8_t * p)
 }
 
 static void up_neon(const void * w, size_t row_bytes, int64_t n_in, const void * qx,
-                    const float * a, const float * thr, int64_t i0, int64_t i1, float * h)
+                    const int32_t * rows, int64_t n, const float * a, float * h)
 {
     const int8_t * q = (const int8_t *)qx;
     const float * xd = (const float *)(q + n_in);
     const int64_t nb = n_in / Q8_0_QK;
-    for (int64_t i = i0; i < i1; i++) {
-        if (!ggz_sparse_pass(a[i], thr ? thr[i] : 0.0f)) { h[i] = 0.0f; continue; }
-        const uint8_t * row = (const uint8_t *)w + (size_t)i * row_bytes;
+    for (int64_t r = 0; r < n; r++) {
+        if (r + GGZ_SPARSE_AHEAD < n) ggz_prefetch((const uint8_t *)w + (size_t)rows[r + GGZ_SPARSE_AHEAD] * row_bytes, row_bytes);
+        const uint8_t * row = (const uint8_t *)w + (size_t)rows[r] * row_bytes;
         float32x4_t acc = vdupq_n_f32(0.0f);
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t * blk = row + b * Q8_0_BLOCK;
@@ -152,7 +151,7 @@ static void up_neon(const void * w, size_t row_bytes, int64_t n_in, const void *
             s = vpadalq_s16(s, vmull_high_s8(w1, x1));
             acc = vfmaq_n_f32(acc, vcvtq_f32_s32(s), f16_neon(blk) * xd[b]);
         }
-        h[i] = a[i] * vaddvq_f32(acc);
+        h[rows[r]] = a[rows[r]] * vaddvq_f32(acc);
     }
 }
 
@@ -162,45 +161,24 @@ static void up_neon(const void * w, size_t row_bytes, int64_t n_in, const void *
         lo = vcvtq_f32_s32(vmovl_s16(vget_low_s16(w16_))); \
         hi = vcvtq_f32_s32(vmovl_high_s16(w16_)); } while (0)
 
-/* four rows at a time, each read front to back, y in L1 (as the AVX2 kernel) */
+/* one row at a time, y in L1, the next rows prefetched (as the AVX2 kernel) */
 static void axpy_neon(const void * wt, size_t row_bytes, const int32_t * idx, int64_t nnz,
                       const float * x, int64_t b0, int64_t b1, float * y)
 {
     const uint8_t * base = (const uint8_t *)wt + b0 * Q8_0_BLOCK;
     const int64_t nb = b1 - b0;
     memset(y, 0, (size_t)nb * Q8_0_QK * sizeof *y);
-    int64_t n = 0;
-    for (; n + 3 < nnz; n += 4) {
-        const uint8_t * p[4];
-        float xk[4];
-        for (int i = 0; i < 4; i++) { p[i] = base + (size_t)idx[n + i] * row_bytes; xk[i] = x[idx[n + i]]; }
+    for (int64_t n = 0; n < nnz; n++) {
+        if (n + GGZ_SPARSE_AHEAD < nnz) ggz_prefetch(base + (size_t)idx[n + GGZ_SPARSE_AHEAD] * row_bytes, (size_t)nb * Q8_0_BLOCK);
+        const uint8_t * p = base + (size_t)idx[n] * row_bytes;
+        const float xk = x[idx[n]];
         for (int64_t b = 0; b < nb; b++) {
-            const size_t o = (size_t)b * Q8_0_BLOCK;
-            float c[4];
-            for (int i = 0; i < 4; i++) c[i] = xk[i] * f16_neon(p[i] + o);
-            float * yb = y + b * Q8_0_QK;
-            for (int r = 0; r < 4; r++) {
-                float32x4_t lo = vld1q_f32(yb + 8 * r), hi = vld1q_f32(yb + 8 * r + 4);
-                for (int i = 0; i < 4; i++) {
-                    float32x4_t wl, wh;
-                    NEON_W8(p[i] + o + 2 + 8 * r, wl, wh);
-                    lo = vfmaq_n_f32(lo, wl, c[i]);
-                    hi = vfmaq_n_f32(hi, wh, c[i]);
-                }
-                vst1q_f32(yb + 8 * r, lo);
-                vst1q_f32(yb + 8 * r + 4, hi);
-            }
-        }
-    }
-    for (; n < nnz; n++) {
-        const uint8_t * p0 = base + (size_t)idx[n] * row_bytes;
-        for (int64_t b = 0; b < nb; b++) {
-            const size_t o = (size_t)b * Q8_0_BLOCK;
-            const float c = x[idx[n]] * f16_neon(p0 + o);
+            const uint8_t * blk = p + (size_t)b * Q8_0_BLOCK;
+            const float c = xk * f16_neon(blk);
             float * yb = y + b * Q8_0_QK;
             for (int r = 0; r < 4; r++) {
                 float32x4_t wl, wh;
-                NEON_W8(p0 + o + 2 + 8 * r, wl, wh);
+                NEON_W8(blk + 2 + 8 * r, wl, wh);
                 vst1q_f32(yb + 8 * r, vfmaq_n_f32(vld1q_f32(yb + 8 * r), wl, c));
                 vst1q_f32(yb + 8 * r + 4, vfmaq_n_f32(vld1q_f32(yb + 8 * r + 4), wh, c));
             }
@@ -281,7 +259,19 @@ size_t ggz_sparse_set_kernel(const char * name)
 void ggz_sparse_up(const void * w, size_t row_bytes, int64_t n_in, const void * qx,
                    const float * a, const float * thr, int64_t i0, int64_t i1, float * h)
 {
-    sk()->up(w, row_bytes, n_in, qx, a, thr, i0, i1, h);
+    const ggz_sparse_up_fn up = sk()->up;
+    int32_t rows[256];     /* the passing rows, a window at a time */
+    for (int64_t s = i0; s < i1; s += 256) {
+        const int64_t e = i1 - s < 256 ? i1 : s + 256;
+        int64_t n = 0;
+        for (int64_t i = s; i < e; i++) {
+            rows[n] = (int32_t)i;
+            const int pass = ggz_sparse_pass(a[i], thr ? thr[i] : 0.0f);
+            h[i] = 0.0f;
+            n += pass;
+        }
+        up(w, row_bytes, n_in, qx, rows, n, a, h);
+    }
 }
 
 void ggz_sparse_axpy(const void * wt, size_t row_bytes, const int32_t * idx, int64_t nnz,

@@ -27,14 +27,14 @@ static inline __m256 dot32(const uint8_t * w, const int8_t * x)
 }
 
 void ggz_sparse_up_avx2(const void * w, size_t row_bytes, int64_t n_in, const void * qx,
-                        const float * a, const float * thr, int64_t i0, int64_t i1, float * h)
+                        const int32_t * rows, int64_t n, const float * a, float * h)
 {
     const int8_t * q = (const int8_t *)qx;
     const float * xd = (const float *)(q + n_in);
     const int64_t nb = n_in / Q8_0_QK;
-    for (int64_t i = i0; i < i1; i++) {
-        if (!ggz_sparse_pass(a[i], thr ? thr[i] : 0.0f)) { h[i] = 0.0f; continue; }
-        const uint8_t * row = (const uint8_t *)w + (size_t)i * row_bytes;
+    for (int64_t r = 0; r < n; r++) {
+        if (r + GGZ_SPARSE_AHEAD < n) ggz_prefetch((const uint8_t *)w + (size_t)rows[r + GGZ_SPARSE_AHEAD] * row_bytes, row_bytes);
+        const uint8_t * row = (const uint8_t *)w + (size_t)rows[r] * row_bytes;
         __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
         int64_t b = 0;
         for (; b + 1 < nb; b += 2) {      /* two chains: the FMA latency hides */
@@ -46,7 +46,7 @@ void ggz_sparse_up_avx2(const void * w, size_t row_bytes, int64_t n_in, const vo
             const uint8_t * k0 = row + b * Q8_0_BLOCK;
             acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16(k0) * xd[b]), dot32(k0 + 2, q + b * Q8_0_QK), acc0);
         }
-        h[i] = a[i] * hsum(_mm256_add_ps(acc0, acc1));
+        h[rows[r]] = a[rows[r]] * hsum(_mm256_add_ps(acc0, acc1));
     }
 }
 
@@ -56,46 +56,27 @@ static inline __m256 w8(const uint8_t * p)
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 }
 
-/* Rows are taken four at a time, each read front to back (four sequential
- * streams the prefetchers follow), and each 8-output piece of y is loaded
- * and stored once per four rows; y (the thread's outputs) stays in L1.  A
- * register tile over all rows instead re-walks every row once per tile, which
- * is twice as slow once the matrix leaves L2. */
+/* One row at a time, front to back, y (the thread's outputs) in L1: rows
+ * taken four at a time in parallel measured slower, whether the matrix
+ * streams from DRAM or sits in L2; so did a register tile over all rows,
+ * which re-walks every row once per tile.  The rows a mask picks defeat the
+ * hardware prefetchers: the next ones are asked for explicitly. */
 void ggz_sparse_axpy_avx2(const void * wt, size_t row_bytes, const int32_t * idx, int64_t nnz,
                           const float * x, int64_t b0, int64_t b1, float * y)
 {
     const uint8_t * base = (const uint8_t *)wt + b0 * Q8_0_BLOCK;
     const int64_t nb = b1 - b0;
     memset(y, 0, (size_t)nb * Q8_0_QK * sizeof *y);
-    int64_t n = 0;
-    for (; n + 3 < nnz; n += 4) {
-        const uint8_t * p0 = base + (size_t)idx[n] * row_bytes, * p1 = base + (size_t)idx[n + 1] * row_bytes;
-        const uint8_t * p2 = base + (size_t)idx[n + 2] * row_bytes, * p3 = base + (size_t)idx[n + 3] * row_bytes;
-        const float x0 = x[idx[n]], x1 = x[idx[n + 1]], x2 = x[idx[n + 2]], x3 = x[idx[n + 3]];
+    for (int64_t n = 0; n < nnz; n++) {
+        if (n + GGZ_SPARSE_AHEAD < nnz) ggz_prefetch(base + (size_t)idx[n + GGZ_SPARSE_AHEAD] * row_bytes, (size_t)nb * Q8_0_BLOCK);
+        const uint8_t * p = base + (size_t)idx[n] * row_bytes;
+        const float xk = x[idx[n]];
         for (int64_t b = 0; b < nb; b++) {
-            const size_t o = (size_t)b * Q8_0_BLOCK;
-            const __m256 c0 = _mm256_set1_ps(x0 * f16(p0 + o)), c1 = _mm256_set1_ps(x1 * f16(p1 + o));
-            const __m256 c2 = _mm256_set1_ps(x2 * f16(p2 + o)), c3 = _mm256_set1_ps(x3 * f16(p3 + o));
-            float * yb = y + b * Q8_0_QK;
-            for (int r = 0; r < 4; r++) {
-                const size_t q = o + 2 + 8 * r;
-                __m256 acc = _mm256_loadu_ps(yb + 8 * r);
-                acc = _mm256_fmadd_ps(c0, w8(p0 + q), acc);
-                acc = _mm256_fmadd_ps(c1, w8(p1 + q), acc);
-                acc = _mm256_fmadd_ps(c2, w8(p2 + q), acc);
-                acc = _mm256_fmadd_ps(c3, w8(p3 + q), acc);
-                _mm256_storeu_ps(yb + 8 * r, acc);
-            }
-        }
-    }
-    for (; n < nnz; n++) {
-        const uint8_t * p0 = base + (size_t)idx[n] * row_bytes;
-        for (int64_t b = 0; b < nb; b++) {
-            const size_t o = (size_t)b * Q8_0_BLOCK;
-            const __m256 c0 = _mm256_set1_ps(x[idx[n]] * f16(p0 + o));
+            const uint8_t * blk = p + (size_t)b * Q8_0_BLOCK;
+            const __m256 c = _mm256_set1_ps(xk * f16(blk));
             float * yb = y + b * Q8_0_QK;
             for (int r = 0; r < 4; r++)
-                _mm256_storeu_ps(yb + 8 * r, _mm256_fmadd_ps(c0, w8(p0 + o + 2 + 8 * r), _mm256_loadu_ps(yb + 8 * r)));
+                _mm256_storeu_ps(yb + 8 * r, _mm256_fmadd_ps(c, w8(blk + 2 + 8 * r), _mm256_loadu_ps(yb + 8 * r)));
         }
     }
 }
