@@ -219,14 +219,11 @@ def _run(model, ids, n_ctx, progress, want_logits, probe=None):
     if n_rot != hd:
         raise GGZipError(f"{model.path}: partial rope ({n_rot} of {hd}) is not supported "
                          "by ggzip's own calibration; use --imatrix")
-    scaling = kv.get(f"{arch}.rope.scaling.type", "none")
-    if scaling not in ("none", "linear"):
-        raise GGZipError(f"{model.path}: rope scaling {scaling!r} is not supported by ggzip's "
-                         "own calibration; use --imatrix")
-    # linear scaling divides positions by the factor; gemma3's sliding-window
-    # layers keep rope_freq_scale_train_swa = 1
+    # linear rope scaling divides positions by the factor (gemma3's sliding-window
+    # layers keep rope_freq_scale_train_swa = 1); other scalings (yarn) are left
+    # out, an approximation for statistics over short chunks
     pos_scale = 1.0 / float(kv.get(f"{arch}.rope.scaling.factor", 1.0) or 1.0) \
-        if scaling == "linear" else 1.0
+        if kv.get(f"{arch}.rope.scaling.type") == "linear" else 1.0
     swa = _gemma3_swa_layers(kv, L) if gemma else [False] * L
     n_swa = int(kv.get("gemma3.attention.sliding_window", 0) or 0) if gemma else 0
     # llama.cpp: 1/sqrt(head dim), but n_embd / n_head for Gemma-3-27B (62 layers)
