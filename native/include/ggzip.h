@@ -26,7 +26,7 @@ extern "C" {
 #endif
 
 #define GGZ_VERSION_MAJOR 0
-#define GGZ_VERSION_MINOR 3
+#define GGZ_VERSION_MINOR 4
 #define GGZ_VERSION_PATCH 0
 #define GGZ_VERSION_NUMBER (GGZ_VERSION_MAJOR * 10000 + GGZ_VERSION_MINOR * 100 + GGZ_VERSION_PATCH)
 
@@ -254,7 +254,8 @@ size_t ggz_reader_decode_chunk(const ggz_reader * r, uint32_t index, void * dst,
 
 /*! ggz_sparse_kernel_name() : @return the name of the sparse kernels in use */
 const char * ggz_sparse_kernel_name(void);
-/*! ggz_sparse_set_kernel() : use kernels `name` ("scalar", "avx2", "neon")
+/*! ggz_sparse_set_kernel() : use kernels `name` ("scalar", "avx2", "avx512", "neon");
+ *  the environment's GGZIP_SPARSE_KERNEL chooses them at the first call
  *  @return 0, or GGZ_ERR_KERNEL if not built in or not runnable here */
 size_t ggz_sparse_set_kernel(const char * name);
 

@@ -61,6 +61,8 @@ int ggz_cpu_has_avx2_fma(void)
     return has_avx2() && __get_cpuid(1, &a, &b, &c, &d) && ((c >> 12) & 1) && ((c >> 29) & 1);
 }
 
+int ggz_cpu_has_avx512_sparse(void) { return has_avx512() && ggz_cpu_has_avx2_fma(); }
+
 #endif
 
 static int always(void) { return 1; }

@@ -1,6 +1,7 @@
 /* Activation-sparsity kernels (CHESS) on Q8_0 matrices: the scalar and NEON
- * versions, the activation quantizer and the kernel choice.  The AVX2 versions
- * are sparse_avx2.c (compiled with its ISA flags alone).
+ * versions, the activation quantizer and the kernel choice.  The AVX2 and
+ * AVX-512 versions are sparse_avx2.c and sparse_avx512.c (each compiled
+ * with its ISA flags alone).
  *
  * Two shapes of product.  The up projection keeps the usual layout (row i =
  * output i) and skips whole rows whose gate was zeroed: a dot product per
@@ -13,6 +14,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <stdio.h>
 
 #if defined(GGZ_HAVE_NEON)
 #include <arm_neon.h>
@@ -138,7 +140,7 @@ static void up_neon(const void * w, size_t row_bytes, int64_t n_in, const void *
     const float * xd = (const float *)(q + n_in);
     const int64_t nb = n_in / Q8_0_QK;
     for (int64_t r = 0; r < n; r++) {
-        if (r + GGZ_SPARSE_AHEAD < n) ggz_prefetch((const uint8_t *)w + (size_t)rows[r + GGZ_SPARSE_AHEAD] * row_bytes, row_bytes);
+        ggz_sparse_ahead((const uint8_t *)w, row_bytes, row_bytes, rows, r, n);
         const uint8_t * row = (const uint8_t *)w + (size_t)rows[r] * row_bytes;
         float32x4_t acc = vdupq_n_f32(0.0f);
         for (int64_t b = 0; b < nb; b++) {
@@ -169,7 +171,7 @@ static void axpy_neon(const void * wt, size_t row_bytes, const int32_t * idx, in
     const int64_t nb = b1 - b0;
     memset(y, 0, (size_t)nb * Q8_0_QK * sizeof *y);
     for (int64_t n = 0; n < nnz; n++) {
-        if (n + GGZ_SPARSE_AHEAD < nnz) ggz_prefetch(base + (size_t)idx[n + GGZ_SPARSE_AHEAD] * row_bytes, (size_t)nb * Q8_0_BLOCK);
+        ggz_sparse_ahead(base, row_bytes, (size_t)nb * Q8_0_BLOCK, idx, n, nnz);
         const uint8_t * p = base + (size_t)idx[n] * row_bytes;
         const float xk = x[idx[n]];
         for (int64_t b = 0; b < nb; b++) {
@@ -223,6 +225,7 @@ static const ggz_sparse_kernels sparse_kernels[] = {
     { "scalar", always, up_scalar, axpy_scalar, tmm_scalar },
 #if defined(GGZ_HAVE_X86)
     { "avx2", ggz_cpu_has_avx2_fma, ggz_sparse_up_avx2, ggz_sparse_axpy_avx2, ggz_sparse_tmm_avx2 },
+    { "avx512", ggz_cpu_has_avx512_sparse, ggz_sparse_up_avx512, ggz_sparse_axpy_avx512, ggz_sparse_tmm_avx512 },
 #endif
 #if defined(GGZ_HAVE_NEON)
     { "neon", always, up_neon, axpy_neon, tmm_neon },
@@ -238,6 +241,20 @@ static void sparse_init(void)
     sparse_k = &sparse_kernels[0];           /* listed slowest first */
     for (int i = 1; i < N_SPARSE; i++)
         if (sparse_kernels[i].available()) sparse_k = &sparse_kernels[i];
+    /* GGZIP_SPARSE_KERNEL=name: another kernel for comparisons (the loader
+     * logs the one in use); a name this host cannot run is said, not obeyed */
+    const char * env = getenv("GGZIP_SPARSE_KERNEL");
+    if (env && *env) {
+        int found = 0;
+        for (int i = 0; i < N_SPARSE; i++)
+            if (!strcmp(sparse_kernels[i].name, env) && sparse_kernels[i].available()) {
+                sparse_k = &sparse_kernels[i];
+                found = 1;
+            }
+        if (!found)
+            fprintf(stderr, "ggzip: GGZIP_SPARSE_KERNEL=%s is not a sparse kernel this build and CPU run; using %s\n",
+                    env, sparse_k->name);
+    }
 }
 
 static const ggz_sparse_kernels * sk(void) { pthread_once(&sparse_once, sparse_init); return sparse_k; }
@@ -259,10 +276,13 @@ size_t ggz_sparse_set_kernel(const char * name)
 void ggz_sparse_up(const void * w, size_t row_bytes, int64_t n_in, const void * qx,
                    const float * a, const float * thr, int64_t i0, int64_t i1, float * h)
 {
+    /* the passing rows, a window at a time: long enough for the prefetch
+     * distance (GGZ_SPARSE_FAR) to matter little at its edges */
+    enum { WIN = 1024 };
     const ggz_sparse_up_fn up = sk()->up;
-    int32_t rows[256];     /* the passing rows, a window at a time */
-    for (int64_t s = i0; s < i1; s += 256) {
-        const int64_t e = i1 - s < 256 ? i1 : s + 256;
+    int32_t rows[WIN];
+    for (int64_t s = i0; s < i1; s += WIN) {
+        const int64_t e = i1 - s < WIN ? i1 : s + WIN;
         int64_t n = 0;
         for (int64_t i = s; i < e; i++) {
             rows[n] = (int32_t)i;

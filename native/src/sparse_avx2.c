@@ -33,7 +33,7 @@ void ggz_sparse_up_avx2(const void * w, size_t row_bytes, int64_t n_in, const vo
     const float * xd = (const float *)(q + n_in);
     const int64_t nb = n_in / Q8_0_QK;
     for (int64_t r = 0; r < n; r++) {
-        if (r + GGZ_SPARSE_AHEAD < n) ggz_prefetch((const uint8_t *)w + (size_t)rows[r + GGZ_SPARSE_AHEAD] * row_bytes, row_bytes);
+        ggz_sparse_ahead((const uint8_t *)w, row_bytes, row_bytes, rows, r, n);
         const uint8_t * row = (const uint8_t *)w + (size_t)rows[r] * row_bytes;
         __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
         int64_t b = 0;
@@ -68,7 +68,7 @@ void ggz_sparse_axpy_avx2(const void * wt, size_t row_bytes, const int32_t * idx
     const int64_t nb = b1 - b0;
     memset(y, 0, (size_t)nb * Q8_0_QK * sizeof *y);
     for (int64_t n = 0; n < nnz; n++) {
-        if (n + GGZ_SPARSE_AHEAD < nnz) ggz_prefetch(base + (size_t)idx[n + GGZ_SPARSE_AHEAD] * row_bytes, (size_t)nb * Q8_0_BLOCK);
+        ggz_sparse_ahead(base, row_bytes, (size_t)nb * Q8_0_BLOCK, idx, n, nnz);
         const uint8_t * p = base + (size_t)idx[n] * row_bytes;
         const float xk = x[idx[n]];
         for (int64_t b = 0; b < nb; b++) {

@@ -717,7 +717,7 @@ static float rnd_act(int zero_pct)
  * ranges that do not start at 0 and odd block counts (the tile tails). */
 static void test_sparse_kernels(void)
 {
-    static const char * const names[] = { "scalar", "avx2", "neon" };
+    static const char * const names[] = { "scalar", "avx2", "avx512", "neon" };
     enum { N_IN = 96, N_OUT = 160, N_TOK = 7 };          /* 3 and 5 blocks */
     const size_t rb_up = N_IN / 32 * 34, rb_t = N_OUT / 32 * 34;
     uint8_t * w = malloc(N_OUT * rb_up), * wt = malloc(N_IN * rb_t);
@@ -749,7 +749,7 @@ static void test_sparse_kernels(void)
     for (int k = 0; k < N_IN; k++) quant_ok &= fabs(qx[k] * (double)xd[k / 32] - x[k]) <= xd[k / 32] * 0.5001;
     check(quant_ok, "sparse: quantized activation within half a step", "");
 
-    double up_ref[N_OUT], ax_ref[N_OUT], tmm_ref[N_TOK][N_OUT];
+    double up_ref[N_OUT], up_ref_all[N_OUT], ax_ref[N_OUT], tmm_ref[N_TOK][N_OUT];
     for (int i = 0; i < N_OUT; i++) {
         double s = 0;
         for (int b = 0; b < N_IN / 32; b++) {
@@ -759,6 +759,7 @@ static void test_sparse_kernels(void)
             for (int j = 0; j < 32; j++) acc += (int8_t)blk[2 + j] * qx[b * 32 + j];
             s += f16d(d) * xd[b] * (double)acc;
         }
+        up_ref_all[i] = a[i] * s;
         up_ref[i] = (a[i] != 0 && fabsf(a[i]) >= thr[i]) ? a[i] * s : 0.0;
     }
     int32_t idx[N_IN];
@@ -817,6 +818,21 @@ static void test_sparse_kernels(void)
                 for (int j = N_OUT - 32 * b0; j < N_OUT + 3; j++) ok &= Y[t][j] == -999.0f;
             }
             check(ok, b0 ? "sparse tmm = reference (outputs from block 1)" : "sparse tmm = reference", names[ki]);
+        }
+
+        /* up with every row passing, with these thresholds and with them x3 */
+        for (int sc = 0; sc < 3; sc++) {
+            const float scale = sc == 0 ? 0.0f : sc == 1 ? 1.0f : 3.0f;
+            float t_up[N_OUT], hh[N_OUT];
+            for (int i = 0; i < N_OUT; i++) t_up[i] = thr[i] * scale;
+            ggz_sparse_up(w, rb_up, N_IN, qx, a, sc ? t_up : NULL, 0, N_OUT, hh);
+            ok = 1;
+            for (int i = 0; i < N_OUT; i++) {
+                const double dot = a[i] != 0 ? up_ref_all[i] : 0.0;
+                const double ref = (a[i] != 0 && fabsf(a[i]) >= t_up[i]) ? dot : 0.0;
+                ok &= fabs(hh[i] - ref) <= 1e-4 * (1 + fabs(ref)) && (ref == 0) == (hh[i] == 0.0f);
+            }
+            check(ok, sc == 0 ? "sparse up, every row passing = reference" : "sparse up, thresholds scaled = reference", names[ki]);
         }
     }
     ggz_sparse_set_kernel(start);
