@@ -158,14 +158,6 @@ def patched_llama():
         pytest.skip(str(e))
 
 
-def keeping_llama():
-    """Skip unless the installed libllama keeps frames compressed (reads ggzip.keep)."""
-    patched_llama()
-    if not Path("/tmp/keep_ready").exists() and not os.environ.get("GGZIP_KEEP_READY"):
-        pytest.skip("the patched llama-cpp-python that reads ggzip.keep is not installed yet "
-                    "(/tmp/keep_ready absent; GGZIP_KEEP_READY=1 to run anyway)")
-
-
 @pytest.mark.llama
 def test_measure_reports_speed_and_rss(tiny_ggzip):
     patched_llama()
@@ -207,7 +199,7 @@ def smol_ggzip(smollm2_gguf, tmp_path_factory) -> Path:
 @pytest.mark.llama
 @pytest.mark.slow
 def test_plan_predicts_the_measured_peak_rss(smol_ggzip, tmp_path, monkeypatch):
-    keeping_llama()
+    patched_llama()     # patch 0009 keeps frames: the keep log below says so
     from ggzip.plan import measure
     from ggzip.plan.plan import plan
     monkeypatch.setenv("GGZIP_PLAN_CACHE", str(tmp_path / "cache"))
