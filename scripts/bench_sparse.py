@@ -2,7 +2,7 @@
 """Activation sparsity (CHESS): generation speed against quality, per sparsity P.
 
     python scripts/bench_sparse.py [--models smollm2,gemma3-270m] [--ps 0.3,0.5,0.7]
-                                   [--repeat 5] [--chunks 4] [--work DIR]
+                                   [--repeat 5] [--chunks 4] [--work DIR] [--kernel-reps N]
                                    [--out FILE] [--plot FILE] [--no-write]
 
 Inputs, per model, all from the fetched GGUF (convert dequantizes it), at the same
@@ -136,6 +136,90 @@ def bench_model(name: str, args) -> dict:
     return {"name": name, "label": MODELS[name], "rows": rows}
 
 
+# Kernel shapes (hidden, FFN width): the two models here and two 7B-class FFNs
+# (Llama-2-7B, Qwen2.5-7B), whose rows are 4-7x longer: what row length buys.
+KERNEL_SHAPES = (("SmolLM2-135M", 576, 1536), ("Gemma-3-270M", 640, 2048),
+                 ("Llama-2-7B", 4096, 11008), ("Qwen2.5-7B", 3584, 18944))
+KERNEL_BYTES = 192 << 20      # copies of each matrix, streamed in turn: beyond any cache here
+
+
+def bench_kernels(ps, reps: int) -> list[dict]:
+    """One thread, the ggzip library's kernels on random Q8_0 matrices streamed
+    from DRAM (enough copies to exceed the caches), i.i.d. random masks at P:
+    up (a row per passing FFN channel, int8 dot) against the same kernel over
+    every row (the dense gemv), and down^T (a row per passing channel, float
+    axpy) against the dense gemv of down in its usual layout (n_hidden rows of
+    n_ff inputs).  Medians of REPS passes over the copies."""
+    import numpy as np
+    import ggzip.codec._native as nat
+    ffi, lib = nat.ffi, nat.lib
+    rng = np.random.default_rng(0)
+
+    def q8(rows, cols):           # random Q8_0 rows: f16 scale, 32 int8
+        nb = cols // 32
+        m = rng.integers(-127, 128, size=(rows, nb, 34), dtype=np.int16).astype(np.uint8)
+        m[:, :, :2] = np.frombuffer(np.full(rows * nb, 0.01, np.float16).tobytes(), np.uint8).reshape(rows, nb, 2)
+        return np.ascontiguousarray(m.reshape(rows, nb * 34))
+
+    def timed(fn, n):
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            for i in range(n):
+                fn(i)
+            ts.append((time.perf_counter() - t0) / n)
+        return statistics.median(ts)
+
+    out = []
+    for label, d, ff in KERNEL_SHAPES:
+        say(f"kernels: {label} ({d} x {ff})")
+        up_bytes = ff * (d // 32) * 34
+        n = max(2, KERNEL_BYTES // up_bytes)
+        ups = [q8(ff, d) for _ in range(n)]            # up: ff rows of d inputs
+        downs = [q8(d, ff) for _ in range(n)]          # down, usual layout: d rows of ff inputs
+        downts = [q8(ff, d) for _ in range(n)]         # down^T: ff rows of d outputs
+        x = rng.standard_normal(d).astype(np.float32)
+        qx = np.zeros(lib.ggz_sparse_qx_size(d) + 4, np.uint8)
+        qxp = ffi.from_buffer(qx)
+        lib.ggz_sparse_quantize(ffi.cast("float *", ffi.from_buffer(x)), d, qxp)
+        h = np.zeros(ff, np.float32)
+        hq = np.zeros(lib.ggz_sparse_qx_size(ff) + 4, np.uint8)
+        lib.ggz_sparse_quantize(ffi.cast("float *", ffi.from_buffer(h)), ff, ffi.from_buffer(hq))
+        y = np.zeros(max(d, ff), np.float32)
+        yp = ffi.cast("float *", ffi.from_buffer(y))
+        ones = np.ones(max(d, ff), np.float32)
+        onesp = ffi.cast("float *", ffi.from_buffer(ones))
+        up_p = [ffi.from_buffer(m) for m in ups]
+        dn_p = [ffi.from_buffer(m) for m in downs]
+        dt_p = [ffi.from_buffer(m) for m in downts]
+        rb_d, rb_ff = (d // 32) * 34, (ff // 32) * 34
+        hq_p = ffi.from_buffer(hq)
+        dense_up = timed(lambda i: lib.ggz_sparse_up(up_p[i], rb_d, d, qxp, onesp, ffi.NULL, 0, ff, yp), n)
+        dense_down = timed(lambda i: lib.ggz_sparse_up(dn_p[i], rb_ff, ff, hq_p, onesp, ffi.NULL, 0, d, yp), n)
+        for p in ps:
+            a = rng.standard_normal(ff).astype(np.float32)
+            thr = np.full(ff, float(np.quantile(np.abs(a), p)), np.float32)
+            ap, tp = ffi.cast("float *", ffi.from_buffer(a)), ffi.cast("float *", ffi.from_buffer(thr))
+            idx = np.flatnonzero(np.abs(a) >= thr).astype(np.int32)
+            ip = ffi.cast("int32_t *", ffi.from_buffer(idx))
+            sp_up = timed(lambda i: lib.ggz_sparse_up(up_p[i], rb_d, d, qxp, ap, tp, 0, ff, yp), n)
+            sp_dn = timed(lambda i: lib.ggz_sparse_axpy(dt_p[i], rb_d, ip, len(idx), ap, 0, d // 32, yp), n)
+            out.append({"label": label, "d": d, "ff": ff, "p": p, "row_bytes": rb_d,
+                        "up": dense_up / sp_up, "down": dense_down / sp_dn,
+                        "us": (dense_up + dense_down) * 1e6, "us_sparse": (sp_up + sp_dn) * 1e6})
+            say(f"  P={p:g}: up {dense_up / sp_up:.2f}x, down {dense_down / sp_dn:.2f}x")
+    return out
+
+
+def kernel_table(rows) -> list[str]:
+    lines = ["| FFN (hidden x width) | row bytes | P | up: dense / sparse time | down: dense / sparse time | FFN up+down, µs dense → sparse |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['label']} ({r['d']} x {r['ff']}) | {r['row_bytes']} | {r['p']:g} | {r['up']:.2f}x | "
+                     f"{r['down']:.2f}x | {r['us']:.0f} → {r['us_sparse']:.0f} ({r['us'] / r['us_sparse']:.2f}x) |")
+    return lines
+
+
 def plot(results, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -187,6 +271,7 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=BENCH_MD)
     ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "bench_sparse.svg")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--kernel-reps", type=int, default=7, help="passes per kernel measurement (0: no kernel table)")
     given = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
     args.ps = [float(x) for x in args.ps.split(",")]
@@ -196,6 +281,7 @@ def main(argv=None):
         if name not in MODELS:
             sys.exit(f"bench_sparse: unknown model {name} (one of {', '.join(MODELS)})")
         results.append(bench_model(name, args))
+    kernels = bench_kernels(args.ps, args.kernel_reps) if args.kernel_reps > 0 else []
     import ggzip.codec._native as nat
     kernel = nat.ffi.string(nat.lib.ggz_sparse_kernel_name()).decode()
     lines = [provenance("bench_sparse.py", given, f", sparse kernels {kernel}"),
@@ -210,6 +296,12 @@ def main(argv=None):
              "and same top-1 against the dense file.", ""]
     for res in results:
         lines += [f"**{res['label']}**", ""] + table(res) + [""]
+    if kernels:
+        lines += [f"**Kernels alone** (one thread, {kernel}; random Q8_0 matrices, {KERNEL_BYTES >> 20} MiB of "
+                  "copies streamed in turn so that they come from DRAM; i.i.d. random masks at P; median of "
+                  f"{args.kernel_reps} passes). up: a row per passing channel against the same int8 dot over "
+                  "every row; down: a row of down^T per passing channel (float axpy) against the dense gemv of "
+                  "down in its usual layout. Ratios above 1: sparse faster.", ""] + kernel_table(kernels) + [""]
     text = "\n".join(lines)
     print("\n" + text)
     if args.no_write:
