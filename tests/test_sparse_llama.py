@@ -158,6 +158,21 @@ def test_the_loader_says_what_it_found(sparse):
     assert "ggzip: activation sparsity, ffn 0.50, attn 0.50 (90 weights stored transposed)" in log
 
 
+def test_perplexity_one_token_at_a_time(sparse):
+    # llama-perplexity -b 1 (the sparse path for every token; bench_sparse.py's
+    # quality measure) asks no output of the first half of each chunk: the
+    # last layer then holds no token at all, which the sparse products must
+    # pass through as an empty batch
+    r = subprocess.run([str(llama_tool("llama-perplexity")), "-m", str(sparse), "-f", str(TEXT), "-c", "128",
+                        "-b", "1", "-ub", "1", "--chunks", "1", "-t", "2"],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-2000:]
+    import re
+    m = re.search(r"Final estimate: PPL = ([0-9.]+)", log)
+    assert m and 1.0 < float(m.group(1)) < 1000.0, log[-1000:]
+
+
 @pytest.mark.parametrize("damage", ["no-transposed-key", "missing-threshold", "unknown-name"])
 def test_inconsistent_files_fail_clearly(sparse, tmp_path, damage):
     from ggzip.container import GGZipReader
