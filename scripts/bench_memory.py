@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmd import BENCH_MD, provenance, source_hash, write_section  # noqa: E402
+from benchmd import BENCH_MD, provenance, save_figure, source_hash, write_section  # noqa: E402
 from bench_rd import (CALIB_TEXT, CTX, EVAL_TEXT, REGRID_SHARE, atomic, fetch_path,  # noqa: E402
                       perplexity, run, tool, weight_snr, write_dequantized_f32)
 
@@ -503,10 +503,7 @@ def plot(results, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def main(argv=None):

@@ -74,7 +74,7 @@ import numpy as np
 import gguf
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmd import BENCH_MD, provenance, source_hash, write_section  # noqa: E402
+from benchmd import BENCH_MD, llama_stat, provenance, source_hash, write_section  # noqa: E402
 
 from ggzip.convert import GGUFModel, convert  # noqa: E402
 from ggzip.convert.convert import (EMBD_NAME, EMBD_SHARE_DEFAULT, KEY_ALPHA, _find_llama_tool,  # noqa: E402
@@ -401,10 +401,7 @@ def perplexity(model: Path, base: Path, args) -> dict:
                "-t", args.threads], "llama-perplexity --kl-divergence")
 
     def grab(pat):
-        m = re.search(pat + r"\s*:?\s*([0-9.eE+-]+)", out)
-        if not m:
-            sys.exit(f"bench_rd: no {pat!r} in llama-perplexity's output:\n{out[-2000:]}")
-        return float(m.group(1))
+        return llama_stat(out, pat, "bench_rd")
     return {"ppl": grab(r"Mean PPL\(Q\)\s*"), "kld": grab(r"Mean\s+KLD:"),
             "top1": grab(r"Same top p:") / 100}
 

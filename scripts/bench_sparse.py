@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmd import BENCH_MD, provenance, source_hash, write_section  # noqa: E402
+from benchmd import BENCH_MD, llama_stat, provenance, save_figure, source_hash, write_section  # noqa: E402
 from bench_rd import CALIB_TEXT, EVAL_TEXT, atomic, fetch_path, run, tool  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,10 +97,7 @@ def quality(model: Path, base: Path, args) -> dict:
               "llama-perplexity --kl-divergence")
 
     def grab(pat):
-        m = re.search(pat + r"\s*:?\s*([0-9.eE+-]+)", out)
-        if not m:
-            sys.exit(f"bench_sparse: no {pat!r} in llama-perplexity's output:\n{out[-2000:]}")
-        return float(m.group(1))
+        return llama_stat(out, pat, "bench_sparse")
     return {"ppl": grab(r"Mean PPL\(Q\)\s*"), "ppl_base": grab(r"Mean PPL\(base\)\s*"),
             "kld": grab(r"Mean\s+KLD:"), "top1": grab(r"Same top p:") / 100}
 
@@ -266,10 +263,7 @@ def plot(results, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def table(res) -> list[str]:

@@ -76,3 +76,23 @@ def provenance(script: str, argv, extra: str = "") -> str:
     return (f"Made by `{command_line(script, argv)}` at git {git_revision()}{extra}, "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, on {cpu_name()} "
             f"({os.cpu_count()} logical cores).")
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write a matplotlib figure to PATH through a temporary file, and close it."""
+    import matplotlib.pyplot as plt
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def llama_stat(out: str, pat: str, who: str) -> float:
+    """The number after regex PAT in a llama.cpp tool's output (e.g. r"Mean\\s+KLD:");
+    exits naming WHO and the output's tail when it is missing."""
+    import sys
+    m = re.search(pat + r"\s*:?\s*([0-9.eE+-]+)", out)
+    if not m:
+        sys.exit(f"{who}: no {pat!r} in the tool's output:\n{out[-2000:]}")
+    return float(m.group(1))
