@@ -236,6 +236,23 @@ GGZ_INLINE void ggz_sparse_ahead(const uint8_t * base, size_t row_bytes, size_t 
         ggz_prefetch(base + (size_t)rows[r + GGZ_SPARSE_AHEAD] * row_bytes, len, 1);
 }
 
+/* The axpy loop the SIMD kernels share, as the body of a function with
+ * ggz_sparse_axpy's parameters: one row at a time, front to back, y (the
+ * thread's outputs) in L1, the rows ahead prefetched.  BLOCK(blk, xk, yb)
+ * adds xk times the Q8_0 block at blk to the 32 floats at yb. */
+#define GGZ_SPARSE_AXPY_LOOP(BLOCK) do { \
+        const uint8_t * base_ = (const uint8_t *)wt + b0 * Q8_0_BLOCK; \
+        const int64_t nb_ = b1 - b0; \
+        memset(y, 0, (size_t)nb_ * Q8_0_QK * sizeof *y); \
+        for (int64_t n_ = 0; n_ < nnz; n_++) { \
+            ggz_sparse_ahead(base_, row_bytes, (size_t)nb_ * Q8_0_BLOCK, idx, n_, nnz); \
+            const uint8_t * p_ = base_ + (size_t)idx[n_] * row_bytes; \
+            const float xk_ = x[idx[n_]]; \
+            for (int64_t b_ = 0; b_ < nb_; b_++) \
+                BLOCK(p_ + (size_t)b_ * Q8_0_BLOCK, xk_, y + b_ * Q8_0_QK); \
+        } \
+    } while (0)
+
 /* up on a list of rows: h[rows[j]] = a[rows[j]] * (row . x) */
 typedef void (*ggz_sparse_up_fn)(const void *, size_t, int64_t, const void *, const int32_t *,
                                  int64_t, const float *, float *);

@@ -163,29 +163,21 @@ static void up_neon(const void * w, size_t row_bytes, int64_t n_in, const void *
         lo = vcvtq_f32_s32(vmovl_s16(vget_low_s16(w16_))); \
         hi = vcvtq_f32_s32(vmovl_high_s16(w16_)); } while (0)
 
-/* one row at a time, y in L1, the next rows prefetched (as the AVX2 kernel) */
+static inline void axpy_block_neon(const uint8_t * blk, float xk, float * yb)
+{
+    const float c = xk * f16_neon(blk);
+    for (int r = 0; r < 4; r++) {
+        float32x4_t wl, wh;
+        NEON_W8(blk + 2 + 8 * r, wl, wh);
+        vst1q_f32(yb + 8 * r, vfmaq_n_f32(vld1q_f32(yb + 8 * r), wl, c));
+        vst1q_f32(yb + 8 * r + 4, vfmaq_n_f32(vld1q_f32(yb + 8 * r + 4), wh, c));
+    }
+}
+
 static void axpy_neon(const void * wt, size_t row_bytes, const int32_t * idx, int64_t nnz,
                       const float * x, int64_t b0, int64_t b1, float * y)
 {
-    const uint8_t * base = (const uint8_t *)wt + b0 * Q8_0_BLOCK;
-    const int64_t nb = b1 - b0;
-    memset(y, 0, (size_t)nb * Q8_0_QK * sizeof *y);
-    for (int64_t n = 0; n < nnz; n++) {
-        ggz_sparse_ahead(base, row_bytes, (size_t)nb * Q8_0_BLOCK, idx, n, nnz);
-        const uint8_t * p = base + (size_t)idx[n] * row_bytes;
-        const float xk = x[idx[n]];
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t * blk = p + (size_t)b * Q8_0_BLOCK;
-            const float c = xk * f16_neon(blk);
-            float * yb = y + b * Q8_0_QK;
-            for (int r = 0; r < 4; r++) {
-                float32x4_t wl, wh;
-                NEON_W8(blk + 2 + 8 * r, wl, wh);
-                vst1q_f32(yb + 8 * r, vfmaq_n_f32(vld1q_f32(yb + 8 * r), wl, c));
-                vst1q_f32(yb + 8 * r + 4, vfmaq_n_f32(vld1q_f32(yb + 8 * r + 4), wh, c));
-            }
-        }
-    }
+    GGZ_SPARSE_AXPY_LOOP(axpy_block_neon);
 }
 
 static void tmm_neon(const void * wt, size_t row_bytes, int64_t n_in, const float * X, size_t ldx,

@@ -56,29 +56,20 @@ static inline __m256 w8(const uint8_t * p)
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 }
 
-/* One row at a time, front to back, y (the thread's outputs) in L1: rows
- * taken four at a time in parallel measured slower, whether the matrix
- * streams from DRAM or sits in L2; so did a register tile over all rows,
- * which re-walks every row once per tile.  The rows a mask picks defeat the
- * hardware prefetchers: the next ones are asked for explicitly. */
+static inline void axpy_block(const uint8_t * blk, float xk, float * yb)
+{
+    const __m256 c = _mm256_set1_ps(xk * f16(blk));
+    for (int r = 0; r < 4; r++)
+        _mm256_storeu_ps(yb + 8 * r, _mm256_fmadd_ps(c, w8(blk + 2 + 8 * r), _mm256_loadu_ps(yb + 8 * r)));
+}
+
+/* GGZ_SPARSE_AXPY_LOOP (internal.h): rows taken four at a time in parallel
+ * measured slower, whether the matrix streams from DRAM or sits in L2; so
+ * did a register tile over all rows, which re-walks every row once per tile */
 void ggz_sparse_axpy_avx2(const void * wt, size_t row_bytes, const int32_t * idx, int64_t nnz,
                           const float * x, int64_t b0, int64_t b1, float * y)
 {
-    const uint8_t * base = (const uint8_t *)wt + b0 * Q8_0_BLOCK;
-    const int64_t nb = b1 - b0;
-    memset(y, 0, (size_t)nb * Q8_0_QK * sizeof *y);
-    for (int64_t n = 0; n < nnz; n++) {
-        ggz_sparse_ahead(base, row_bytes, (size_t)nb * Q8_0_BLOCK, idx, n, nnz);
-        const uint8_t * p = base + (size_t)idx[n] * row_bytes;
-        const float xk = x[idx[n]];
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t * blk = p + (size_t)b * Q8_0_BLOCK;
-            const __m256 c = _mm256_set1_ps(xk * f16(blk));
-            float * yb = y + b * Q8_0_QK;
-            for (int r = 0; r < 4; r++)
-                _mm256_storeu_ps(yb + 8 * r, _mm256_fmadd_ps(c, w8(blk + 2 + 8 * r), _mm256_loadu_ps(yb + 8 * r)));
-        }
-    }
+    GGZ_SPARSE_AXPY_LOOP(axpy_block);
 }
 
 void ggz_sparse_tmm_avx2(const void * wt, size_t row_bytes, int64_t n_in, const float * X, size_t ldx,

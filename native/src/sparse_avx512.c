@@ -68,25 +68,17 @@ static inline __m512 w16(const uint8_t * p)
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
 }
 
-/* one row at a time, y in L1, the next rows prefetched: see sparse_avx2.c */
+static inline void axpy_block(const uint8_t * blk, float xk, float * yb)
+{
+    const __m512 c = _mm512_set1_ps(xk * f16(blk));
+    _mm512_storeu_ps(yb,      _mm512_fmadd_ps(c, w16(blk + 2),  _mm512_loadu_ps(yb)));
+    _mm512_storeu_ps(yb + 16, _mm512_fmadd_ps(c, w16(blk + 18), _mm512_loadu_ps(yb + 16)));
+}
+
 void ggz_sparse_axpy_avx512(const void * wt, size_t row_bytes, const int32_t * idx, int64_t nnz,
                             const float * x, int64_t b0, int64_t b1, float * y)
 {
-    const uint8_t * base = (const uint8_t *)wt + b0 * Q8_0_BLOCK;
-    const int64_t nb = b1 - b0;
-    memset(y, 0, (size_t)nb * Q8_0_QK * sizeof *y);
-    for (int64_t n = 0; n < nnz; n++) {
-        ggz_sparse_ahead(base, row_bytes, (size_t)nb * Q8_0_BLOCK, idx, n, nnz);
-        const uint8_t * p = base + (size_t)idx[n] * row_bytes;
-        const float xk = x[idx[n]];
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t * blk = p + (size_t)b * Q8_0_BLOCK;
-            const __m512 c = _mm512_set1_ps(xk * f16(blk));
-            float * yb = y + b * Q8_0_QK;
-            _mm512_storeu_ps(yb,      _mm512_fmadd_ps(c, w16(blk + 2),  _mm512_loadu_ps(yb)));
-            _mm512_storeu_ps(yb + 16, _mm512_fmadd_ps(c, w16(blk + 18), _mm512_loadu_ps(yb + 16)));
-        }
-    }
+    GGZ_SPARSE_AXPY_LOOP(axpy_block);
 }
 
 void ggz_sparse_tmm_avx512(const void * wt, size_t row_bytes, int64_t n_in, const float * X, size_t ldx,
