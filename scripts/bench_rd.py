@@ -1138,7 +1138,9 @@ def plot(results, png: Path):
         for row, (key, ylab, log) in enumerate((
                 (("cos_mean", "1 - cosine to F32 (mean)", True) if embedding else
                  ("kld", "KL divergence from F32 (nats)", True)),
-                ("snr", "weight SNR (dB)", False))):
+                ("snr", "weight SNR (dB)" + ("" if embedding else
+                                              f"; a tensor re-coded without loss counts {SNR_CAP:g}"),
+                 False))):
             ax = axes[row][col]
             clipped = False
             for kind, st in styles.items():
