@@ -40,7 +40,8 @@ from ..quantize import (BLOCK_BYTES, QK, QuantStats, pack_q8_0, plan_rescale, pr
                         quantize_rows, reference_step, row_absmax, row_steps, sample_rows,
                         step_for_rate)
 from ..quantize.q8 import RateDistortion
-from ..quantize.q8 import DEFAULT_THETA
+from ..quantize.q8 import DEFAULT_THETA, scale_stream_bits, symbol_entropy
+from ..quantize.feedback import damping, feedback_factor, quantize_feedback
 from ..quantize.stats import load_imatrix
 
 # metadata written by convert: constants.Keys.CONVERT_* (names kept for old imports)
@@ -291,24 +292,35 @@ def imatrix_from_text(model: Path, text: Path, out: Path, threads: int | None = 
     return out
 
 
+@dataclass
+class _Calibration:
+    """What convert learns from an imatrix or a calibration text."""
+    stats: dict | None = None     # {weight: E[x^2] per input column}
+    source: str | None = None     # where stats came from (Keys.CONVERT_STATS)
+    probe: object = None          # quantize.sparsity.SparsityProbe: the thresholds
+    cov: dict | None = None       # {weight: E[x x^T] of its input}, for error feedback
+    tokens: int = 0               # calibration tokens behind cov
+
+
 def _stats_from_text(src: GGUFModel, text: Path, progress: bool, threads: int | None = None,
-                     sparsity: tuple[float, float] = (0.0, 0.0), want_stats: bool = True):
-    """(activation statistics, where they came from, SparsityProbe or None) of a
-    calibration text.  Statistics (want_stats): llama-imatrix when it is built
-    (llama.cpp's own graph and tokenizer), else ggzip's numpy forward pass.
-    Sparsity thresholds (sparsity = (ffn P, attn P), either > 0): always the
-    numpy pass, which then also gives the statistics if llama-imatrix does not."""
+                     sparsity: tuple[float, float] = (0.0, 0.0), want_stats: bool = True,
+                     want_cov: bool = False) -> _Calibration:
+    """Calibration from a text.  Statistics (want_stats): llama-imatrix when it
+    is built (llama.cpp's own graph and tokenizer), else ggzip's numpy forward
+    pass.  Sparsity thresholds (sparsity = (ffn P, attn P), either > 0) and the
+    input covariances of error feedback (want_cov): always the numpy pass,
+    which then also gives the statistics if llama-imatrix does not."""
     try:
         body = text.read_text(encoding="utf-8", errors="replace")
     except OSError as e:
         raise GGZipError(f"{text}: cannot read calibration text: {e.strerror}") from None
-    stats = source = None
+    cal = _Calibration()
     if want_stats and _find_llama_tool("llama-imatrix") is not None:
         with tempfile.TemporaryDirectory(prefix="ggzip-imatrix-") as d:
             im = imatrix_from_text(src.path, text, Path(d) / "imatrix.gguf", threads)
-            stats, source = load_imatrix(im), f"llama-imatrix on {text.name}"
-        if not any(sparsity):
-            return stats, source, None
+            cal.stats, cal.source = load_imatrix(im), f"llama-imatrix on {text.name}"
+        if not any(sparsity) and not want_cov:
+            return cal
     from ..quantize.calibrate import tokenize
     from ..quantize.sparsity import calibrate
     ids = tokenize(src, body)
@@ -320,11 +332,14 @@ def _stats_from_text(src: GGUFModel, text: Path, progress: bool, threads: int | 
         bar.total = total
         bar.n = done
         bar.refresh()
-    numpy_stats, probe = calibrate(src, ids, *sparsity, progress=step)
+    cal.cov = {} if want_cov else None
+    numpy_stats, cal.probe = calibrate(src, ids, *sparsity, progress=step, cov=cal.cov)
+    cal.tokens = len(ids)
     bar.close()
-    if want_stats and stats is None:
-        stats, source = numpy_stats, f"ggzip numpy forward pass on {text.name} ({len(ids)} tokens)"
-    return stats, source, (probe if any(sparsity) else None)
+    if want_stats and cal.stats is None:
+        cal.stats = numpy_stats
+        cal.source = f"ggzip numpy forward pass on {text.name} ({len(ids)} tokens)"
+    return cal
 
 
 def _copy_kv(writer, inp: GGUFModel) -> None:
@@ -370,7 +385,8 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
             keep_float: bool = False, plain: bool = False,
             threads: int | None = None, bpw_for: dict[str, float] | None = None,
             embd_share: float | None = None, no_fold=(), chunk_size: int = 0,
-            sparsity: float = 0.0, attn_sparsity: float = 0.0) -> ConvertReport:
+            sparsity: float = 0.0, attn_sparsity: float = 0.0,
+            feedback: bool = False, allocate: bool = False) -> ConvertReport:
     """Convert IN to a ggzip GGUF at OUT (Q8_0 tensors rANS-coded), or with
     plain=True to an ordinary Q8_0 GGUF; see the module docstring.  alpha None:
     ALPHA_IMATRIX with an imatrix, ALPHA_PROXY without.  keep_float: write the
@@ -387,6 +403,10 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
     chunk_size: raw bytes per rANS chunk (0: the codec's default, 256 KiB).
     sparsity / attn_sparsity: P in [0, 1) of the CHESS thresholds of the FFN /
     of attn_q and attn_output (needs calib_text; see the module docstring).
+    feedback: quantize with error feedback through the input covariances of
+    ggzip's numpy forward pass over calib_text (quantize/feedback.py).
+    allocate: with target_bpw, give each tensor its own step for equal loss per
+    bit, by sensitivities measured on calib_text (quantize/allocate.py).
 
     The steps: check the options, read IN, choose every tensor's rate, gather
     activation statistics, plan the rescaling, decide each tensor's output type,
@@ -394,13 +414,18 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
     inp, out = Path(inp), Path(out)
     _check_options(target_bpw, step, prune, bpw_for, alpha, embd_share)
     _check_sparsity(sparsity, attn_sparsity, calib_text, keep_float)
+    _check_feedback(feedback, calib_text, prune, keep_float)
+    if allocate and (calib_text is None or target_bpw is None or keep_float):
+        raise GGZipError("--allocate needs --target-bpw and --calib-text FILE (the "
+                         "sensitivities are measured on that text), and no --keep-float")
     t0 = time.perf_counter()
     src = GGUFModel(inp)
     shapes = {n: src.shape(n) for n in src.tensors}
     transposed = _sparse_transposed(src, shapes, sparsity, attn_sparsity)
     rates = _choose_rates(src, target_bpw, step, dict(bpw_for or {}), embd_share)
-    stats, stats_source, probe = _activation_stats(src, imatrix, calib_text, progress, threads,
-                                                   (sparsity, attn_sparsity))
+    cal = _activation_stats(src, imatrix, calib_text, progress, threads,
+                            (sparsity, attn_sparsity), want_cov=feedback)
+    stats, stats_source, probe = cal.stats, cal.source, cal.probe
     if alpha is None:
         alpha = ALPHA_IMATRIX if stats is not None else ALPHA_PROXY
     if stats is None:
@@ -410,6 +435,8 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
                         no_fold=no_fold)
     thresholds = _threshold_tensors(src, shapes, probe, plan)
     kinds = _output_kinds(src, shapes, keep_float)
+    if allocate:
+        rates = _allocate_rates(src, Path(calib_text), plan, kinds, transposed, rates, progress)
     dequantized = sorted({src.type_name(n) for n, k in kinds.items()
                           if k != "copy" and src.type_name(n) not in FLOAT_TYPES})
     report = ConvertReport(inp=inp, out=out, arch=src.arch, stats_source=stats_source,
@@ -429,7 +456,7 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
                    file=sys.stderr, disable=None if progress else True, leave=False)
         for name, kind in kinds.items():
             report.tensors.append(_write_tensor(w, src, name, kind, plan, rates, prune, theta,
-                                                name in transposed))
+                                                name in transposed, _hessian(cal, plan, name)))
             bar.update(int(np.prod(shapes[name])) * 4)
         bar.close()
         for name, t in thresholds.items():
@@ -464,6 +491,37 @@ def _check_options(target_bpw, step, prune, bpw_for, alpha, embd_share) -> None:
         raise GGZipError(f"--embd-share {embd_share}: must be in (0, 1]")
     if embd_share is not None and target_bpw is None:
         raise GGZipError("--embd-share needs --target-bpw")
+
+
+def _check_feedback(feedback: bool, calib_text, prune: float, keep_float: bool) -> None:
+    if not feedback:
+        return
+    if calib_text is None:
+        raise GGZipError("--feedback needs --calib-text FILE: error feedback weighs each "
+                         "weight's error by its input's covariance on that text")
+    if prune > 0:
+        raise GGZipError("--feedback cannot go with --prune: feedback would refill the "
+                         "pruned weights")
+    if keep_float:
+        raise GGZipError("--feedback cannot go with --keep-float: nothing is quantized")
+
+
+def _hessian(cal: _Calibration, plan, name: str) -> np.ndarray | None:
+    """E[x' x'^T] of the rescaled input x' = x / s of weight `name`, damped for
+    the number of calibration tokens (feedback.damping), or None (no feedback,
+    or the weight's input was not seen by the forward pass)."""
+    if cal.cov is None or name not in cal.cov:
+        return None
+    h = cal.cov[name]
+    s = plan.cols.get(name)
+    if s is not None:
+        inv = 1.0 / s.astype(np.float64)
+        h = h * inv[:, None] * inv[None, :]
+    else:
+        h = h.copy()
+    d = np.diag(h)
+    h[np.diag_indices_from(h)] += damping(len(d), cal.tokens) * max(float(d.mean()), 1e-30)
+    return h
 
 
 def _check_sparsity(sparsity: float, attn_sparsity: float, calib_text, keep_float: bool) -> None:
@@ -531,6 +589,8 @@ class _Rates:
     bpw_for: dict[str, float]
     note: str                     # what Keys.CONVERT_RATE records
 
+    base: dict[str, float] = field(default_factory=dict)   # allocated base steps
+
     def of(self, name: str) -> tuple[float | None, float | None]:
         """(target bits per weight, step) of one tensor: exactly one is None."""
         for pat, b in self.bpw_for.items():
@@ -568,24 +628,26 @@ def _choose_rates(src: GGUFModel, target_bpw: float | None, step: float | None,
 
 
 def _activation_stats(src: GGUFModel, imatrix, calib_text, progress: bool, threads: int | None,
-                      sparsity: tuple[float, float] = (0.0, 0.0)):
-    """({weight name: E[x^2] per input column}, where they came from,
-    SparsityProbe or None) from an imatrix file or a calibration text; (None,
-    None, None) without either.  The thresholds (sparsity > 0) always come from
-    the calibration text."""
+                      sparsity: tuple[float, float] = (0.0, 0.0),
+                      want_cov: bool = False) -> _Calibration:
+    """Statistics from an imatrix file or a calibration text (none without
+    either).  The thresholds (sparsity > 0) and the covariances (want_cov)
+    always come from the calibration text."""
     if imatrix is not None:
         stats = load_imatrix(imatrix)
         if not any(n in src.tensors for n in stats):
             raise GGZipError(f"{imatrix}: no imatrix entry names a tensor of {src.path} "
                              "(imatrix of another model?)")
-        probe = None
-        if any(sparsity):
-            probe = _stats_from_text(src, Path(calib_text), progress, threads, sparsity,
-                                     want_stats=False)[2]
-        return stats, f"imatrix:{Path(imatrix).name}", probe
+        cal = _Calibration()
+        if any(sparsity) or want_cov:
+            cal = _stats_from_text(src, Path(calib_text), progress, threads, sparsity,
+                                   want_stats=False, want_cov=want_cov)
+        cal.stats, cal.source = stats, f"imatrix:{Path(imatrix).name}"
+        return cal
     if calib_text is not None:
-        return _stats_from_text(src, Path(calib_text), progress, threads, sparsity)
-    return None, None, None
+        return _stats_from_text(src, Path(calib_text), progress, threads, sparsity,
+                                want_cov=want_cov)
+    return _Calibration()
 
 
 def _output_kinds(src: GGUFModel, shapes: dict, keep_float: bool) -> dict[str, str]:
@@ -631,10 +693,13 @@ def _write_metadata(w, src: GGUFModel, report: ConvertReport, *, keep_float: boo
 
 
 def _write_tensor(w, src: GGUFModel, name: str, kind: str, plan, rates: _Rates,
-                  prune: float, theta: float, transpose: bool = False) -> TensorReport:
+                  prune: float, theta: float, transpose: bool = False,
+                  hess: np.ndarray | None = None) -> TensorReport:
     """Rescale (and prune) one tensor, quantize it if kind is Q8_0, hand it to
     the writer; kind "copy" passes it through untouched.  transpose: a Q8_0
-    weight stored as W'^T (for the sparse kernels), numpy (n_in, n_out)."""
+    weight stored as W'^T (for the sparse kernels), numpy (n_in, n_out), always
+    without feedback (its rows are inputs).  hess: E[x' x'^T] of its rescaled
+    input, for error feedback (None: plain rounding)."""
     import gguf
     shp = src.shape(name)
     ne = tuple(reversed(shp))
@@ -666,9 +731,10 @@ def _write_tensor(w, src: GGUFModel, name: str, kind: str, plan, rates: _Rates,
         return TensorReport(name, shp, "F32")
     target_bpw, step = rates.of(name)
     blocks, report = quantize_streamed(
-        name, shp, lambda r: plan.apply(name, src.rows32(name, r), rows=r),
+        name, shp, lambda r: plan.apply(name, src.rows32(name, r), rows=r), base=rates.base.get(name),
         row_factor=plan.row_factor(name), col_stat=plan.rescaled_stat(name),
-        prune=prune, target_bpw=target_bpw, step=step, theta=theta, source=str(src.path))
+        prune=prune, target_bpw=target_bpw, step=step, theta=theta, source=str(src.path),
+        hess=hess)
     w.add_tensor(name, gguf.GGMLQuantizationType.Q8_0, ne, blocks)
     return report
 
@@ -683,14 +749,29 @@ def quantize_tensor(name: str, w: np.ndarray, **kw) -> tuple[np.ndarray, TensorR
 def quantize_streamed(name: str, shape: tuple[int, int], get_rows, *, row_factor=None,
                       col_stat=None, prune: float = 0.0, target_bpw: float | None = None,
                       step: float | None = 1.0, theta: float = DEFAULT_THETA,
-                      source: str = "model", chunk: int = 1 << 21
+                      source: str = "model", chunk: int = 1 << 21,
+                      hess: np.ndarray | None = None, base: float | None = None
                       ) -> tuple[np.ndarray, TensorReport]:
     """Quantize a (rescaled) 2-D tensor read by rows: get_rows(slice or index
     array) -> float32 rows.  The base step comes from a sample of ~256k weights
     (evenly spread rows), then row chunks of ~`chunk` weights are quantized one
     after the other, so the float tensor is never whole in memory: the peak is
-    the Q8_0 output (1.06 bytes/weight) plus one chunk."""
+    the Q8_0 output (1.06 bytes/weight) plus one chunk.  hess: E[x x^T] of the
+    input (cols x cols): quantize with error feedback (quantize/feedback.py);
+    the base step found for plain rounding is then corrected on the sample for
+    the rate feedback's symbols actually cost.  base: the base step, chosen
+    beforehand (rate allocation): no rate search."""
     n_rows, n_cols = shape
+    u = None
+    if hess is not None:
+        if hess.shape != (n_cols, n_cols):
+            raise GGZipError(f"{source}: tensor {name!r}: input covariance of shape "
+                             f"{hess.shape} does not fit {n_cols} columns")
+        u = feedback_factor(hess)
+
+    def quant(w, d16):
+        return quantize_rows(w, d16, theta) if u is None else \
+            quantize_feedback(w, d16, u, theta)
 
     def prep(rows):
         w = np.ascontiguousarray(get_rows(rows), np.float32)
@@ -704,8 +785,12 @@ def quantize_streamed(name: str, shape: tuple[int, int], get_rows, *, row_factor
     sample = sample_rows(n_rows, n_cols)
     ws, amax_s = prep(sample)
     rf_s = None if row_factor is None else row_factor[sample]
-    if target_bpw is not None:
+    if base is not None:
+        pass
+    elif target_bpw is not None:
         base = step_for_rate(ws, target_bpw, rf_s, amax_s, theta)
+        if u is not None:
+            base = _feedback_rate(ws, base, target_bpw, rf_s, amax_s, quant)
     else:   # --step S: S x the median over (sampled) rows of absmax / 127
         base = step * reference_step(amax_s if rf_s is None else amax_s / rf_s)
     del ws
@@ -716,7 +801,71 @@ def quantize_streamed(name: str, shape: tuple[int, int], get_rows, *, row_factor
         sl = slice(r0, min(n_rows, r0 + per))
         w, amax = prep(sl)
         d16 = row_steps(base, None if row_factor is None else row_factor[sl], amax)
-        q = quantize_rows(w, d16, theta)
+        q = quant(w, d16)
         out[sl] = pack_q8_0(q, d16)
         rd.add(w, q, d16)
     return out, TensorReport(name, shape, "Q8_0", rd.result(), base)
+
+
+def _feedback_rate(ws: np.ndarray, base: float, target_bpw: float, rf, amax, quant,
+                   rounds: int = 3, tol: float = 0.01) -> float:
+    """The base step at which error feedback's symbols on the sample rows ws cost
+    target_bpw: feedback spreads symbols a little (a few hundredths of a bit at
+    4 bpw), so the step found for plain rounding is raised by the excess, about
+    one bit per doubling, and checked again."""
+    nb = ws.shape[1] // QK
+    for _ in range(rounds):
+        d = row_steps(base, rf, amax)
+        rate = symbol_entropy(quant(ws, d)) + scale_stream_bits(d, nb) / ws.size
+        if abs(rate - target_bpw) <= tol:
+            break
+        base *= 2.0 ** (rate - target_bpw)
+    return base
+
+
+def _allocate_rates(src: GGUFModel, text: Path, plan, kinds: dict, transposed, rates: _Rates,
+                    progress: bool) -> _Rates:
+    """rates with a base step for every Q8_0 tensor that follows --target-bpw
+    (not one a --bpw-for / --tensor-type pattern names, not a transposed one):
+    the allocation of quantize/allocate.py under the bits those tensors would
+    take at target_bpw."""
+    from ..quantize.allocate import EMBD_INPUT, allocate, sensitivities, tensor_curve
+    from ..quantize.calibrate import tokenize
+    from tqdm import tqdm
+    names = [n for n, k in kinds.items() if k == "Q8_0" and n not in transposed
+             and rates.of(n) == (rates.target_bpw, None)]
+    ids = tokenize(src, text.read_text(encoding="utf-8", errors="replace"))
+    bar = tqdm(total=1, desc="sensitivities", file=sys.stderr, leave=False,
+               disable=None if progress else True)
+
+    def step(done, total):
+        bar.total, bar.n = total, done
+        bar.refresh()
+    sens, stats = sensitivities(src, ids, progress=step)
+    bar.close()
+    tied = "output.weight" not in src.tensors
+    curves = []
+    for name in tqdm(names, desc="rate curves", file=sys.stderr, leave=False,
+                     disable=None if progress else True):
+        n_rows, n_cols = src.shape(name)
+        rows = sample_rows(n_rows, n_cols)
+        w = plan.apply(name, src.rows32(name, rows), rows=rows)
+        rf = plan.row_factor(name)
+        rw = plan.divide.get(name)
+        cw = plan.rescaled_stat(name)
+        a_in = 0.0
+        if name == EMBD_NAME:
+            a_in = sens.get(EMBD_INPUT, 0.0)
+            if tied and cw is None:     # the head's input: no imatrix entry for it
+                cw = stats.get(name)
+        a_out = sens.get(name, 0.0) if (name != EMBD_NAME or tied) else 0.0
+        if cw is None:
+            cw = stats.get(name)
+        curves.append(tensor_curve(name, w, n_rows, rates.target_bpw,
+                                   None if rf is None else rf[rows], cw,
+                                   None if rw is None else rw[rows], a_out, a_in))
+    budget = rates.target_bpw * sum(c.n for c in curves)
+    alloc = allocate(curves, budget)
+    rates.base = alloc.steps
+    rates.note += " (allocated by measured sensitivity)"
+    return rates

@@ -154,21 +154,28 @@ def tokenize(model, text: str) -> list[int]:
 
 
 def activation_stats(model, ids, n_ctx: int = 512, progress=None,
-                     probe=None) -> dict[str, np.ndarray]:
+                     probe=None, cov: dict | None = None) -> dict[str, np.ndarray]:
     """{weight name: E[x^2] per input column} of a llama/qwen2/qwen3/gemma3
     model on token ids.  model: has .arch, .kv, .tensors and .float32(name)
     (GGUFModel).  probe: None, or an object whose see(layer, what, array) is
     given, in each layer and chunk, the input of attn_q ("attn_q", tokens x
     n_embd), the input of attn_output ("attn_output"), act(gate x) ("ffn_act",
     tokens x n_ff) and up x ("ffn_up"), and whose layer_done(layer) is called
-    when every chunk has passed that layer."""
-    return _run(model, ids, n_ctx, progress, want_logits=False, probe=probe)[0]
+    when every chunk has passed that layer.  cov: None, or a dict that gets
+    {weight name: E[x x^T] of its input, float64 cols x cols}, the second moments
+    error feedback needs (quantize/feedback.py); weights sharing an input
+    (attn_q/k/v, ffn_gate/up) share one array, and the output head (or the tied
+    token embedding) gets the final normed hidden state's."""
+    return _run(model, ids, n_ctx, progress, want_logits=False, probe=probe, cov=cov)[0]
 
 
 def logits(model, ids, n_ctx: int = 512) -> np.ndarray:
     """Next-token logits (tokens x vocab, float32) of each n_ctx chunk of ids:
     to compare a quantized model with its float original."""
     return _run(model, ids, n_ctx, None, want_logits=True)[1]
+
+
+EMBD_INPUT = "token_embd.weight#input"   # the token embedding in its lookup role
 
 
 def _gelu_tanh(x: np.ndarray) -> np.ndarray:
@@ -192,7 +199,13 @@ def _gemma3_swa_layers(kv: dict, L: int) -> list[bool]:
     return [n == 0 or il % n < n - 1 for il in range(L)]
 
 
-def _run(model, ids, n_ctx, progress, want_logits, probe=None):
+def _run(model, ids, n_ctx, progress, want_logits, probe=None, cov=None, noise=None):
+    """(E[x^2] of every weight's input, logits or None); see activation_stats.
+    noise: None, or (rho, power, rng): {weight name: rho} adds white Gaussian
+    noise of variance rho x mean(y^2) to each output coordinate of that weight's
+    product y = W x (EMBD_INPUT: to the looked-up token embeddings), a stand-in
+    for its quantization error; power gets {name: injected noise power per
+    token, summed over outputs} (quantize/allocate.py)."""
     arch = model.arch
     if arch not in CALIB_ARCHS:
         raise GGZipError(f"{model.path}: ggzip computes statistics itself only for "
@@ -242,7 +255,21 @@ def _run(model, ids, n_ctx, progress, want_logits, probe=None):
     inv_global = inv_freq(base)
     inv_swa = inv_freq(float(kv.get("gemma3.rope.freq_base_swa", GEMMA3_SWA_BASE))) if gemma else None
     embd = model.float32("token_embd.weight")
-    xs = [embd[c].astype(np.float32) for c in chunks]
+    noise_rho, noise_power, rng = noise if noise is not None else ({}, {}, None)
+    n_tok = sum(len(c) for c in chunks if len(c) >= 8) or 1
+
+    def noisy(name, y):
+        rho = noise_rho.get(name)
+        if not rho:
+            return y
+        var = rho * float(np.mean(np.square(y, dtype=np.float64)))
+        noise_power[name] = noise_power.get(name, 0.0) + var * y.size / n_tok
+        return y + rng.standard_normal(y.shape, dtype=np.float32) * np.float32(np.sqrt(var))
+
+    def mm(name, v, w):
+        return noisy(name, v @ w.T)
+
+    xs = [noisy(EMBD_INPUT, embd[c].astype(np.float32)) for c in chunks]
     del embd
     if gemma:
         xs = [x * np.float32(np.sqrt(D)) for x in xs]
@@ -253,9 +280,18 @@ def _run(model, ids, n_ctx, progress, want_logits, probe=None):
     def rms(v, g):
         return (v / np.sqrt(np.mean(v * v, axis=-1, keepdims=True) + eps)) * g
 
-    def acc(name, v):
+    def acc(names, v):
+        """E[x^2] (and with cov, E[x x^T]) of the input v shared by the weights names."""
         s = np.einsum("ij,ij->j", v, v, dtype=np.float64)
-        sums[name] = sums.get(name, 0) + s
+        for name in names:
+            sums[name] = sums.get(name, 0) + s
+        if cov is not None:
+            vv = v.T.astype(np.float64) @ v.astype(np.float64)
+            if names[0] in cov:
+                cov[names[0]] += vv         # the others alias the same array
+            else:
+                for name in names:
+                    cov[name] = vv
 
     def see(il, what, v):
         if probe is not None:
@@ -272,12 +308,11 @@ def _run(model, ids, n_ctx, progress, want_logits, probe=None):
             cos = np.cos(ang).astype(np.float32)[:, None, :]
             sin = np.sin(ang).astype(np.float32)[:, None, :]
             h = rms(x, W["attn_norm.weight"])
-            for n in ("attn_q", "attn_k", "attn_v"):
-                acc(p + n + ".weight", h)
+            acc([p + n + ".weight" for n in ("attn_q", "attn_k", "attn_v")], h)
             see(il, "attn_q", h)
 
             def proj(n, heads):
-                y = h @ W[n + ".weight"].T
+                y = mm(p + n + ".weight", h, W[n + ".weight"])
                 if n + ".bias" in W:
                     y = y + W[n + ".bias"]
                 y = y.reshape(T, heads, -1)
@@ -297,22 +332,21 @@ def _run(model, ids, n_ctx, progress, want_logits, probe=None):
             a = np.exp(a - a.max(axis=-1, keepdims=True))
             a /= a.sum(axis=-1, keepdims=True)
             o = np.einsum("hts,shd->thd", a, v).reshape(T, -1)
-            acc(p + "attn_output.weight", o)
+            acc([p + "attn_output.weight"], o)
             see(il, "attn_output", o)
-            o = o @ W["attn_output.weight"].T
+            o = mm(p + "attn_output.weight", o, W["attn_output.weight"])
             if gemma:
                 o = rms(o, W["post_attention_norm.weight"])
             x = x + o
             h = rms(x, W["ffn_norm.weight"])
-            acc(p + "ffn_gate.weight", h)
-            acc(p + "ffn_up.weight", h)
-            g = act(h @ W["ffn_gate.weight"].T)
-            u = h @ W["ffn_up.weight"].T
+            acc([p + "ffn_gate.weight", p + "ffn_up.weight"], h)
+            g = act(mm(p + "ffn_gate.weight", h, W["ffn_gate.weight"]))
+            u = mm(p + "ffn_up.weight", h, W["ffn_up.weight"])
             see(il, "ffn_act", g)
             see(il, "ffn_up", u)
             m = g * u
-            acc(p + "ffn_down.weight", m)
-            f = m @ W["ffn_down.weight"].T
+            acc([p + "ffn_down.weight"], m)
+            f = mm(p + "ffn_down.weight", m, W["ffn_down.weight"])
             if gemma:
                 f = rms(f, W["post_ffw_norm.weight"])
             xs[ci] = x + f
@@ -321,12 +355,19 @@ def _run(model, ids, n_ctx, progress, want_logits, probe=None):
         if progress is not None:
             progress(il + 1, L)
     out = None
-    if want_logits:
+    head_name = "output.weight" if "output.weight" in model.tensors else "token_embd.weight"
+    if cov is not None or want_logits:    # the output head's input: the final normed hidden
         g = model.float32("output_norm.weight")
-        head = model.float32("output.weight" if "output.weight" in model.tensors
-                             else "token_embd.weight")
-        out = np.concatenate([rms(x, g) @ head.T for x in xs])
+        hs = [rms(x, g) for x in xs]
+        for h in hs:
+            acc([head_name], h)
+    if want_logits:
+        head = model.float32(head_name)
+        out = np.concatenate([mm(head_name, h, head) for h in hs])
         cap = float(kv.get(f"{arch}.final_logit_softcapping", 0.0) or 0.0) if gemma else 0.0
         if cap:
             out = np.tanh(out / cap) * cap
+    if cov is not None:
+        for a in {id(a): a for a in cov.values()}.values():
+            a /= count
     return {n: s / count for n, s in sums.items()}, out
