@@ -300,6 +300,7 @@ class _Calibration:
     probe: object = None          # quantize.sparsity.SparsityProbe: the thresholds
     cov: dict | None = None       # {weight: E[x x^T] of its input}, for error feedback
     tokens: int = 0               # calibration tokens behind cov
+    factors: dict = field(default_factory=dict)   # feedback factors, by shared input
 
 
 def _stats_from_text(src: GGUFModel, text: Path, progress: bool, threads: int | None = None,
@@ -386,7 +387,7 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
             threads: int | None = None, bpw_for: dict[str, float] | None = None,
             embd_share: float | None = None, no_fold=(), chunk_size: int = 0,
             sparsity: float = 0.0, attn_sparsity: float = 0.0,
-            feedback: bool = False, allocate: bool = False) -> ConvertReport:
+            feedback: bool = False) -> ConvertReport:
     """Convert IN to a ggzip GGUF at OUT (Q8_0 tensors rANS-coded), or with
     plain=True to an ordinary Q8_0 GGUF; see the module docstring.  alpha None:
     ALPHA_IMATRIX with an imatrix, ALPHA_PROXY without.  keep_float: write the
@@ -405,8 +406,6 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
     of attn_q and attn_output (needs calib_text; see the module docstring).
     feedback: quantize with error feedback through the input covariances of
     ggzip's numpy forward pass over calib_text (quantize/feedback.py).
-    allocate: with target_bpw, give each tensor its own step for equal loss per
-    bit, by sensitivities measured on calib_text (quantize/allocate.py).
 
     The steps: check the options, read IN, choose every tensor's rate, gather
     activation statistics, plan the rescaling, decide each tensor's output type,
@@ -415,9 +414,6 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
     _check_options(target_bpw, step, prune, bpw_for, alpha, embd_share)
     _check_sparsity(sparsity, attn_sparsity, calib_text, keep_float)
     _check_feedback(feedback, calib_text, prune, keep_float)
-    if allocate and (calib_text is None or target_bpw is None or keep_float):
-        raise GGZipError("--allocate needs --target-bpw and --calib-text FILE (the "
-                         "sensitivities are measured on that text), and no --keep-float")
     t0 = time.perf_counter()
     src = GGUFModel(inp)
     shapes = {n: src.shape(n) for n in src.tensors}
@@ -435,8 +431,7 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
                         no_fold=no_fold)
     thresholds = _threshold_tensors(src, shapes, probe, plan)
     kinds = _output_kinds(src, shapes, keep_float)
-    if allocate:
-        rates = _allocate_rates(src, Path(calib_text), plan, kinds, transposed, rates, progress)
+
     dequantized = sorted({src.type_name(n) for n, k in kinds.items()
                           if k != "copy" and src.type_name(n) not in FLOAT_TYPES})
     report = ConvertReport(inp=inp, out=out, arch=src.arch, stats_source=stats_source,
@@ -456,7 +451,7 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
                    file=sys.stderr, disable=None if progress else True, leave=False)
         for name, kind in kinds.items():
             report.tensors.append(_write_tensor(w, src, name, kind, plan, rates, prune, theta,
-                                                name in transposed, _hessian(cal, plan, name)))
+                                                name in transposed, _feedback_factor(cal, plan, name)))
             bar.update(int(np.prod(shapes[name])) * 4)
         bar.close()
         for name, t in thresholds.items():
@@ -504,6 +499,19 @@ def _check_feedback(feedback: bool, calib_text, prune: float, keep_float: bool) 
                          "pruned weights")
     if keep_float:
         raise GGZipError("--feedback cannot go with --keep-float: nothing is quantized")
+
+
+def _feedback_factor(cal: _Calibration, plan, name: str) -> np.ndarray | None:
+    """feedback_factor of weight `name`'s damped input covariance (_hessian),
+    computed once per shared input (attn_q/k/v, ffn_gate/up share theirs and
+    their column scales), or None without feedback."""
+    if cal.cov is None or name not in cal.cov:
+        return None
+    key = (id(cal.cov[name]), id(plan.cols.get(name)))
+    if key not in cal.factors:
+        cal.factors.clear()             # inputs come layer by layer: keep one
+        cal.factors[key] = feedback_factor(_hessian(cal, plan, name))
+    return cal.factors[key]
 
 
 def _hessian(cal: _Calibration, plan, name: str) -> np.ndarray | None:
@@ -588,8 +596,6 @@ class _Rates:
     step: float | None
     bpw_for: dict[str, float]
     note: str                     # what Keys.CONVERT_RATE records
-
-    base: dict[str, float] = field(default_factory=dict)   # allocated base steps
 
     def of(self, name: str) -> tuple[float | None, float | None]:
         """(target bits per weight, step) of one tensor: exactly one is None."""
@@ -694,12 +700,12 @@ def _write_metadata(w, src: GGUFModel, report: ConvertReport, *, keep_float: boo
 
 def _write_tensor(w, src: GGUFModel, name: str, kind: str, plan, rates: _Rates,
                   prune: float, theta: float, transpose: bool = False,
-                  hess: np.ndarray | None = None) -> TensorReport:
+                  fb: np.ndarray | None = None) -> TensorReport:
     """Rescale (and prune) one tensor, quantize it if kind is Q8_0, hand it to
     the writer; kind "copy" passes it through untouched.  transpose: a Q8_0
     weight stored as W'^T (for the sparse kernels), numpy (n_in, n_out), always
-    without feedback (its rows are inputs).  hess: E[x' x'^T] of its rescaled
-    input, for error feedback (None: plain rounding)."""
+    without feedback (its rows are inputs).  fb: the feedback factor of its
+    rescaled input (_feedback_factor; None: plain rounding)."""
     import gguf
     shp = src.shape(name)
     ne = tuple(reversed(shp))
@@ -731,10 +737,10 @@ def _write_tensor(w, src: GGUFModel, name: str, kind: str, plan, rates: _Rates,
         return TensorReport(name, shp, "F32")
     target_bpw, step = rates.of(name)
     blocks, report = quantize_streamed(
-        name, shp, lambda r: plan.apply(name, src.rows32(name, r), rows=r), base=rates.base.get(name),
+        name, shp, lambda r: plan.apply(name, src.rows32(name, r), rows=r),
         row_factor=plan.row_factor(name), col_stat=plan.rescaled_stat(name),
         prune=prune, target_bpw=target_bpw, step=step, theta=theta, source=str(src.path),
-        hess=hess)
+        fb=fb)
     w.add_tensor(name, gguf.GGMLQuantizationType.Q8_0, ne, blocks)
     return report
 
@@ -750,24 +756,20 @@ def quantize_streamed(name: str, shape: tuple[int, int], get_rows, *, row_factor
                       col_stat=None, prune: float = 0.0, target_bpw: float | None = None,
                       step: float | None = 1.0, theta: float = DEFAULT_THETA,
                       source: str = "model", chunk: int = 1 << 21,
-                      hess: np.ndarray | None = None, base: float | None = None
-                      ) -> tuple[np.ndarray, TensorReport]:
+                      fb: np.ndarray | None = None) -> tuple[np.ndarray, TensorReport]:
     """Quantize a (rescaled) 2-D tensor read by rows: get_rows(slice or index
     array) -> float32 rows.  The base step comes from a sample of ~256k weights
     (evenly spread rows), then row chunks of ~`chunk` weights are quantized one
     after the other, so the float tensor is never whole in memory: the peak is
-    the Q8_0 output (1.06 bytes/weight) plus one chunk.  hess: E[x x^T] of the
-    input (cols x cols): quantize with error feedback (quantize/feedback.py);
+    the Q8_0 output (1.06 bytes/weight) plus one chunk.  fb: feedback.feedback_factor
+    of the input's E[x x^T]: quantize with error feedback (quantize/feedback.py);
     the base step found for plain rounding is then corrected on the sample for
-    the rate feedback's symbols actually cost.  base: the base step, chosen
-    beforehand (rate allocation): no rate search."""
+    the rate feedback's symbols actually cost."""
     n_rows, n_cols = shape
-    u = None
-    if hess is not None:
-        if hess.shape != (n_cols, n_cols):
-            raise GGZipError(f"{source}: tensor {name!r}: input covariance of shape "
-                             f"{hess.shape} does not fit {n_cols} columns")
-        u = feedback_factor(hess)
+    u = fb
+    if u is not None and u.shape != (n_cols, n_cols):
+        raise GGZipError(f"{source}: tensor {name!r}: input covariance of shape "
+                         f"{u.shape} does not fit {n_cols} columns")
 
     def quant(w, d16):
         return quantize_rows(w, d16, theta) if u is None else \
@@ -785,9 +787,7 @@ def quantize_streamed(name: str, shape: tuple[int, int], get_rows, *, row_factor
     sample = sample_rows(n_rows, n_cols)
     ws, amax_s = prep(sample)
     rf_s = None if row_factor is None else row_factor[sample]
-    if base is not None:
-        pass
-    elif target_bpw is not None:
+    if target_bpw is not None:
         base = step_for_rate(ws, target_bpw, rf_s, amax_s, theta)
         if u is not None:
             base = _feedback_rate(ws, base, target_bpw, rf_s, amax_s, quant)
@@ -822,50 +822,3 @@ def _feedback_rate(ws: np.ndarray, base: float, target_bpw: float, rf, amax, qua
         base *= 2.0 ** (rate - target_bpw)
     return base
 
-
-def _allocate_rates(src: GGUFModel, text: Path, plan, kinds: dict, transposed, rates: _Rates,
-                    progress: bool) -> _Rates:
-    """rates with a base step for every Q8_0 tensor that follows --target-bpw
-    (not one a --bpw-for / --tensor-type pattern names, not a transposed one):
-    the allocation of quantize/allocate.py under the bits those tensors would
-    take at target_bpw."""
-    from ..quantize.allocate import EMBD_INPUT, allocate, sensitivities, tensor_curve
-    from ..quantize.calibrate import tokenize
-    from tqdm import tqdm
-    names = [n for n, k in kinds.items() if k == "Q8_0" and n not in transposed
-             and rates.of(n) == (rates.target_bpw, None)]
-    ids = tokenize(src, text.read_text(encoding="utf-8", errors="replace"))
-    bar = tqdm(total=1, desc="sensitivities", file=sys.stderr, leave=False,
-               disable=None if progress else True)
-
-    def step(done, total):
-        bar.total, bar.n = total, done
-        bar.refresh()
-    sens, stats = sensitivities(src, ids, progress=step)
-    bar.close()
-    tied = "output.weight" not in src.tensors
-    curves = []
-    for name in tqdm(names, desc="rate curves", file=sys.stderr, leave=False,
-                     disable=None if progress else True):
-        n_rows, n_cols = src.shape(name)
-        rows = sample_rows(n_rows, n_cols)
-        w = plan.apply(name, src.rows32(name, rows), rows=rows)
-        rf = plan.row_factor(name)
-        rw = plan.divide.get(name)
-        cw = plan.rescaled_stat(name)
-        a_in = 0.0
-        if name == EMBD_NAME:
-            a_in = sens.get(EMBD_INPUT, 0.0)
-            if tied and cw is None:     # the head's input: no imatrix entry for it
-                cw = stats.get(name)
-        a_out = sens.get(name, 0.0) if (name != EMBD_NAME or tied) else 0.0
-        if cw is None:
-            cw = stats.get(name)
-        curves.append(tensor_curve(name, w, n_rows, rates.target_bpw,
-                                   None if rf is None else rf[rows], cw,
-                                   None if rw is None else rw[rows], a_out, a_in))
-    budget = rates.target_bpw * sum(c.n for c in curves)
-    alloc = allocate(curves, budget)
-    rates.base = alloc.steps
-    rates.note += " (allocated by measured sensitivity)"
-    return rates

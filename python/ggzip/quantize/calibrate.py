@@ -175,9 +175,6 @@ def logits(model, ids, n_ctx: int = 512) -> np.ndarray:
     return _run(model, ids, n_ctx, None, want_logits=True)[1]
 
 
-EMBD_INPUT = "token_embd.weight#input"   # the token embedding in its lookup role
-
-
 def _gelu_tanh(x: np.ndarray) -> np.ndarray:
     """ggml_gelu: the tanh approximation of GELU."""
     return 0.5 * x * (1 + np.tanh(np.float32(np.sqrt(2 / np.pi)) * (x + np.float32(0.044715) * x ** 3)))
@@ -199,13 +196,8 @@ def _gemma3_swa_layers(kv: dict, L: int) -> list[bool]:
     return [n == 0 or il % n < n - 1 for il in range(L)]
 
 
-def _run(model, ids, n_ctx, progress, want_logits, probe=None, cov=None, noise=None):
-    """(E[x^2] of every weight's input, logits or None); see activation_stats.
-    noise: None, or (rho, power, rng): {weight name: rho} adds white Gaussian
-    noise of variance rho x mean(y^2) to each output coordinate of that weight's
-    product y = W x (EMBD_INPUT: to the looked-up token embeddings), a stand-in
-    for its quantization error; power gets {name: injected noise power per
-    token, summed over outputs} (quantize/allocate.py)."""
+def _run(model, ids, n_ctx, progress, want_logits, probe=None, cov=None):
+    """(E[x^2] of every weight's input, logits or None); see activation_stats."""
     arch = model.arch
     if arch not in CALIB_ARCHS:
         raise GGZipError(f"{model.path}: ggzip computes statistics itself only for "
@@ -255,21 +247,7 @@ def _run(model, ids, n_ctx, progress, want_logits, probe=None, cov=None, noise=N
     inv_global = inv_freq(base)
     inv_swa = inv_freq(float(kv.get("gemma3.rope.freq_base_swa", GEMMA3_SWA_BASE))) if gemma else None
     embd = model.float32("token_embd.weight")
-    noise_rho, noise_power, rng = noise if noise is not None else ({}, {}, None)
-    n_tok = sum(len(c) for c in chunks if len(c) >= 8) or 1
-
-    def noisy(name, y):
-        rho = noise_rho.get(name)
-        if not rho:
-            return y
-        var = rho * float(np.mean(np.square(y, dtype=np.float64)))
-        noise_power[name] = noise_power.get(name, 0.0) + var * y.size / n_tok
-        return y + rng.standard_normal(y.shape, dtype=np.float32) * np.float32(np.sqrt(var))
-
-    def mm(name, v, w):
-        return noisy(name, v @ w.T)
-
-    xs = [noisy(EMBD_INPUT, embd[c].astype(np.float32)) for c in chunks]
+    xs = [embd[c].astype(np.float32) for c in chunks]
     del embd
     if gemma:
         xs = [x * np.float32(np.sqrt(D)) for x in xs]
@@ -312,7 +290,7 @@ def _run(model, ids, n_ctx, progress, want_logits, probe=None, cov=None, noise=N
             see(il, "attn_q", h)
 
             def proj(n, heads):
-                y = mm(p + n + ".weight", h, W[n + ".weight"])
+                y = h @ W[n + ".weight"].T
                 if n + ".bias" in W:
                     y = y + W[n + ".bias"]
                 y = y.reshape(T, heads, -1)
@@ -334,19 +312,19 @@ def _run(model, ids, n_ctx, progress, want_logits, probe=None, cov=None, noise=N
             o = np.einsum("hts,shd->thd", a, v).reshape(T, -1)
             acc([p + "attn_output.weight"], o)
             see(il, "attn_output", o)
-            o = mm(p + "attn_output.weight", o, W["attn_output.weight"])
+            o = o @ W["attn_output.weight"].T
             if gemma:
                 o = rms(o, W["post_attention_norm.weight"])
             x = x + o
             h = rms(x, W["ffn_norm.weight"])
             acc([p + "ffn_gate.weight", p + "ffn_up.weight"], h)
-            g = act(mm(p + "ffn_gate.weight", h, W["ffn_gate.weight"]))
-            u = mm(p + "ffn_up.weight", h, W["ffn_up.weight"])
+            g = act(h @ W["ffn_gate.weight"].T)
+            u = h @ W["ffn_up.weight"].T
             see(il, "ffn_act", g)
             see(il, "ffn_up", u)
             m = g * u
             acc([p + "ffn_down.weight"], m)
-            f = mm(p + "ffn_down.weight", m, W["ffn_down.weight"])
+            f = m @ W["ffn_down.weight"].T
             if gemma:
                 f = rms(f, W["post_ffw_norm.weight"])
             xs[ci] = x + f
@@ -356,14 +334,15 @@ def _run(model, ids, n_ctx, progress, want_logits, probe=None, cov=None, noise=N
             progress(il + 1, L)
     out = None
     head_name = "output.weight" if "output.weight" in model.tensors else "token_embd.weight"
-    if cov is not None or want_logits:    # the output head's input: the final normed hidden
+    if cov is not None or want_logits:
         g = model.float32("output_norm.weight")
-        hs = [rms(x, g) for x in xs]
-        for h in hs:
-            acc([head_name], h)
+        hs = [rms(x, g) for x in xs]        # the output head's input
+        if cov is not None:
+            for h in hs:
+                acc([head_name], h)
     if want_logits:
         head = model.float32(head_name)
-        out = np.concatenate([mm(head_name, h, head) for h in hs])
+        out = np.concatenate([h @ head.T for h in hs])
         cap = float(kv.get(f"{arch}.final_logit_softcapping", 0.0) or 0.0) if gemma else 0.0
         if cap:
             out = np.tanh(out / cap) * cap

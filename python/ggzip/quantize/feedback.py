@@ -30,6 +30,7 @@ DAMP = 0.01      # added to H's diagonal, times its mean: keeps H^-1 finite and 
 # damping grows with size / tokens: 0.5 cols / n, within [DAMP, 1].
 DAMP_PER_COL = 0.5
 BLOCK = 128      # columns whose updates are applied together
+INNER = 16       # columns updated one by one inside a block
 
 
 def damping(cols: int, n_tokens: int) -> float:
@@ -50,37 +51,44 @@ def feedback_factor(h: np.ndarray, damp: float = DAMP) -> np.ndarray:
     h[dead, dead] = 1.0
     mean = float(np.mean(np.diag(h)))
     h[np.diag_indices(n)] += damp * (mean if mean > 0 else 1.0)
-    # H^-1 from H's own Cholesky factor (H = L L^T: H^-1 = L^-T L^-1), then
-    # H^-1 = C C^T and U = C^T
-    li = np.linalg.inv(np.linalg.cholesky(h))
-    return np.ascontiguousarray(np.linalg.cholesky(li.T @ li).T, np.float32)
+    # H = M M^T with M upper (the Cholesky factor of H in reversed order), so
+    # H^-1 = M^-T M^-1 and U = M^-1, upper too: one factorisation, one inverse
+    m = np.linalg.cholesky(h[::-1, ::-1])[::-1, ::-1]
+    return np.ascontiguousarray(np.triu(np.linalg.inv(m)), np.float32)
 
 
 def quantize_feedback(w: np.ndarray, d16: np.ndarray, u: np.ndarray,
-                      theta: float = 0.0, block: int = BLOCK) -> np.ndarray:
+                      theta: float = 0.0, block: int = BLOCK, inner: int = INNER) -> np.ndarray:
     """int8 symbols of the (rows, cols) float32 rows w on their f16 steps d16,
     with error feedback through u = feedback_factor(H).  Same rounding rule as
     q8.quantize_rows (half away from zero, minus the dead-zone offset theta),
-    clipped to +-127 (feedback may push a weight past its row's absmax)."""
-    w = np.array(w, np.float32, copy=True)
-    rows, cols = w.shape
+    clipped to +-127 (feedback may push a weight past its row's absmax).
+    Works on w transposed, so a column is contiguous; updates go column by
+    column only within `inner` columns, then by matrix products (an inner
+    group onto the rest of its block, a block onto the columns right of it)."""
+    wt = np.array(w.T, np.float32, order="C")          # (cols, rows)
+    cols, rows = wt.shape
     d = d16.astype(np.float32)
     inv = (1.0 / d).astype(np.float32)
     off = np.float32(0.5 - theta)
-    q = np.empty((rows, cols), np.int8)
+    qt = np.empty((cols, rows), np.int8)
+    err = np.empty((block, rows), np.float32)
     for b0 in range(0, cols, block):
         b1 = min(cols, b0 + block)
-        wb = w[:, b0:b1]                   # a view: updates land in w
-        err = np.empty((rows, b1 - b0), np.float32)
-        for j in range(b1 - b0):
-            col = wb[:, j]
-            qj = np.minimum(np.floor(np.abs(col) * inv + off), QMAX)
-            qj = np.copysign(qj, col)
-            q[:, b0 + j] = qj
-            e = (col - qj * d) / u[b0 + j, b0 + j]
-            err[:, j] = e
-            if j + 1 < b1 - b0:
-                wb[:, j + 1:] -= np.outer(e, u[b0 + j, b0 + j + 1:b1])
+        for i0 in range(b0, b1, inner):
+            i1 = min(b1, i0 + inner)
+            for j in range(i0, i1):
+                col = wt[j]
+                qj = np.minimum(np.floor(np.abs(col) * inv + off), QMAX)
+                qj = np.copysign(qj, col, out=qj)
+                qt[j] = qj
+                e = err[j - b0]
+                np.subtract(col, qj * d, out=e)
+                e /= u[j, j]
+                if j + 1 < i1:
+                    wt[j + 1:i1] -= u[j, j + 1:i1, None] * e[None, :]
+            if i1 < b1:
+                wt[i1:b1] -= u[i0:i1, i1:b1].T @ err[i0 - b0:i1 - b0]
         if b1 < cols:
-            w[:, b1:] -= err @ u[b0:b1, b1:]
-    return q
+            wt[b1:] -= u[b0:b1, b1:].T @ err[:b1 - b0]
+    return np.ascontiguousarray(qt.T)
