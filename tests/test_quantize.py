@@ -238,3 +238,25 @@ def test_feedback_lowers_output_error_on_the_same_grid(ffn):
     assert err(q1) < 0.7 * err(q0)
     assert abs(symbol_entropy(q1) - symbol_entropy(q0)) < 0.1
     assert np.array_equal(quantize_feedback(w, d, feedback_factor(np.eye(n), damp=0.0)), q0)
+
+
+def test_rdo_rounding_trades_error_for_bits(ffn):
+    """Rate-distortion optimised rounding on the same steps: each symbol is one
+    of the two grid points around its weight (so at most one step from plain
+    rounding), the symbols cost fewer bits, and the squared error grows by less
+    than the bits saved are worth at the high-rate trade (6 dB per bit)."""
+    from ggzip.quantize.feedback import code_lengths, quantize_feedback
+    w = ffn[:256]
+    amax = row_absmax(w)
+    d = row_steps(8 * reference_step(amax), None, amax)
+    q0 = quantize_rows(w, d)
+    q1 = quantize_feedback(w, d, np.eye(w.shape[1], dtype=np.float32),
+                           lengths=code_lengths(q0), rdo=1.0)
+    assert np.abs(q1.astype(int) - q0.astype(int)).max() <= 1
+    assert (np.abs(q1.astype(int)) <= np.abs(q0.astype(int))).mean() > 0.99
+    h0, h1 = symbol_entropy(q0), symbol_entropy(q1)
+    assert h1 < h0
+
+    def mse(q):
+        return float(np.mean(np.square(w - q.astype(np.float32) * d.astype(np.float32)[:, None])))
+    assert 10 * np.log10(mse(q1) / mse(q0)) < 6.02 * (h0 - h1)

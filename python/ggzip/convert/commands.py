@@ -19,7 +19,7 @@ def _run(args) -> int:
                   bpw_for=dict(args.bpw_for or []), plain=args.plain,
                   threads=args.threads, embd_share=args.embd_share, chunk_size=args.chunk_kib * 1024,
                   no_fold=[n for arg in args.no_fold or [] for n in arg],
-                  feedback=args.feedback, sparsity=args.sparsity, attn_sparsity=args.attn_sparsity)
+                  feedback=args.feedback, rdo=args.rdo, sparsity=args.sparsity, attn_sparsity=args.attn_sparsity)
     if args.json:
         doc = {"input": str(rep.inp), "output": str(rep.out), "arch": rep.arch,
                "stats": rep.stats_source, "alpha": rep.alpha, "dequantized_from": rep.dequantized_from,
@@ -145,6 +145,10 @@ def register(sub) -> None:
                         "of ggzip's numpy forward pass over --calib-text (llama, qwen2, qwen3, "
                         "gemma3); lowers the KL divergence at the same size, converts slower "
                         "and holds every covariance in memory (8 x cols^2 bytes per input)")
+    p.add_argument("--rdo", type=float, default=0.0, metavar="K",
+                   help="rate-distortion optimised rounding: each weight takes, of its two "
+                        "neighbouring grid points, the one minimising error + K x its code "
+                        "length (K=1: the high-rate trade of bits for error; default 0: off)")
     p.add_argument("--plain", action="store_true",
                    help="write an ordinary Q8_0 GGUF (stock llama.cpp loads it) instead of "
                         "rANS-coding the tensors (ggzip compress can code it later)")

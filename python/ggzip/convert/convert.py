@@ -41,7 +41,7 @@ from ..quantize import (BLOCK_BYTES, QK, QuantStats, pack_q8_0, plan_rescale, pr
                         step_for_rate)
 from ..quantize.q8 import RateDistortion
 from ..quantize.q8 import DEFAULT_THETA, scale_stream_bits, symbol_entropy
-from ..quantize.feedback import damping, feedback_factor, quantize_feedback
+from ..quantize.feedback import code_lengths, damping, feedback_factor, quantize_feedback
 from ..quantize.stats import load_imatrix
 
 # metadata written by convert: constants.Keys.CONVERT_* (names kept for old imports)
@@ -334,7 +334,8 @@ def _stats_from_text(src: GGUFModel, text: Path, progress: bool, threads: int | 
         bar.n = done
         bar.refresh()
     cal.cov = {} if want_cov else None
-    numpy_stats, cal.probe = calibrate(src, ids, *sparsity, progress=step, cov=cal.cov)
+    numpy_stats, probe = calibrate(src, ids, *sparsity, progress=step, cov=cal.cov)
+    cal.probe = probe if any(sparsity) else None
     cal.tokens = len(ids)
     bar.close()
     if want_stats and cal.stats is None:
@@ -387,7 +388,7 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
             threads: int | None = None, bpw_for: dict[str, float] | None = None,
             embd_share: float | None = None, no_fold=(), chunk_size: int = 0,
             sparsity: float = 0.0, attn_sparsity: float = 0.0,
-            feedback: bool = False) -> ConvertReport:
+            feedback: bool = False, rdo: float = 0.0) -> ConvertReport:
     """Convert IN to a ggzip GGUF at OUT (Q8_0 tensors rANS-coded), or with
     plain=True to an ordinary Q8_0 GGUF; see the module docstring.  alpha None:
     ALPHA_IMATRIX with an imatrix, ALPHA_PROXY without.  keep_float: write the
@@ -406,6 +407,8 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
     of attn_q and attn_output (needs calib_text; see the module docstring).
     feedback: quantize with error feedback through the input covariances of
     ggzip's numpy forward pass over calib_text (quantize/feedback.py).
+    rdo: rate-distortion optimised rounding with this weight on the rate (0:
+    off, 1: the high-rate trade; feedback.quantize_feedback).
 
     The steps: check the options, read IN, choose every tensor's rate, gather
     activation statistics, plan the rescaling, decide each tensor's output type,
@@ -414,6 +417,8 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
     _check_options(target_bpw, step, prune, bpw_for, alpha, embd_share)
     _check_sparsity(sparsity, attn_sparsity, calib_text, keep_float)
     _check_feedback(feedback, calib_text, prune, keep_float)
+    if not 0.0 <= rdo <= 10.0:
+        raise GGZipError(f"--rdo {rdo}: must be in [0, 10]")
     t0 = time.perf_counter()
     src = GGUFModel(inp)
     shapes = {n: src.shape(n) for n in src.tensors}
@@ -451,7 +456,7 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
                    file=sys.stderr, disable=None if progress else True, leave=False)
         for name, kind in kinds.items():
             report.tensors.append(_write_tensor(w, src, name, kind, plan, rates, prune, theta,
-                                                name in transposed, _feedback_factor(cal, plan, name)))
+                                                name in transposed, _feedback_factor(cal, plan, name), rdo))
             bar.update(int(np.prod(shapes[name])) * 4)
         bar.close()
         for name, t in thresholds.items():
@@ -700,7 +705,7 @@ def _write_metadata(w, src: GGUFModel, report: ConvertReport, *, keep_float: boo
 
 def _write_tensor(w, src: GGUFModel, name: str, kind: str, plan, rates: _Rates,
                   prune: float, theta: float, transpose: bool = False,
-                  fb: np.ndarray | None = None) -> TensorReport:
+                  fb: np.ndarray | None = None, rdo: float = 0.0) -> TensorReport:
     """Rescale (and prune) one tensor, quantize it if kind is Q8_0, hand it to
     the writer; kind "copy" passes it through untouched.  transpose: a Q8_0
     weight stored as W'^T (for the sparse kernels), numpy (n_in, n_out), always
@@ -740,7 +745,7 @@ def _write_tensor(w, src: GGUFModel, name: str, kind: str, plan, rates: _Rates,
         name, shp, lambda r: plan.apply(name, src.rows32(name, r), rows=r),
         row_factor=plan.row_factor(name), col_stat=plan.rescaled_stat(name),
         prune=prune, target_bpw=target_bpw, step=step, theta=theta, source=str(src.path),
-        fb=fb)
+        fb=fb, rdo=rdo)
     w.add_tensor(name, gguf.GGMLQuantizationType.Q8_0, ne, blocks)
     return report
 
@@ -756,7 +761,8 @@ def quantize_streamed(name: str, shape: tuple[int, int], get_rows, *, row_factor
                       col_stat=None, prune: float = 0.0, target_bpw: float | None = None,
                       step: float | None = 1.0, theta: float = DEFAULT_THETA,
                       source: str = "model", chunk: int = 1 << 21,
-                      fb: np.ndarray | None = None) -> tuple[np.ndarray, TensorReport]:
+                      fb: np.ndarray | None = None, rdo: float = 0.0
+                      ) -> tuple[np.ndarray, TensorReport]:
     """Quantize a (rescaled) 2-D tensor read by rows: get_rows(slice or index
     array) -> float32 rows.  The base step comes from a sample of ~256k weights
     (evenly spread rows), then row chunks of ~`chunk` weights are quantized one
@@ -764,16 +770,20 @@ def quantize_streamed(name: str, shape: tuple[int, int], get_rows, *, row_factor
     the Q8_0 output (1.06 bytes/weight) plus one chunk.  fb: feedback.feedback_factor
     of the input's E[x x^T]: quantize with error feedback (quantize/feedback.py);
     the base step found for plain rounding is then corrected on the sample for
-    the rate feedback's symbols actually cost."""
+    the rate feedback's symbols actually cost.  rdo > 0: rate-distortion
+    optimised rounding (feedback.quantize_feedback), code lengths from plain
+    rounding's histogram of the same rows."""
     n_rows, n_cols = shape
-    u = fb
+    u = fb if (fb is not None or not rdo) else np.eye(n_cols, dtype=np.float32)
     if u is not None and u.shape != (n_cols, n_cols):
         raise GGZipError(f"{source}: tensor {name!r}: input covariance of shape "
                          f"{u.shape} does not fit {n_cols} columns")
 
     def quant(w, d16):
-        return quantize_rows(w, d16, theta) if u is None else \
-            quantize_feedback(w, d16, u, theta)
+        if u is None:
+            return quantize_rows(w, d16, theta)
+        lengths = code_lengths(quantize_rows(w, d16, theta)) if rdo else None
+        return quantize_feedback(w, d16, u, theta, lengths=lengths, rdo=rdo)
 
     def prep(rows):
         w = np.ascontiguousarray(get_rows(rows), np.float32)

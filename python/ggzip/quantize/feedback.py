@@ -57,21 +57,39 @@ def feedback_factor(h: np.ndarray, damp: float = DAMP) -> np.ndarray:
     return np.ascontiguousarray(np.triu(np.linalg.inv(m)), np.float32)
 
 
+def code_lengths(q: np.ndarray) -> np.ndarray:
+    """Bits of each symbol 0..127 of |q| as an order-0 coder of the signed
+    symbols would spend (a sign bit for nonzero ones), from a histogram of q,
+    smoothed so that unseen symbols cost a finite amount."""
+    c = np.bincount(np.abs(q.reshape(-1).astype(np.int16)), minlength=QMAX + 1)[:QMAX + 1]
+    p = (c + 0.5) / (c.sum() + 0.5 * (QMAX + 1))
+    bits = -np.log2(p)
+    bits[1:] += 1.0              # p(|q|) counts both signs: -log2(p/2) = -log2 p + 1
+    return bits.astype(np.float32)
+
+
 def quantize_feedback(w: np.ndarray, d16: np.ndarray, u: np.ndarray,
-                      theta: float = 0.0, block: int = BLOCK, inner: int = INNER) -> np.ndarray:
+                      theta: float = 0.0, block: int = BLOCK, inner: int = INNER,
+                      lengths: np.ndarray | None = None, rdo: float = 0.0) -> np.ndarray:
     """int8 symbols of the (rows, cols) float32 rows w on their f16 steps d16,
     with error feedback through u = feedback_factor(H).  Same rounding rule as
     q8.quantize_rows (half away from zero, minus the dead-zone offset theta),
     clipped to +-127 (feedback may push a weight past its row's absmax).
     Works on w transposed, so a column is contiguous; updates go column by
     column only within `inner` columns, then by matrix products (an inner
-    group onto the rest of its block, a block onto the columns right of it)."""
+    group onto the rest of its block, a block onto the columns right of it).
+    rdo > 0 with lengths (code_lengths): rate-distortion optimised rounding:
+    each weight takes, of the two grid points around it, the one minimising
+    (x/d - q)^2 + rdo * ln2/6 * bits(q); ln2/6 is the high-rate slope of a
+    uniform quantizer's distortion (d^2/12 per weight) per bit, so rdo = 1
+    trades bits and error at the rate they trade anyway."""
     wt = np.array(w.T, np.float32, order="C")          # (cols, rows)
     cols, rows = wt.shape
     d = d16.astype(np.float32)
     inv = (1.0 / d).astype(np.float32)
     off = np.float32(0.5 - theta)
     qt = np.empty((cols, rows), np.int8)
+    mu = np.float32(rdo * np.log(2) / 6) if (rdo and lengths is not None) else 0
     err = np.empty((block, rows), np.float32)
     for b0 in range(0, cols, block):
         b1 = min(cols, b0 + block)
@@ -79,7 +97,14 @@ def quantize_feedback(w: np.ndarray, d16: np.ndarray, u: np.ndarray,
             i1 = min(b1, i0 + inner)
             for j in range(i0, i1):
                 col = wt[j]
-                qj = np.minimum(np.floor(np.abs(col) * inv + off), QMAX)
+                if mu:
+                    r = np.abs(col) * inv
+                    lo_ = np.minimum(np.floor(r), QMAX - 1)
+                    li = lo_.astype(np.intp)
+                    up = (r - lo_ - 1) ** 2 + mu * lengths[li + 1] < (r - lo_) ** 2 + mu * lengths[li]
+                    qj = np.minimum(lo_ + up, QMAX)
+                else:
+                    qj = np.minimum(np.floor(np.abs(col) * inv + off), QMAX)
                 qj = np.copysign(qj, col, out=qj)
                 qt[j] = qj
                 e = err[j - b0]

@@ -109,10 +109,10 @@ class SparsityProbe:
 def calibrate(model, ids, ffn_p: float, attn_p: float, n_ctx: int = 512, progress=None,
               cov: dict | None = None):
     """(E[x^2] statistics as calibrate.activation_stats gives them, the probe
-    holding the thresholds, or None if both P are 0) of one numpy forward pass of
-    the dense MODEL on ids; cov: see activation_stats."""
+    holding the thresholds) of one numpy forward pass of the dense MODEL on ids;
+    cov: see activation_stats."""
     from .calibrate import activation_stats
-    probe = SparsityProbe(ffn_p, attn_p, len(ids)) if (ffn_p or attn_p) else None
+    probe = SparsityProbe(ffn_p, attn_p, len(ids))
     with np.errstate(over="ignore"):      # exp of large negative gates in SiLU: 1 / inf = 0
         stats = activation_stats(model, ids, n_ctx, progress, probe=probe, cov=cov)
     return stats, probe
