@@ -125,13 +125,13 @@ CAUSAL_RATES = ["3.5", "3.9", "4.5", "5", "6"]
 EMBED_RATES = ["3.5", "3.9", "5", "6", "7"]
 # convert's levers, layered on the imatrix curve (extra keyword arguments of
 # ggzip.convert.convert()); skipped while convert() does not accept them
-# ("allocate" was tried and removed from convert: it stays here, skipped, so an old
-# command line says so rather than failing; "all" is the levers convert has)
+# ("all" is the levers convert has; rate allocation by sensitivity was tried and
+# removed from convert, see git 761f6e4)
 VARIANTS = {
     "feedback": {"feedback": True, "calib_text": CALIB_TEXT},
     "rdo": {"rdo": 1.0},             # the weight on the rate: 1 = the high-rate trade
-    "all": {"feedback": True, "rdo": 1.0, "calib_text": CALIB_TEXT},
-    "allocate": {"allocate": True, "calib_text": CALIB_TEXT},
+    "rdo2": {"rdo": 2.0},
+    "all": {"feedback": True, "rdo": 2.0, "calib_text": CALIB_TEXT},   # rdo 2: best with feedback at 3.9 bpw
     "alpha0": {"alpha": 0.0},        # the imatrix without the rescaling
 }
 REF_TYPE = "IQ4_XS"  # issue 16: at REF_BYTES x its bytes, ggzip's KLD no worse than its
