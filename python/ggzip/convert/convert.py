@@ -456,7 +456,9 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
                    file=sys.stderr, disable=None if progress else True, leave=False)
         for name, kind in kinds.items():
             report.tensors.append(_write_tensor(w, src, name, kind, plan, rates, prune, theta,
-                                                name in transposed, _feedback_factor(cal, plan, name), rdo))
+                                                name in transposed,
+                                                None if name in transposed else
+                                                _feedback_factor(cal, plan, name), rdo))
             bar.update(int(np.prod(shapes[name])) * 4)
         bar.close()
         for name, t in thresholds.items():
@@ -519,12 +521,9 @@ def _feedback_factor(cal: _Calibration, plan, name: str) -> np.ndarray | None:
     return cal.factors[key]
 
 
-def _hessian(cal: _Calibration, plan, name: str) -> np.ndarray | None:
+def _hessian(cal: _Calibration, plan, name: str) -> np.ndarray:
     """E[x' x'^T] of the rescaled input x' = x / s of weight `name`, damped for
-    the number of calibration tokens (feedback.damping), or None (no feedback,
-    or the weight's input was not seen by the forward pass)."""
-    if cal.cov is None or name not in cal.cov:
-        return None
+    the number of calibration tokens (feedback.damping)."""
     h = cal.cov[name]
     s = plan.cols.get(name)
     if s is not None:
@@ -774,13 +773,13 @@ def quantize_streamed(name: str, shape: tuple[int, int], get_rows, *, row_factor
     optimised rounding (feedback.quantize_feedback), code lengths from plain
     rounding's histogram of the same rows."""
     n_rows, n_cols = shape
-    u = fb if (fb is not None or not rdo) else np.eye(n_cols, dtype=np.float32)
+    u = fb
     if u is not None and u.shape != (n_cols, n_cols):
         raise GGZipError(f"{source}: tensor {name!r}: input covariance of shape "
                          f"{u.shape} does not fit {n_cols} columns")
 
     def quant(w, d16):
-        if u is None:
+        if u is None and not rdo:
             return quantize_rows(w, d16, theta)
         lengths = code_lengths(quantize_rows(w, d16, theta)) if rdo else None
         return quantize_feedback(w, d16, u, theta, lengths=lengths, rdo=rdo)
@@ -799,7 +798,7 @@ def quantize_streamed(name: str, shape: tuple[int, int], get_rows, *, row_factor
     rf_s = None if row_factor is None else row_factor[sample]
     if target_bpw is not None:
         base = step_for_rate(ws, target_bpw, rf_s, amax_s, theta)
-        if u is not None:
+        if u is not None or rdo:
             base = _feedback_rate(ws, base, target_bpw, rf_s, amax_s, quant)
     else:   # --step S: S x the median over (sampled) rows of absmax / 127
         base = step * reference_step(amax_s if rf_s is None else amax_s / rf_s)

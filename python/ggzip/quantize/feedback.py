@@ -68,11 +68,12 @@ def code_lengths(q: np.ndarray) -> np.ndarray:
     return bits.astype(np.float32)
 
 
-def quantize_feedback(w: np.ndarray, d16: np.ndarray, u: np.ndarray,
+def quantize_feedback(w: np.ndarray, d16: np.ndarray, u: np.ndarray | None,
                       theta: float = 0.0, block: int = BLOCK, inner: int = INNER,
                       lengths: np.ndarray | None = None, rdo: float = 0.0) -> np.ndarray:
     """int8 symbols of the (rows, cols) float32 rows w on their f16 steps d16,
-    with error feedback through u = feedback_factor(H).  Same rounding rule as
+    with error feedback through u = feedback_factor(H) (None: no feedback, for
+    rounding by rdo alone).  Same rounding rule as
     q8.quantize_rows (half away from zero, minus the dead-zone offset theta),
     clipped to +-127 (feedback may push a weight past its row's absmax).
     Works on w transposed, so a column is contiguous; updates go column by
@@ -107,13 +108,17 @@ def quantize_feedback(w: np.ndarray, d16: np.ndarray, u: np.ndarray,
                     qj = np.minimum(np.floor(np.abs(col) * inv + off), QMAX)
                 qj = np.copysign(qj, col, out=qj)
                 qt[j] = qj
+                if u is None:
+                    continue
                 e = err[j - b0]
                 np.subtract(col, qj * d, out=e)
                 e /= u[j, j]
                 if j + 1 < i1:
                     wt[j + 1:i1] -= u[j, j + 1:i1, None] * e[None, :]
+            if u is None:
+                continue
             if i1 < b1:
                 wt[i1:b1] -= u[i0:i1, i1:b1].T @ err[i0 - b0:i1 - b0]
-        if b1 < cols:
+        if u is not None and b1 < cols:
             wt[b1:] -= u[b0:b1, b1:].T @ err[:b1 - b0]
     return np.ascontiguousarray(qt.T)
