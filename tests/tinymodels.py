@@ -19,6 +19,7 @@ import gguf
 
 TINY_ARCHS = ("llama", "qwen2", "qwen3", "gemma3")
 N_EMBD, N_HEAD, N_HEAD_KV, HEAD_DIM, N_FF, N_LAYER = 128, 4, 2, 32, 256, 2
+TINY_SWA = 8        # gemma-embedding's (symmetric) sliding window in write_tiny
 
 
 def _copy_fields(w: gguf.GGUFWriter, reader: gguf.GGUFReader, keep) -> None:
@@ -52,8 +53,9 @@ def tiny_weights(arch: str, n_vocab: int, seed: int = 0) -> dict:
 
     q, kv = N_HEAD * HEAD_DIM, N_HEAD_KV * HEAD_DIM
     t = {"token_embd.weight": rng.standard_normal((n_vocab, N_EMBD)).astype(np.float32),
-         "output_norm.weight": norm(N_EMBD),
-         "output.weight": mat(n_vocab, N_EMBD, 4.0)}
+         "output_norm.weight": norm(N_EMBD)}
+    if arch != "gemma-embedding":           # an encoder: no head
+        t["output.weight"] = mat(n_vocab, N_EMBD, 4.0)
     for il in range(N_LAYER):
         p = f"blk.{il}."
         t.update({p + "attn_norm.weight": norm(N_EMBD), p + "attn_q.weight": mat(q, N_EMBD),
@@ -64,10 +66,10 @@ def tiny_weights(arch: str, n_vocab: int, seed: int = 0) -> dict:
         if arch == "qwen2":
             for n, rows in (("attn_q", q), ("attn_k", kv), ("attn_v", kv)):
                 t[p + n + ".bias"] = (0.5 * rng.standard_normal(rows)).astype(np.float32)
-        if arch in ("qwen3", "gemma3"):
+        if arch in ("qwen3", "gemma3", "gemma-embedding"):
             t[p + "attn_q_norm.weight"] = norm(HEAD_DIM)
             t[p + "attn_k_norm.weight"] = norm(HEAD_DIM)
-        if arch == "gemma3":
+        if arch in ("gemma3", "gemma-embedding"):
             t[p + "post_attention_norm.weight"] = norm(N_EMBD)
             t[p + "post_ffw_norm.weight"] = norm(N_EMBD)
     return t
@@ -114,6 +116,10 @@ def write_tiny(arch: str, out: Path, seed: int = 0) -> dict:
     w.add_rope_dimension_count(HEAD_DIM)
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-6)
+    if arch == "gemma-embedding":   # layer 0 windowed (4 tokens either way), layer 1 global
+        w.add_uint32(f"{arch}.attention.sliding_window", TINY_SWA)
+        w.add_uint32(f"{arch}.attention.sliding_window_pattern", 2)
+        w.add_pooling_type(gguf.PoolingType.NONE)
     t = tiny_weights(arch, add_tiny_vocab(w), seed)
     _write(w, t)
     return t

@@ -120,7 +120,7 @@ def register(sub) -> None:
     p.add_argument("--calib-text", metavar="FILE",
                    help="calibration text: statistics by llama-imatrix when built "
                         "(build/llama/bin), else by ggzip's numpy forward pass "
-                        "(llama/qwen2/qwen3)")
+                        "(llama/qwen2/qwen3/gemma3/gemma-embedding)")
     p.add_argument("--theta", type=float, default=None,
                    help=argparse.SUPPRESS)  # rounding offset, for experiments
     p.add_argument("--keep-float", action="store_true",
@@ -143,7 +143,7 @@ def register(sub) -> None:
                    help="error feedback (GPTQ-style): each weight's rounding error is pushed onto "
                         "the weights of its row not yet quantized, through the input covariance "
                         "of ggzip's numpy forward pass over --calib-text (llama, qwen2, qwen3, "
-                        "gemma3); lowers the KL divergence at the same size, converts slower "
+                        "gemma3, gemma-embedding); lowers the KL divergence at the same size, converts slower "
                         "and holds every covariance in memory (8 x cols^2 bytes per input)")
     p.add_argument("--rdo", type=float, default=0.0, metavar="K",
                    help="rate-distortion optimised rounding: each weight takes, of its two "

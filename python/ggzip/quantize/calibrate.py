@@ -1,7 +1,8 @@
 """Activation statistics computed by ggzip itself, without llama.cpp: a numpy
-forward pass of a llama / qwen2 / qwen3 / gemma3 GGUF over a user text, recording
-E[x^2] of the input of every matrix exactly as llama-imatrix does (same tensor
-names, same meaning), so `convert --calib-text` works before llama.cpp is built.
+forward pass of a llama / qwen2 / qwen3 / gemma3 / gemma-embedding GGUF over a
+user text, recording E[x^2] of the input of every matrix exactly as
+llama-imatrix does (same tensor names, same meaning), so `convert --calib-text`
+works before llama.cpp is built.
 
 It follows llama.cpp's graph for these architectures: RMSNorm times the stored
 weight, rope on adjacent pairs (llama, whose converter permutes Q/K for it) or
@@ -13,7 +14,11 @@ layers and rope.freq_base_swa (10000 by default) on sliding-window ones (every
 layer but each sliding_window_pattern-th, 6 by default, unless the GGUF lists the
 pattern per layer), Q scaled by 1/sqrt(head dim), post-attention and post-FFN
 RMSNorms, GELU (tanh) gate times up, final logit softcapping when the GGUF sets
-it.  Text is cut into independent chunks of n_ctx tokens like llama-imatrix's.
+it.  gemma-embedding (src/models/gemma-embedding.cpp) is gemma3 without the
+causal mask: every token sees every other, within n_swa / 2 positions either
+way on sliding-window layers; its token embedding is an input lookup only (no
+head), so it has neither logits nor a head covariance.
+Text is cut into independent chunks of n_ctx tokens like llama-imatrix's.
 The pass runs layer by layer over all chunks, so only one layer's weights are in
 memory at a time; a probe (quantize/sparsity.py) may watch the activations.
 
@@ -34,7 +39,8 @@ import numpy as np
 from ..errors import GGZipError
 
 CALIB_ARCHS = {"llama": "norm", "qwen2": "neox", "qwen3": "neox",   # arch -> rope mode
-               "gemma3": "neox"}
+               "gemma3": "neox", "gemma-embedding": "neox"}
+GEMMA_ARCHS = ("gemma3", "gemma-embedding")
 GEMMA3_SWA_PATTERN = 6      # llama.cpp's default: layers il % 6 < 5 use the sliding window
 GEMMA3_SWA_BASE = 10000.0   # llama.cpp's default rope.freq_base_swa
 
@@ -155,9 +161,8 @@ def tokenize(model, text: str) -> list[int]:
 
 def activation_stats(model, ids, n_ctx: int = 512, progress=None,
                      probe=None, cov: dict | None = None) -> dict[str, np.ndarray]:
-    """{weight name: E[x^2] per input column} of a llama/qwen2/qwen3/gemma3
-    model on token ids.  model: has .arch, .kv, .tensors and .float32(name)
-    (GGUFModel).  probe: None, or an object whose see(layer, what, array) is
+    """{weight name: E[x^2] per input column} of a model of CALIB_ARCHS on
+    token ids.  model: has .arch, .kv, .tensors and .float32(name) (GGUFModel).  probe: None, or an object whose see(layer, what, array) is
     given, in each layer and chunk, the input of attn_q ("attn_q", tokens x
     n_embd), the input of attn_output ("attn_output"), act(gate x) ("ffn_act",
     tokens x n_ff) and up x ("ffn_up"), and whose layer_done(layer) is called
@@ -166,13 +171,19 @@ def activation_stats(model, ids, n_ctx: int = 512, progress=None,
     error feedback needs (quantize/feedback.py); weights sharing an input
     (attn_q/k/v, ffn_gate/up) share one array, and the output head (or the tied
     token embedding) gets the final normed hidden state's."""
-    return _run(model, ids, n_ctx, progress, want_logits=False, probe=probe, cov=cov)[0]
+    return _run(model, ids, n_ctx, progress, want=None, probe=probe, cov=cov)[0]
 
 
 def logits(model, ids, n_ctx: int = 512) -> np.ndarray:
     """Next-token logits (tokens x vocab, float32) of each n_ctx chunk of ids:
     to compare a quantized model with its float original."""
-    return _run(model, ids, n_ctx, None, want_logits=True)[1]
+    return _run(model, ids, n_ctx, None, want="logits")[1]
+
+
+def hidden(model, ids, n_ctx: int = 512) -> np.ndarray:
+    """The final hidden states after output_norm (tokens x n_embd, float32) of
+    each n_ctx chunk of ids: llama.cpp's per-token embeddings (pooling none)."""
+    return _run(model, ids, n_ctx, None, want="hidden")[1]
 
 
 def _gelu_tanh(x: np.ndarray) -> np.ndarray:
@@ -184,20 +195,21 @@ def _silu(x: np.ndarray) -> np.ndarray:
     return x / (1 + np.exp(-x))
 
 
-def _gemma3_swa_layers(kv: dict, L: int) -> list[bool]:
-    """Which layers of a gemma3 model use the sliding window (llama.cpp's
-    llama_hparams::set_swa_pattern, dense_first false)."""
-    if int(kv.get("gemma3.attention.sliding_window", 0) or 0) <= 0:
+def _gemma3_swa_layers(kv: dict, L: int, arch: str = "gemma3") -> list[bool]:
+    """Which layers of a gemma3 / gemma-embedding model use the sliding window
+    (llama.cpp's llama_hparams::set_swa_pattern, dense_first false)."""
+    if int(kv.get(f"{arch}.attention.sliding_window", 0) or 0) <= 0:
         return [False] * L
-    pat = kv.get("gemma3.attention.sliding_window_pattern", GEMMA3_SWA_PATTERN)
+    pat = kv.get(f"{arch}.attention.sliding_window_pattern", GEMMA3_SWA_PATTERN)
     if isinstance(pat, (list, tuple, np.ndarray)):      # one bool per layer
         return [bool(v) for v in pat][:L]
     n = int(pat)
     return [n == 0 or il % n < n - 1 for il in range(L)]
 
 
-def _run(model, ids, n_ctx, progress, want_logits, probe=None, cov=None):
-    """(E[x^2] of every weight's input, logits or None); see activation_stats."""
+def _run(model, ids, n_ctx, progress, want, probe=None, cov=None):
+    """(E[x^2] of every weight's input, the output `want` names: "logits",
+    "hidden" or None); see activation_stats."""
     arch = model.arch
     if arch not in CALIB_ARCHS:
         raise GGZipError(f"{model.path}: ggzip computes statistics itself only for "
@@ -205,7 +217,10 @@ def _run(model, ids, n_ctx, progress, want_logits, probe=None, cov=None):
                          "(scripts/build_llama.sh) or pass --imatrix")
     mode = CALIB_ARCHS[arch]
     kv = model.kv
-    gemma = arch == "gemma3"
+    gemma = arch in GEMMA_ARCHS
+    causal = arch != "gemma-embedding"
+    if want == "logits" and not causal:
+        raise GGZipError(f"{model.path}: {arch} is an encoder: no next-token logits")
 
     def hp(key, default=None):
         v = kv.get(f"{arch}.{key}", default)
@@ -229,8 +244,8 @@ def _run(model, ids, n_ctx, progress, want_logits, probe=None, cov=None):
     # out, an approximation for statistics over short chunks
     pos_scale = 1.0 / float(kv.get(f"{arch}.rope.scaling.factor", 1.0) or 1.0) \
         if kv.get(f"{arch}.rope.scaling.type") == "linear" else 1.0
-    swa = _gemma3_swa_layers(kv, L) if gemma else [False] * L
-    n_swa = int(kv.get("gemma3.attention.sliding_window", 0) or 0) if gemma else 0
+    swa = _gemma3_swa_layers(kv, L, arch) if gemma else [False] * L
+    n_swa = int(kv.get(f"{arch}.attention.sliding_window", 0) or 0) if gemma else 0
     # llama.cpp: 1/sqrt(head dim), but n_embd / n_head for Gemma-3-27B (62 layers)
     q_scale = 1.0 / np.sqrt(D / n_head if gemma and L == 62 else hd)
     ids = np.asarray(ids, np.int64)
@@ -245,7 +260,7 @@ def _run(model, ids, n_ctx, progress, want_logits, probe=None, cov=None):
             inv = inv / model.float32("rope_freqs.weight").astype(np.float64)
         return inv
     inv_global = inv_freq(base)
-    inv_swa = inv_freq(float(kv.get("gemma3.rope.freq_base_swa", GEMMA3_SWA_BASE))) if gemma else None
+    inv_swa = inv_freq(float(kv.get(f"{arch}.rope.freq_base_swa", GEMMA3_SWA_BASE))) if gemma else None
     embd = model.float32("token_embd.weight")
     xs = [embd[c].astype(np.float32) for c in chunks]
     del embd
@@ -303,9 +318,15 @@ def _run(model, ids, n_ctx, progress, want_logits, probe=None, cov=None):
             k = np.repeat(k, gqa, axis=1)
             v = np.repeat(v, gqa, axis=1)
             a = np.einsum("thd,shd->hts", q, k) * np.float32(q_scale)
-            mask = np.triu(np.ones((T, T), bool), 1)
-            if swa[il]:     # llama.cpp masks key p0 for query p1 when p1 - p0 >= n_swa
-                mask |= np.tril(np.ones((T, T), bool), -n_swa)
+            if causal:
+                mask = np.triu(np.ones((T, T), bool), 1)
+                if swa[il]:     # llama.cpp masks key p0 for query p1 when p1 - p0 >= n_swa
+                    mask |= np.tril(np.ones((T, T), bool), -n_swa)
+            else:           # symmetric window: masked when |p1 - p0| > n_swa / 2
+                mask = np.zeros((T, T), bool)
+                if swa[il]:
+                    half = n_swa // 2
+                    mask = np.triu(np.ones((T, T), bool), half + 1) | np.tril(np.ones((T, T), bool), -half - 1)
             a[:, mask] = -np.inf
             a = np.exp(a - a.max(axis=-1, keepdims=True))
             a /= a.sum(axis=-1, keepdims=True)
@@ -334,13 +355,15 @@ def _run(model, ids, n_ctx, progress, want_logits, probe=None, cov=None):
             progress(il + 1, L)
     out = None
     head_name = "output.weight" if "output.weight" in model.tensors else "token_embd.weight"
-    if cov is not None or want_logits:
+    if (cov is not None and causal) or want:
         g = model.float32("output_norm.weight")
         hs = [rms(x, g) for x in xs]        # the output head's input
-        if cov is not None:
+        if cov is not None and causal:      # an encoder has no head
             for h in hs:
                 acc([head_name], h)
-    if want_logits:
+    if want == "hidden":
+        out = np.concatenate(hs)
+    elif want == "logits":
         head = model.float32(head_name)
         out = np.concatenate([h @ head.T for h in hs])
         cap = float(kv.get(f"{arch}.final_logit_softcapping", 0.0) or 0.0) if gemma else 0.0
