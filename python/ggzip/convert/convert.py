@@ -37,8 +37,9 @@ from ..constants import (SPARSE_THR_SUFFIX, SPARSE_TRANSPOSED_ATTN, SPARSE_TRANS
                          Keys)
 from ..errors import GGZipError
 from ..quantize import (BLOCK_BYTES, QK, QuantStats, pack_q8_0, plan_rescale, prune_rows,
-                        quantize_rows, reference_step, row_absmax, row_steps, sample_rows,
+                        quantize_rows, reference_step, row_steps, sample_rows,
                         step_for_rate)
+from ..quantize.q8 import block_absmax
 from ..quantize.q8 import RateDistortion
 from ..quantize.q8 import DEFAULT_THETA, scale_stream_bits, symbol_entropy
 from ..quantize.feedback import code_lengths, damping, feedback_factor, quantize_feedback
@@ -788,7 +789,7 @@ def quantize_streamed(name: str, shape: tuple[int, int], get_rows, *, row_factor
         w = np.ascontiguousarray(get_rows(rows), np.float32)
         if prune > 0:
             w = prune_rows(w, prune, col_stat)
-        amax = row_absmax(w)
+        amax = block_absmax(w)      # per block: a block with outliers escapes (q8.row_steps)
         if not np.isfinite(amax).all():
             raise GGZipError(f"{source}: tensor {name!r} holds NaN or infinite values")
         return w, amax
@@ -801,7 +802,8 @@ def quantize_streamed(name: str, shape: tuple[int, int], get_rows, *, row_factor
         if u is not None or rdo:
             base = _feedback_rate(ws, base, target_bpw, rf_s, amax_s, quant)
     else:   # --step S: S x the median over (sampled) rows of absmax / 127
-        base = step * reference_step(amax_s if rf_s is None else amax_s / rf_s)
+        amax_r = amax_s.max(axis=1)
+        base = step * reference_step(amax_r if rf_s is None else amax_r / rf_s)
     del ws
     out = np.empty((n_rows, n_cols // QK * BLOCK_BYTES), np.uint8)
     rd = RateDistortion(n_cols, col_stat)

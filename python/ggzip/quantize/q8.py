@@ -8,10 +8,20 @@ step is chosen for a rate: a coarser step concentrates the symbols near 0, which
 the rANS coder turns into fewer bits.  High-rate rule: halving the step costs one
 bit per weight and buys 6 dB.
 
+Steps come per row (shape (rows,)) or per block (shape (rows, cols/32)): with
+per-block absmax, row_steps gives each block its row's step unless the block
+holds a weight beyond 127 steps, which then takes its own step absmax/127, as
+stock Q8_0 does for every block (an escape).  Without escapes the row's step
+could never go below the row's absmax/127, and rows with outliers capped the
+rate near 6.6-6.9 bits at an SNR a 6.56-bit Q6_K matched (EmbeddingGemma); an
+escaped block costs two nonzero scale deltas, and below ~5.5 bpw hardly any
+block escapes.
+
 Invariants kept by every function here:
   * the step used to divide is the f16-rounded step that is stored, so that
     dequantizing the blocks gives exactly q*d (no hidden float32 step);
-  * a row's step is never below absmax/127, so nothing is clipped and |q| <= 127
+  * a step is never below the absmax/127 of the weights it codes (the row's, or
+    with per-block steps the block's), so nothing is clipped and |q| <= 127
     (-128 never occurs: llama.cpp's dot products assume a symmetric range).
 """
 from __future__ import annotations
@@ -38,11 +48,21 @@ def row_absmax(w: np.ndarray) -> np.ndarray:
     return np.max(np.abs(w), axis=1)
 
 
+def block_absmax(w: np.ndarray) -> np.ndarray:
+    """(rows, cols/32) absmax of each Q8_0 block."""
+    rows, cols = w.shape
+    return np.max(np.abs(w.reshape(rows, cols // QK, QK)), axis=2)
+
+
 def row_steps(base: float, row_factor: np.ndarray | None, amax: np.ndarray) -> np.ndarray:
-    """f16 step of each row: base*row_factor, raised where needed so that the
-    row's largest weight still fits in [-127, 127] after rounding to f16."""
-    want = np.full(amax.shape, base, np.float32) if row_factor is None else \
+    """f16 steps: base*row_factor, raised where needed so that the largest
+    weight still fits in [-127, 127] after rounding to f16.  amax: row_absmax
+    (one step per row) or block_absmax (a step per block: the row's, but where
+    a block's weights need more, the block's own, an escape)."""
+    want = np.full(amax.shape[0], base, np.float32) if row_factor is None else \
         (base * row_factor).astype(np.float32)
+    if amax.ndim == 2:
+        want = np.broadcast_to(want[:, None], amax.shape)
     floor = (amax / QMAX).astype(np.float32)
     d = np.maximum(want, floor).astype(np.float16)
     # f16 rounding may land just below absmax/127: step up one f16 ulp there
@@ -52,8 +72,15 @@ def row_steps(base: float, row_factor: np.ndarray | None, amax: np.ndarray) -> n
     return np.maximum(d, _F16_TINY)
 
 
+def per_weight(d: np.ndarray, cols: int) -> np.ndarray:
+    """Steps (rows,) or (rows, cols/32) as an array that broadcasts against
+    (rows, cols): (rows, 1) or each block's step repeated over its 32 weights."""
+    return d[:, None] if d.ndim == 1 else np.repeat(d, QK, axis=1)
+
+
 def quantize_rows(w: np.ndarray, d16: np.ndarray, theta: float = DEFAULT_THETA) -> np.ndarray:
-    """int8 symbols of a (rows, cols) float32 tensor with one f16 step per row."""
+    """int8 symbols of a (rows, cols) float32 tensor with f16 steps per row or
+    per block (row_steps)."""
     rows, cols = w.shape
     q = np.empty((rows, cols), np.int8)
     inv = (1.0 / d16.astype(np.float32)).astype(np.float32)
@@ -62,7 +89,7 @@ def quantize_rows(w: np.ndarray, d16: np.ndarray, theta: float = DEFAULT_THETA) 
     for r0 in range(0, rows, step):
         blk = w[r0:r0 + step]
         x = np.abs(blk, dtype=np.float32)
-        x *= inv[r0:r0 + step, None]
+        x *= per_weight(inv[r0:r0 + step], cols)
         x += off
         np.floor(x, out=x)
         np.minimum(x, QMAX, out=x)
@@ -72,17 +99,18 @@ def quantize_rows(w: np.ndarray, d16: np.ndarray, theta: float = DEFAULT_THETA) 
 
 
 def pack_q8_0(q: np.ndarray, d16: np.ndarray) -> np.ndarray:
-    """Q8_0 bytes, shape (rows, cols/32*34), of int8 symbols and per-row f16 steps."""
+    """Q8_0 bytes, shape (rows, cols/32*34), of int8 symbols and f16 steps per
+    row or per block."""
     rows, cols = q.shape
     nb = cols // QK
     out = np.empty((rows, nb, BLOCK_BYTES), np.uint8)
-    out[:, :, :2] = d16.astype("<f2").view(np.uint8).reshape(rows, 1, 2)
+    out[:, :, :2] = d16.astype("<f2").view(np.uint8).reshape(rows, -1, 2)
     out[:, :, 2:] = q.reshape(rows, nb, QK).view(np.uint8)
     return out.reshape(rows, nb * BLOCK_BYTES)
 
 
 def dequantize_rows(q: np.ndarray, d16: np.ndarray) -> np.ndarray:
-    return q.astype(np.float32) * d16.astype(np.float32)[:, None]
+    return q.astype(np.float32) * per_weight(d16.astype(np.float32), q.shape[1])
 
 
 def _entropy_bits(counts: np.ndarray) -> float:
@@ -100,13 +128,26 @@ def symbol_entropy(q: np.ndarray) -> float:
     return _entropy_bits(counts) / max(q.size, 1)
 
 
+def scale_bytes(d16: np.ndarray, blocks_per_row: int) -> tuple[np.ndarray, int]:
+    """The scale stream's bytes as the codec stores it (FORMAT.md: flag bit 0,
+    each scale after the first of its row replaced by its difference to the
+    previous one, mod 2^16): (the (n, 2) low/high bytes of the values that are
+    not zero deltas, the number of zero deltas left out).  Per-row steps: one
+    f16 per row and nb-1 zero deltas."""
+    if d16.ndim == 1:
+        return d16.astype("<f2").view(np.uint8).reshape(-1, 2), len(d16) * (blocks_per_row - 1)
+    u = d16.astype("<f2").view("<u2").astype(np.int64)
+    u[:, 1:] = (u[:, 1:] - u[:, :-1]) & 0xFFFF
+    keep = u != 0
+    keep[:, 0] = True
+    v = u[keep].astype("<u2")
+    return v.view(np.uint8).reshape(-1, 2), int(u.size - keep.sum())
+
+
 def scale_stream_bits(d16: np.ndarray, blocks_per_row: int) -> float:
-    """Order-0 bits of the scale stream as the codec stores it (FORMAT.md: flag
-    bit 0, each scale after the first of its row replaced by its difference to
-    the previous one, so a row costs one f16 plus nb-1 zero deltas; low and high
-    bytes use separate tables)."""
-    b = d16.astype("<f2").view(np.uint8).reshape(-1, 2)
-    zeros = len(d16) * (blocks_per_row - 1)
+    """Order-0 bits of the scale stream (scale_bytes; low and high bytes use
+    separate tables)."""
+    b, zeros = scale_bytes(d16, blocks_per_row)
     bits = 0.0
     for k in range(2):
         c = np.bincount(b[:, k], minlength=256).astype(np.float64)
@@ -149,10 +190,10 @@ class RateDistortion:
             self.err2 += np.einsum("ij,ij->j", e, e, dtype=np.float64)
             self.sig2 += np.einsum("ij,ij->j", blk, blk, dtype=np.float64)
         self.hist += np.bincount(q.reshape(-1).view(np.uint8), minlength=256)
-        b = d16.astype("<f2").view(np.uint8).reshape(-1, 2)
+        b, zeros = scale_bytes(d16, self.cols // QK)
         for k in range(2):
             self.scale_hist[k] += np.bincount(b[:, k], minlength=256)
-            self.scale_hist[k, 0] += len(d16) * (self.cols // QK - 1)   # zero row deltas
+            self.scale_hist[k, 0] += zeros      # zero row deltas
         self.n += q.size
 
     def result(self) -> QuantStats:
