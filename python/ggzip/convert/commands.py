@@ -88,7 +88,7 @@ def register(sub) -> None:
         description="Quantize a F32/F16/BF16 GGUF (or a quantized one, dequantized first) "
                     "into Q8_0 blocks whose symbols are chosen for the rANS coder: "
                     "activation-aware rescaling folded into the model, optional pruning, "
-                    "one step per row, rate-controlled.")
+                    "one step per row (outlier blocks their own), rate-controlled.")
     p.add_argument("input", help="input GGUF (F32/F16/BF16, or quantized: dequantized first)")
     p.add_argument("output", help="output ggzip GGUF (Q8_0 tensors rANS-coded; written atomically)")
     p.add_argument("--alpha", type=float, default=None,
