@@ -156,7 +156,8 @@ class Inputs:
         if method.startswith(("Q", "IQ")):
             if self.ref is None:
                 self.ref = GGUFModel(self.f32)
-            res["snr"], res["lossless"] = weight_snr(self.ref, path)
+            snr = weight_snr(self.ref, path)
+            res["snr"], res["lossless"] = snr["snr"], snr["lossless"]
         atomic(cache, lambda t: t.write_text(json.dumps(res, indent=1)))
         return res
 
