@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from ggzip.errors import GGZipError
-from ggzip.plan.plan import (HEADROOM, MiB, Calibration, Run, budget_for, choose, eligible_items,
-                             parse_size, predict)
+from ggzip.plan.plan import MiB, Calibration, Run, choose, eligible_items, parse_size, predict
 from ggzip.plan.spec import MAX_SPEC, compress_spec, selected
 
 from tinymodels import N_LAYER, tiny_weights, write_tiny
@@ -120,29 +119,21 @@ def test_choose_fits_the_budget_and_prefers_the_cheap_kind(tiny_ggzip):
     cal = _calibration(items, {k: (1.0 if k == "ffn" else 50.0) for k in kinds}, 100 * MiB)
     names = [i.name for i in items]
     ffn_saving = sum(i.saving for i in items if i.kind == "ffn")
-    kept, spec = choose(items, cal, 100 * MiB - ffn_saving // 2, headroom=0)
+    kept, spec = choose(items, cal, 100 * MiB - ffn_saving // 2)
     assert kept and {i.kind for i in kept} == {"ffn"}       # half the FFN saving: FFN only
     assert selected(spec, names) == {i.name for i in kept}
     assert predict(cal, kept)[0] <= 100 * MiB - ffn_saving // 2
     assert choose(items, cal, 200 * MiB) == ([], "none")     # fits as it is
-    kept, spec = choose(items, cal, predict(cal, items)[0], headroom=0)  # only everything fits
+    kept, spec = choose(items, cal, predict(cal, items)[0])  # only everything fits
     assert spec == "all" and len(kept) == len(items)
-    # by default 5% of the budget stays free: the same budget now keeps more
-    budget = budget_for(100 * MiB - ffn_saving // 2)
-    kept, _ = choose(items, cal, budget)
-    assert predict(cal, kept)[0] <= budget * (1 - HEADROOM) < predict(cal, kept[:-1])[0]
 
 
 def test_choose_names_the_smallest_feasible_size(tiny_ggzip):
     items = eligible_items(tiny_ggzip)
     cal = _calibration(items, {i.kind: 1.0 for i in items}, 100 * MiB)
-    peak = predict(cal, items)[0]
-    smallest = budget_for(peak)                     # 5% of it left free
-    assert smallest * (1 - HEADROOM) >= peak > (smallest - 1) * (1 - HEADROOM)
+    smallest = predict(cal, items)[0]
     with pytest.raises(GGZipError, match=rf"smallest feasible size.*\({smallest} bytes\)"):
         choose(items, cal, smallest - 1)
-    kept, spec = choose(items, cal, smallest)
-    assert spec == "all"
 
 
 def test_plain_gguf_has_nothing_to_keep(tmp_path):

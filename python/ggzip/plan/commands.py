@@ -17,8 +17,6 @@ def register(subparsers) -> None:
                    help="peak RSS budget: bytes, or K/M/G (KiB/MiB/GiB), KB/MB/GB (powers of 1000): 300M, 0.5G")
     p.add_argument("-t", "--threads", type=int, default=None, help="threads to run with (default: all cores)")
     p.add_argument("-c", "--ctx", type=int, default=DEFAULT_CTX, help=f"context size (default {DEFAULT_CTX})")
-    p.add_argument("--headroom", type=float, default=None, metavar="SHARE",
-                   help="share of SIZE left free for the prediction's error (default 0.05)")
     p.add_argument("--spec", action="store_true", help="print only the SPEC")
     p.add_argument("--recalibrate", action="store_true", help="measure again instead of using the cache")
     p.add_argument("--rounds", type=int, default=1,
@@ -28,13 +26,10 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..errors import GGZipError
-    from .plan import HEADROOM, format_plan, plan
+    from .plan import format_plan, plan
     if args.threads is not None and args.threads < 1 or args.ctx < 1:
         raise GGZipError("--threads and --ctx must be >= 1")
-    headroom = HEADROOM if args.headroom is None else args.headroom
-    if not 0 <= headroom < 1:
-        raise GGZipError(f"--headroom {headroom:g}: must be in [0, 1)")
     p = plan(args.model, args.memory, threads=args.threads, ctx=args.ctx, recalibrate=args.recalibrate,
-             rounds=args.rounds, headroom=headroom)
+             rounds=args.rounds)
     print(p.spec if args.spec else format_plan(p))
     return 0

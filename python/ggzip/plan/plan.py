@@ -16,10 +16,7 @@ Model, for a kept set K:
   o = bytes a kept tensor costs beyond its frame, fitted on the keep-all run (about
   60 KiB on SmolLM2: without it keep-all is predicted 6% low, with it every kind's
   run is predicted within 1%); the kind runs check it (printed when more than 5% off).
-Choice: the least predicted generation time with predicted peak RSS <= (1 - HEADROOM)
-x budget (the rest is left free for the prediction's error: under a cgroup limit the
-measured peak ran up to 9% above it, and a plan made to the byte then pages its own
-libraries and frames in and out, 40% slower than predicted on SmolLM2), found
+Choice: the least predicted generation time with predicted peak RSS <= budget, found
 greedily: units of one kind in one layer (a whole kind for tensors outside blk.N),
 the kinds in order of bytes saved per added second, layers in ascending order within
 a kind (so that the SPEC of a partial kind is a short layer range), taken until the
@@ -48,7 +45,6 @@ from .spec import SpecTooLong, compress_spec, selected
 MiB = 1 << 20
 KINDS = ("attn", "ffn", "embd", "output", "other")
 CALIBRATION_VERSION = 2        # bump when the cached calibration's meaning changes
-HEADROOM = 0.05                # share of the budget a plan leaves free (module doc)
 _BLK = re.compile(r"^blk\.(\d+)\.(.+)$")
 _KEEP_LOG = re.compile(r"keeping (\d+) of (\d+) frames")
 
@@ -302,7 +298,6 @@ class Plan:
     gen_ms: float               # predicted ms per generated token
     prompt_s: float             # predicted seconds for the n_prompt prompt
     notes: list                 # cross-checks worth printing
-    headroom: float = HEADROOM  # share of the budget left free
 
     @property
     def gen_tps(self) -> float:
@@ -326,25 +321,18 @@ def predict(cal: Calibration, kept: list) -> tuple:
     return peak, gen, prompt
 
 
-def budget_for(peak: int, headroom: float = HEADROOM) -> int:
-    """The smallest budget whose (1 - headroom) share holds a predicted peak."""
-    return -(-peak * 1000 // round((1 - headroom) * 1000))
-
-
-def choose(items: list, cal: Calibration, budget: int, headroom: float = HEADROOM) -> tuple:
-    """(kept Items, SPEC) for a budget in bytes, of which the plan uses the
-    (1 - headroom) share (see the module doc); GGZipError naming the smallest
-    feasible size when even keeping everything does not fit."""
+def choose(items: list, cal: Calibration, budget: int) -> tuple:
+    """(kept Items, SPEC) for a budget in bytes (see the module doc); GGZipError
+    naming the smallest feasible size when even keeping everything does not fit."""
     names = [i.name for i in items]
     # a tensor whose frame saves less than a kept tensor's overhead never helps
     pool = [i for i in items if i.saving > cal.keep_overhead]
-    smallest = budget_for(predict(cal, pool)[0], headroom)
+    smallest = predict(cal, pool)[0]
     if budget < smallest:
         raise GGZipError(f"{cal.model}: {fmt_mib(budget)} is below the smallest feasible size, "
                          f"{fmt_mib(smallest)} ({smallest} bytes) with every eligible tensor kept compressed "
-                         f"(threads {cal.threads}, ctx {cal.ctx}, {headroom:.0%} of it left free): "
-                         f"give --memory {smallest // MiB + 1}M or more")
-    need = cal.runs["none"].peak_rss - (budget - budget * headroom)
+                         f"(threads {cal.threads}, ctx {cal.ctx}): give --memory {smallest // MiB + 1}M or more")
+    need = cal.runs["none"].peak_rss - budget
     if need <= 0:
         return [], "none"
 
@@ -384,17 +372,14 @@ def choose(items: list, cal: Calibration, budget: int, headroom: float = HEADROO
 
 
 def plan(model_path, memory, threads: Optional[int] = None, ctx: int = DEFAULT_CTX, n_prompt: int = 128,
-         n_gen: int = 64, recalibrate: bool = False, progress: bool = True, rounds: int = 1,
-         headroom: float = HEADROOM) -> Plan:
+         n_gen: int = 64, recalibrate: bool = False, progress: bool = True, rounds: int = 1) -> Plan:
     """Plan model_path for a peak RSS of `memory` (bytes or a size string like '300M')
-    with `threads` threads and a context of `ctx` tokens, leaving `headroom` of it
-    free.  Calibrates on first use (`rounds` passes, see calibrate)."""
+    with `threads` threads and a context of `ctx` tokens.  Calibrates on first use
+    (`rounds` passes, see calibrate)."""
     budget = parse_size(memory)
-    if not 0 <= headroom < 1:
-        raise GGZipError(f"headroom {headroom} must be in [0, 1)")
     cal = calibrate(model_path, threads, ctx, n_prompt, n_gen, recalibrate, progress, rounds)
     items = eligible_items(model_path)
-    kept, spec = choose(items, cal, budget, headroom)
+    kept, spec = choose(items, cal, budget)
     peak, gen, prompt = predict(cal, kept)
     notes = []
     for label, run in cal.runs.items():   # the model against every calibration run
@@ -405,7 +390,7 @@ def plan(model_path, memory, threads: Optional[int] = None, ctx: int = DEFAULT_C
         if label == "all" and abs(pred_gen - run.gen_ms) > 0.05 * run.gen_ms:
             notes.append(f"generation with all kept: predicted {pred_gen:.1f} ms/token, measured {run.gen_ms:.1f} "
                          "(the kinds' costs do not add up exactly)")
-    return Plan(str(model_path), budget, items, kept, spec, cal, peak, gen, prompt, notes, headroom)
+    return Plan(str(model_path), budget, items, kept, spec, cal, peak, gen, prompt, notes)
 
 
 def format_plan(p: Plan) -> str:
@@ -423,8 +408,8 @@ def format_plan(p: Plan) -> str:
                  f"-> {fmt_mib(sum(i.frame for i in p.kept))} of frames); decoded at load: {len(rest)} "
                  f"({fmt_mib(sum(i.decoded for i in rest))})")
     none, all_ = cal.runs["none"], cal.runs["all"]
-    lines.append(f"predicted peak RSS {fmt_mib(p.peak_rss)} for a budget of {fmt_mib(p.budget)}, "
-                 f"{p.headroom:.0%} of it left free (measured: keep none {fmt_mib(none.peak_rss)}, keep all {fmt_mib(all_.peak_rss)})")
+    lines.append(f"predicted peak RSS {fmt_mib(p.peak_rss)} for a budget of {fmt_mib(p.budget)} "
+                 f"(measured: keep none {fmt_mib(none.peak_rss)}, keep all {fmt_mib(all_.peak_rss)})")
     lines.append(f"predicted prompt {p.prompt_tps:.1f} tokens/s, generation {p.gen_tps:.1f} tokens/s "
                  f"(measured keep none: {cal.n_prompt / none.prompt_s:.1f} / {1e3 / none.gen_ms:.1f}, "
                  f"keep all: {cal.n_prompt / all_.prompt_s:.1f} / {1e3 / all_.gen_ms:.1f})")
