@@ -156,8 +156,7 @@ class Inputs:
         if method.startswith(("Q", "IQ")):
             if self.ref is None:
                 self.ref = GGUFModel(self.f32)
-            snr = weight_snr(self.ref, path)
-            res["snr"], res["lossless"] = snr["snr"], snr["lossless"]
+            res.update(snr_fields(self.ref, path))
         atomic(cache, lambda t: t.write_text(json.dumps(res, indent=1)))
         return res
 
@@ -168,6 +167,13 @@ class Inputs:
         source's Q8_0 tensors: Gemma-3-270M's token embedding, 63% of its weights)."""
         share = self.kld.get(method, {}).get("lossless", 0)
         return share >= REGRID_SHARE or share - self.kld["Q8_0"]["lossless"] >= REGRID_EXTRA
+
+
+def snr_fields(ref: GGUFModel, path: Path) -> dict:
+    """bench_rd's weight SNR of path against ref: the size-weighted mean SNR (dB)
+    and the share of weights re-coded without loss (flattered() reads it)."""
+    snr = weight_snr(ref, path)
+    return {"snr": snr["snr"], "lossless": snr["lossless"]}
 
 
 # ---- runs under a memory limit ---------------------------------------------------

@@ -223,3 +223,17 @@ def test_plan_predicts_the_measured_peak_rss(smol_ggzip, tmp_path, monkeypatch):
         f"measured peak RSS {m.peak_rss / MiB:.1f} MiB, predicted {p.peak_rss / MiB:.1f} MiB"
     with pytest.raises(GGZipError, match="smallest feasible size"):
         plan(smol_ggzip, all_ // 2, progress=False, **kw)
+
+
+def test_bench_memory_reads_bench_rd_weight_snr(tmp_path):
+    """scripts/bench_memory.py takes its SNR and lossless share from bench_rd's
+    weight_snr (a change of its return type once broke the benchmark unseen):
+    a file against itself is all lossless, at bench_rd's SNR cap."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import bench_memory
+    from bench_rd import SNR_CAP
+    from ggzip.convert import GGUFModel
+    f32 = tmp_path / "tiny.gguf"
+    write_tiny("llama", f32)
+    assert bench_memory.snr_fields(GGUFModel(f32), f32) == {"snr": SNR_CAP, "lossless": 1.0}
