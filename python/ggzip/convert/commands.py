@@ -143,8 +143,9 @@ def register(sub) -> None:
                    help="error feedback (GPTQ-style): each weight's rounding error is pushed onto "
                         "the weights of its row not yet quantized, through the input covariance "
                         "of ggzip's numpy forward pass over --calib-text (llama, qwen2, qwen3, "
-                        "gemma3, gemma-embedding); lowers the KL divergence at the same size, converts slower "
-                        "and holds every covariance in memory (8 x cols^2 bytes per input)")
+                        "gemma3, gemma-embedding); lowers the KL divergence at the same size, "
+                        "converts slower and holds every covariance in memory (8 x cols^2 bytes "
+                        "per input)")
     p.add_argument("--rdo", type=float, default=0.0, metavar="K",
                    help="rate-distortion optimised rounding: each weight takes, of its two "
                         "neighbouring grid points, the one minimising error + K x its code "

@@ -162,15 +162,17 @@ def tokenize(model, text: str) -> list[int]:
 def activation_stats(model, ids, n_ctx: int = 512, progress=None,
                      probe=None, cov: dict | None = None) -> dict[str, np.ndarray]:
     """{weight name: E[x^2] per input column} of a model of CALIB_ARCHS on
-    token ids.  model: has .arch, .kv, .tensors and .float32(name) (GGUFModel).  probe: None, or an object whose see(layer, what, array) is
-    given, in each layer and chunk, the input of attn_q ("attn_q", tokens x
-    n_embd), the input of attn_output ("attn_output"), act(gate x) ("ffn_act",
-    tokens x n_ff) and up x ("ffn_up"), and whose layer_done(layer) is called
-    when every chunk has passed that layer.  cov: None, or a dict that gets
-    {weight name: E[x x^T] of its input, float64 cols x cols}, the second moments
-    error feedback needs (quantize/feedback.py); weights sharing an input
-    (attn_q/k/v, ffn_gate/up) share one array, and the output head (or the tied
-    token embedding) gets the final normed hidden state's."""
+    token ids.  model: has .arch, .kv, .tensors and .float32(name) (GGUFModel).
+    probe: None, or an object whose see(layer, what, array) is given, in each layer
+    and chunk, the input of attn_q ("attn_q", tokens x n_embd), the input of
+    attn_output ("attn_output"), act(gate x) ("ffn_act", tokens x n_ff) and up x
+    ("ffn_up"), and whose layer_done(layer) is called when every chunk has passed
+    that layer.  cov: None, or a dict that gets {weight name: E[x x^T] of its input,
+    float64 cols x cols}, the second moments error feedback needs
+    (quantize/feedback.py); weights sharing an input (attn_q/k/v, ffn_gate/up) share
+    one array, and the output head (or the tied token embedding) gets the final
+    normed hidden state's.
+    """
     return _run(model, ids, n_ctx, progress, want=None, probe=probe, cov=cov)[0]
 
 
@@ -326,7 +328,8 @@ def _run(model, ids, n_ctx, progress, want, probe=None, cov=None):
                 mask = np.zeros((T, T), bool)
                 if swa[il]:
                     half = n_swa // 2
-                    mask = np.triu(np.ones((T, T), bool), half + 1) | np.tril(np.ones((T, T), bool), -half - 1)
+                    ones = np.ones((T, T), bool)
+                    mask = np.triu(ones, half + 1) | np.tril(ones, -half - 1)
             a[:, mask] = -np.inf
             a = np.exp(a - a.max(axis=-1, keepdims=True))
             a /= a.sum(axis=-1, keepdims=True)

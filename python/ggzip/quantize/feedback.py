@@ -9,7 +9,8 @@ H^-1 (H^-1 = U^T U), after quantizing column j:
     e = (w_j - w_hat_j) / U[j, j];   w[j+1:] -= e * U[j, j+1:]
 
 The grid is the one ggzip codes anyway: one f16 step per row, or per block where
-a block escapes (q8.row_steps), so the symbols stay Q8_0 blocks and the entropy coder sees the same kind of
+a block escapes (q8.row_steps), so the symbols stay Q8_0 blocks and the entropy
+coder sees the same kind of
 histogram.  Rows are independent (same H), so a tensor is done chunk by chunk;
 columns go in blocks whose pending updates are applied at once (a matrix
 product) to the columns right of the block.
@@ -72,8 +73,9 @@ def quantize_feedback(w: np.ndarray, d16: np.ndarray, u: np.ndarray | None,
                       theta: float = 0.0, block: int = BLOCK, inner: int = INNER,
                       lengths: np.ndarray | None = None, rdo: float = 0.0) -> np.ndarray:
     """int8 symbols of the (rows, cols) float32 rows w on their f16 steps d16
-    (per row, or per block: (rows, cols/32)), with error feedback through u = feedback_factor(H) (None: no feedback, for
-    rounding by rdo alone).  Same rounding rule as
+    (per row, or per block: (rows, cols/32)), with error feedback through
+    u = feedback_factor(H) (None: no feedback, for rounding by rdo alone).
+    Same rounding rule as
     q8.quantize_rows (half away from zero, minus the dead-zone offset theta),
     clipped to +-127 (feedback may push a weight past its row's absmax).
     Works on w transposed, so a column is contiguous; updates go column by
@@ -86,7 +88,11 @@ def quantize_feedback(w: np.ndarray, d16: np.ndarray, u: np.ndarray | None,
     trades bits and error at the rate they trade anyway."""
     wt = np.array(w.T, np.float32, order="C")          # (cols, rows)
     cols, rows = wt.shape
+    # steps per row, or per block transposed: block j // 32 of every row is a
+    # contiguous row of these, read once per column without a copy
     ds = d16.astype(np.float32)
+    if ds.ndim == 2:
+        ds = np.ascontiguousarray(ds.T)
     invs = (1.0 / ds).astype(np.float32)
     off = np.float32(0.5 - theta)
     qt = np.empty((cols, rows), np.int8)
@@ -98,7 +104,7 @@ def quantize_feedback(w: np.ndarray, d16: np.ndarray, u: np.ndarray | None,
             i1 = min(b1, i0 + inner)
             for j in range(i0, i1):
                 col = wt[j]
-                d, inv = (ds, invs) if ds.ndim == 1 else (ds[:, j // QK], invs[:, j // QK])
+                d, inv = (ds, invs) if ds.ndim == 1 else (ds[j // QK], invs[j // QK])
                 if mu:
                     r = np.abs(col) * inv
                     lo_ = np.minimum(np.floor(r), QMAX - 1)
