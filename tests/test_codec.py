@@ -396,7 +396,8 @@ def test_cdef_functions_match_header(tmp_path):
 def test_python_constants_match_header(tmp_path):
     from ggzip.codec._native import EXPECTED_VERSION
     C = codec_constants
-    want = {"GGZ_FRAME_MAGIC": C.FRAME_MAGIC, "GGZ_FORMAT_VERSION": C.FORMAT_VERSION, "GGZ_LANES": C.LANES,
+    want = {"GGZ_FRAME_MAGIC": C.FRAME_MAGIC, "GGZ_FORMAT_VERSION": C.FORMAT_VERSION,
+            "GGZ_FORMAT_VERSION_TRELLIS": C.FORMAT_VERSION_TRELLIS, "GGZ_LANES": C.LANES,
             "GGZ_PROB_BITS": C.PROB_BITS, "GGZ_RANS_L": C.RANS_L, "GGZ_FRAME_HEADER_SIZE": C.FRAME_HEADER_SIZE,
             "GGZ_DEFAULT_CHUNK": C.DEFAULT_CHUNK, "GGZ_MAX_STREAMS": C.MAX_STREAMS,
             "GGZ_LAYOUT_COUNT": len(C.LAYOUT_IDS), "GGZ_ERR_MAX": len(C.ERRORS),

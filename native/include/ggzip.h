@@ -26,13 +26,14 @@ extern "C" {
 #endif
 
 #define GGZ_VERSION_MAJOR 0
-#define GGZ_VERSION_MINOR 4
+#define GGZ_VERSION_MINOR 5
 #define GGZ_VERSION_PATCH 0
 #define GGZ_VERSION_NUMBER (GGZ_VERSION_MAJOR * 10000 + GGZ_VERSION_MINOR * 100 + GGZ_VERSION_PATCH)
 
 /* ---- format constants (FORMAT.md) ------------------------------------ */
 #define GGZ_FRAME_MAGIC      0x315A4747u /* "GGZ1" little endian */
 #define GGZ_FORMAT_VERSION   1
+#define GGZ_FORMAT_VERSION_TRELLIS 2  /* frames with trellis-coded Q8_0 symbols; readers take both */
 #define GGZ_LANES            32          /* interleaved rANS states, part of the format */
 #define GGZ_PROB_BITS        12          /* frequencies sum to 1 << GGZ_PROB_BITS */
 #define GGZ_RANS_L           (1u << 16)  /* lower bound of a state; renormalise by 16 bits */
@@ -115,6 +116,8 @@ typedef struct {
     size_t   row_size;     /* bytes of one row; chunks hold whole rows (0 = whole tensor) */
     size_t   chunk_size;   /* target raw bytes per chunk (0 = GGZ_DEFAULT_CHUNK)          */
     int      n_threads;    /* encoder threads (<=0: 1)                                     */
+    int      trellis;      /* Q8_0 only: code the symbols by trellis state (ggz_tcq_quantize's
+                              levels; any levels decode right, these cost a bit less each) */
 } ggz_params;
 
 /*! ggz_frame_bound() : @return the largest frame ggz_encode_tensor() can produce
@@ -286,6 +289,26 @@ void ggz_sparse_axpy(const void * wt, size_t row_bytes, const int32_t * idx, int
  *  output 32*b0 */
 void ggz_sparse_tmm(const void * wt, size_t row_bytes, int64_t n_in, const float * X, size_t ldx,
                     int64_t n_tok, int64_t b0, int64_t b1, float * Y, size_t ldy);
+
+/* ---- trellis-coded quantization (encoder side) ------------------------ */
+/* The state machine of a trellis-coded Q8_0 symbol stream (FORMAT.md): each
+ * lane starts a chunk in state 0; states 0-1 (class 0) code even levels and
+ * states 2-3 (class 1) odd ones, each class with its own table; after a level
+ * L the lane goes to GGZ_TCQ_NEXT[state][(L >> 1) & 1]. */
+#define GGZ_TCQ_STATES 4
+#define GGZ_TCQ_NEXT { {0, 2}, {2, 0}, {1, 3}, {3, 1} }
+
+/*! ggz_tcq_quantize() : the int8 levels q (rows x cols, row major) of the
+ *  weights w on steps `steps` (one per Q8_0 block: rows x cols/32 floats)
+ *  along the trellis path minimising sum (w/d - L)^2 + mu * bits[class][L]
+ *  (bits: 2 x 256 floats indexed by the level's byte; may be NULL if mu = 0),
+ *  each lane restarting in state 0 every rows_per_chunk rows (the frame's
+ *  chunks).  counts (2 x 256, may be NULL) receives the histogram of the
+ *  levels by class.  cols must be a multiple of 32; |w/d| <= 127 keeps every
+ *  level within [-127, 127].  @return 0 or an error code */
+size_t ggz_tcq_quantize(const float * w, size_t rows, size_t cols, const float * steps,
+                        size_t rows_per_chunk, float mu, const float * bits,
+                        int8_t * q, uint64_t * counts);
 
 /* ---- helpers ------------------------------------------------------------ */
 /*! ggz_crc32c() : CRC-32C (Castagnoli) of buf, continuing from crc (0 to start) */

@@ -62,8 +62,12 @@ static ggz_stream stream_desc(const frame_hdr * h, const dtabs * d, unsigned s, 
  * rANS kernels take the CRC in the same pass as the decode). */
 static int decode_stream(const frame_hdr * h, unsigned s, const ggz_stream * st, uint32_t * crc)
 {
-    if (h->mode[s] == MODE_RANS)
-        return ggz_decoder()->decode(st->src, st->size, st->dst, st->n, st->stride, st->tabs, st->period, crc);
+    if (h->mode[s] == MODE_RANS) {
+        const ggz_kernel * k = ggz_decoder();
+        const ggz_decode_fn fn = (s == 0 && (h->flags & FLAG_TRELLIS))
+            ? (k->decode_tcq ? k->decode_tcq : ggz_decode_tcq_scalar) : k->decode;
+        return fn(st->src, st->size, st->dst, st->n, st->stride, st->tabs, st->period, crc);
+    }
     *crc = ggz_crc32c(*crc, st->src, st->size);
     if (st->stride == GGZ_LANES) memcpy(st->dst, st->src, st->n);
     else for (size_t b = 0; b < st->n / Q8_0_QK; b++) memcpy(st->dst + b * st->stride, st->src + b * Q8_0_QK, Q8_0_QK);

@@ -17,6 +17,12 @@ static size_t plan(frame_hdr * h, size_t raw_size, const ggz_params * p)
     h->layout = p->layout;
     h->n_streams = ggz_layout_streams[p->layout];
     for (unsigned s = 0; s < h->n_streams; s++) h->period[s] = ggz_layout_period[p->layout][s];
+    if (p->trellis) {
+        if (p->layout != GGZ_LAYOUT_Q8_0) return GGZ_ERROR(PARAM);
+        h->flags |= FLAG_TRELLIS;
+        h->period[0] = 2;           /* a table per trellis class */
+    }
+    h->version = p->trellis ? GGZ_FORMAT_VERSION_TRELLIS : GGZ_FORMAT_VERSION;
     const unsigned unit = ggz_layout_unit[p->layout];
     const size_t row = p->row_size ? p->row_size : unit;
     if (row % unit || raw_size % row) return GGZ_ERROR(PARAM);
@@ -112,19 +118,27 @@ static int encode_chunk(const frame_hdr * h, const uint8_t * src, ggz_etab * con
             q8_scales_gather(tmp, src, (size_t)((uint64_t)j * h->chunk_raw / Q8_0_BLOCK), nb,
                              h->row_size / Q8_0_BLOCK, h->flags & FLAG_SCALE_DELTA);
             if (h->mode[s] == MODE_RAW) { memcpy(out, tmp, n); sizes[s] = n; }
-            else sizes[s] = enc(tmp, n, GGZ_LANES, et[s], h->period[s], out, cap);
+            else sizes[s] = enc(tmp, n, GGZ_LANES, et[s], h->period[s], NULL, out, cap);
             free(tmp);
         } else if (h->layout == GGZ_LAYOUT_Q8_0) {
             if (h->mode[s] == MODE_RAW) {
                 for (size_t b = 0; b < n / Q8_0_QK; b++)
                     memcpy(out + b * Q8_0_QK, in + b * Q8_0_BLOCK + 2, Q8_0_QK);
                 sizes[s] = n;
+            } else if (h->flags & FLAG_TRELLIS) {
+                /* each symbol's table is its lane's trellis class, known from
+                 * the symbols before it: found forwards, coded backwards */
+                uint8_t * cls = malloc(n ? n : 1);
+                if (!cls) return GGZ_ERR_ALLOC;
+                ggz_q8_tcq_classes(in, n / Q8_0_QK, n / Q8_0_QK, cls, NULL);
+                sizes[s] = enc(in + 2, n, Q8_0_BLOCK, et[s], h->period[s], cls, out, cap);
+                free(cls);
             } else {
-                sizes[s] = enc(in + 2, n, Q8_0_BLOCK, et[s], h->period[s], out, cap);
+                sizes[s] = enc(in + 2, n, Q8_0_BLOCK, et[s], h->period[s], NULL, out, cap);
             }
         } else {
             if (h->mode[s] == MODE_RAW) { memcpy(out, in, n); sizes[s] = n; }
-            else sizes[s] = enc(in, n, GGZ_LANES, et[s], h->period[s], out, cap);
+            else sizes[s] = enc(in, n, GGZ_LANES, et[s], h->period[s], NULL, out, cap);
         }
         if (ggz_is_error(sizes[s])) return (int)ggz_error_code(sizes[s]);
         pos += sizes[s];
@@ -171,6 +185,10 @@ static void count_symbols(frame_hdr * h, const uint8_t * src, hist_t * hist)
 {
     if (h->layout == GGZ_LAYOUT_Q8_0) {
         ggz_q8_histograms(hist, src, h->raw_size / Q8_0_BLOCK, h->row_size / Q8_0_BLOCK);
+        if (h->flags & FLAG_TRELLIS) {   /* the symbols by class instead */
+            memset(hist[0], 0, sizeof(hist_t));
+            ggz_q8_tcq_classes(src, h->raw_size / Q8_0_BLOCK, h->chunk_raw / Q8_0_BLOCK, NULL, hist[0]);
+        }
         if (ggz_scale_bits(hist[2]) < ggz_scale_bits(hist[1])) {
             h->flags |= FLAG_SCALE_DELTA;
             memcpy(hist[1], hist[2], sizeof(hist_t));
@@ -260,7 +278,7 @@ static void write_index(const frame_hdr * h, uint8_t * index, const uint8_t * da
 static void write_header(const frame_hdr * h, uint8_t * dst, const uint8_t * data)
 {
     ggz_wr32(dst + 0, GGZ_FRAME_MAGIC);
-    dst[4] = GGZ_FORMAT_VERSION;
+    dst[4] = (uint8_t)h->version;
     dst[5] = (uint8_t)h->layout;
     dst[6] = (uint8_t)h->flags;
     dst[7] = (uint8_t)h->n_streams;

@@ -5,13 +5,15 @@
 const unsigned ggz_layout_unit[GGZ_LAYOUT_COUNT]    = { 1, Q8_0_BLOCK, 2, 4 };
 const unsigned ggz_layout_streams[GGZ_LAYOUT_COUNT] = { 1, 2, 1, 1 };
 const unsigned ggz_layout_period[GGZ_LAYOUT_COUNT][GGZ_MAX_STREAMS] = { {1, 0}, {1, 2}, {2, 0}, {4, 0} };
+const uint8_t ggz_tcq_next[GGZ_TCQ_STATES][2] = GGZ_TCQ_NEXT;
 
 size_t ggz_frame_parse(frame_hdr * h, const uint8_t * src, size_t size)
 {
     memset(h, 0, sizeof(*h));
     if (!src || size < GGZ_FRAME_HEADER_SIZE) return GGZ_ERROR(SRC_TRUNCATED);
     if (ggz_rd32(src) != GGZ_FRAME_MAGIC) return GGZ_ERROR(BAD_MAGIC);
-    if (src[4] != GGZ_FORMAT_VERSION) return GGZ_ERROR(VERSION);
+    const unsigned version = src[4];
+    if (version != GGZ_FORMAT_VERSION && version != GGZ_FORMAT_VERSION_TRELLIS) return GGZ_ERROR(VERSION);
     h->layout = src[5];
     h->flags = src[6];
     h->n_streams = src[7];
@@ -20,7 +22,11 @@ size_t ggz_frame_parse(frame_hdr * h, const uint8_t * src, size_t size)
     h->rows_per_chunk = ggz_rd32(src + 20);
     h->n_chunks = ggz_rd32(src + 24);
     if (h->layout >= GGZ_LAYOUT_COUNT || h->n_streams != ggz_layout_streams[h->layout]) return GGZ_ERROR(HEADER);
-    if (h->flags & ~FLAG_SCALE_DELTA) return GGZ_ERROR(HEADER);
+    if (h->flags & ~(FLAG_SCALE_DELTA | FLAG_TRELLIS)) return GGZ_ERROR(HEADER);
+    /* version 2 is exactly the frames with trellis-coded Q8_0 symbols */
+    if (((h->flags & FLAG_TRELLIS) != 0) != (version == GGZ_FORMAT_VERSION_TRELLIS) ||
+        ((h->flags & FLAG_TRELLIS) && h->layout != GGZ_LAYOUT_Q8_0)) return GGZ_ERROR(HEADER);
+    h->version = version;
     if (!h->row_size || h->row_size % ggz_layout_unit[h->layout] || h->raw_size % h->row_size) return GGZ_ERROR(HEADER);
     if (!h->rows_per_chunk || (uint64_t)h->rows_per_chunk * h->row_size > (1u << 30)) return GGZ_ERROR(HEADER);
     /* n_chunks (a u32) must be exactly the chunks the rows fill, so raw_size is
@@ -34,7 +40,7 @@ size_t ggz_frame_parse(frame_hdr * h, const uint8_t * src, size_t size)
 
     size_t pos = GGZ_FRAME_HEADER_SIZE;
     for (unsigned s = 0; s < h->n_streams; s++) {
-        h->period[s] = ggz_layout_period[h->layout][s];
+        h->period[s] = (s == 0 && (h->flags & FLAG_TRELLIS)) ? 2 : ggz_layout_period[h->layout][s];
         if (pos >= size) return GGZ_ERROR(SRC_TRUNCATED);
         h->mode[s] = src[pos++];
         if (h->mode[s] > MODE_RANS) return GGZ_ERROR(HEADER);
@@ -78,7 +84,7 @@ size_t ggz_frame_info_get(const void * src, size_t srcSize, ggz_frame_info * inf
     const size_t r = ggz_frame_parse(&h, src, srcSize);
     if (ggz_is_error(r)) return r;
     if (info) {
-        info->version = GGZ_FORMAT_VERSION;
+        info->version = (int)h.version;
         info->layout = h.layout;
         info->raw_size = h.raw_size;
         info->frame_size = h.frame_size;

@@ -8,6 +8,7 @@
 
 enum { MODE_RAW = 0, MODE_RANS = 1 };   /* how a stream is stored */
 #define FLAG_SCALE_DELTA 1u             /* Q8_0 scales coded as row differences */
+#define FLAG_TRELLIS     2u             /* Q8_0 symbols coded by trellis state (version 2) */
 #define Q8_0_BLOCK 34
 #define Q8_0_QK    32
 
@@ -19,6 +20,7 @@ extern const unsigned ggz_layout_period[GGZ_LAYOUT_COUNT][GGZ_MAX_STREAMS];
 /* Everything the header, descriptors and index say, checked. */
 typedef struct {
     int       layout;
+    unsigned  version;
     unsigned  flags, n_streams;
     unsigned  period[GGZ_MAX_STREAMS];
     unsigned  mode[GGZ_MAX_STREAMS];
@@ -80,6 +82,9 @@ void   ggz_hist_bytes(hist_t h, const uint8_t * p, size_t n, unsigned period);
  * symbols, h[1] the low and high bytes of the f16 scales (tables 0 and 1),
  * h[2] the same of the scales coded as differences along each row. */
 void   ggz_q8_histograms(hist_t * h, const uint8_t * src, size_t nb, size_t bpr);
+/* the trellis classes of the symbols of nb Q8_0 blocks (32 per block, lanes
+ * restarting every bpc blocks) into cls, or counted by class into h[cls] */
+void   ggz_q8_tcq_classes(const uint8_t * src, size_t nb, size_t bpc, uint8_t * cls, hist_t h);
 /* order-0 bits of a scale stream: its low and high bytes, a table each */
 double ggz_scale_bits(hist_t h);
 

@@ -50,6 +50,21 @@ void ggz_q8_histograms(hist_t * h, const uint8_t * src, size_t nb, size_t bpr)
     for (int s = 0; s < 256; s++) h[0][0][s] += (uint64_t)c[0][s] + c[1][s] + c[2][s] + c[3][s];
 }
 
+void ggz_q8_tcq_classes(const uint8_t * src, size_t nb, size_t bpc, uint8_t * cls, hist_t h)
+{
+    uint8_t st[Q8_0_QK];
+    for (size_t b = 0; b < nb; b++) {
+        if (b % bpc == 0) memset(st, 0, sizeof st);
+        const uint8_t * q = src + b * Q8_0_BLOCK + 2;
+        for (int l = 0; l < Q8_0_QK; l++) {
+            const unsigned c = st[l] >> 1;
+            if (cls) cls[b * Q8_0_QK + l] = (uint8_t)c;
+            if (h) h[c][q[l]]++;
+            st[l] = ggz_tcq_next[st[l]][(q[l] >> 1) & 1];
+        }
+    }
+}
+
 /* order-0 bits of a scale stream: its low and high bytes, a table each */
 double ggz_scale_bits(hist_t h) { return ggz_entropy_bits(h[0]) + ggz_entropy_bits(h[1]); }
 

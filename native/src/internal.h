@@ -78,6 +78,9 @@ void   ggz_dtab_build(uint32_t * slots, const ggz_freqs * freqs);
 /* CRC-32C by table, whatever the CPU (tests compare it with the hardware path) */
 uint32_t ggz_crc32c_portable(uint32_t crc, const void * buf, size_t size);
 
+/* frame.c: GGZ_TCQ_NEXT as an array, for the decoders and the encoder */
+extern const uint8_t ggz_tcq_next[GGZ_TCQ_STATES][2];
+
 /* ---- kernels ------------------------------------------------------------- */
 
 /* Decode one rANS stream of n symbols.  Symbol i is written to
@@ -91,9 +94,10 @@ typedef int (*ggz_decode_fn)(const uint8_t * src, size_t src_size,
                              const ggz_dtab * tabs, unsigned period, uint32_t * crc);
 
 /* Encode n symbols read from src[(i / 32) * src_stride + i % 32] into dst,
- * which must hold ggz_stream_bound(n) bytes.  @return bytes written. */
+ * which must hold ggz_stream_bound(n) bytes, symbol i with table sel[i]
+ * (trellis classes) or, sel NULL, i mod period.  @return bytes written. */
 typedef size_t (*ggz_encode_fn)(const uint8_t * src, size_t n, size_t src_stride,
-                                const ggz_etab * tabs, unsigned period,
+                                const ggz_etab * tabs, unsigned period, const uint8_t * sel,
                                 uint8_t * dst, size_t dst_capacity);
 
 /* One rANS stream to decode (arguments of ggz_decode_fn). */
@@ -113,14 +117,24 @@ typedef struct {
     const char *  name;
     int           (*available)(void);
     ggz_decode_fn decode;
+    ggz_decode_fn decode_tcq;   /* trellis-coded Q8_0 symbols; NULL: the scalar one */
 } ggz_kernel;
 
 int    ggz_decode_scalar(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned, uint32_t *);
-size_t ggz_encode_scalar(const uint8_t *, size_t, size_t, const ggz_etab *, unsigned, uint8_t *, size_t); /* rans_encode.c */
+size_t ggz_encode_scalar(const uint8_t *, size_t, size_t, const ggz_etab *, unsigned, const uint8_t *, uint8_t *, size_t); /* rans_encode.c */
+/* the decoders of trellis-coded Q8_0 symbol streams (tables 0 and 1 by class) */
+int    ggz_decode_tcq_scalar(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned, uint32_t *);
+/* whole steps of trellis-coded symbols with bounds checks (rans_scalar.c): lanes' states x,
+ * trellis states st; @return 1 when the stream runs out, else 0 */
+int    ggz_decode_tcq_lanes(uint32_t * x, uint8_t * st, const uint8_t ** pp, const uint8_t * end,
+                            uint8_t * dst, size_t steps, size_t dst_stride, const ggz_dtab * tabs);
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 int    ggz_decode_avx2(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned, uint32_t *);
+int    ggz_decode_tcq_avx2(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned, uint32_t *);
 int    ggz_decode_avx512(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned, uint32_t *);
+int    ggz_decode_tcq_avx512(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned, uint32_t *);
 int    ggz_decode_avx512vbmi(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned, uint32_t *);
+int    ggz_decode_tcq_avx512vbmi(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned, uint32_t *);
 #define GGZ_HAVE_X86 1
 #endif
 #if defined(__aarch64__) || defined(_M_ARM64)

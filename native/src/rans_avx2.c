@@ -7,3 +7,10 @@ int ggz_decode_avx2(const uint8_t * src, size_t src_size, uint8_t * dst, size_t 
 {
     return decode_x86(src, src_size, dst, n, dst_stride, tabs, period, crc);
 }
+
+int ggz_decode_tcq_avx2(const uint8_t * src, size_t src_size, uint8_t * dst, size_t n, size_t dst_stride,
+                    const ggz_dtab * tabs, unsigned period, uint32_t * crc)
+{
+    (void)period;
+    return decode_x86_tcq(src, src_size, dst, n, dst_stride, tabs, crc);
+}

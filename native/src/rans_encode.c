@@ -4,7 +4,7 @@
 #include "internal.h"
 
 size_t ggz_encode_scalar(const uint8_t * src, size_t n, size_t src_stride,
-                         const ggz_etab * tabs, unsigned period,
+                         const ggz_etab * tabs, unsigned period, const uint8_t * sel,
                          uint8_t * dst, size_t dst_capacity)
 {
     if (!n) return 0;
@@ -25,7 +25,7 @@ size_t ggz_encode_scalar(const uint8_t * src, size_t n, size_t src_stride,
         const uint8_t * in = src + k * src_stride;
         const unsigned lanes = (k == steps) ? tail : GGZ_LANES;
         for (unsigned l = lanes; l-- > 0;) {
-            const ggz_esym * e = &tabs->sym[l & pmask][in[l]];
+            const ggz_esym * e = &tabs->sym[sel ? sel[k * GGZ_LANES + l] : (l & pmask)][in[l]];
             uint32_t v = x[l];
             /* renormalise: emit the low 16 bits while v >= f << 20 (at most once) */
             const uint32_t out = v >= e->xmax;

@@ -59,3 +59,48 @@ int ggz_decode_scalar(const uint8_t * src, size_t src_size,
             return GGZ_ERR_CORRUPT;
     return ggz_decode_finish(x, p, end, dst + steps * dst_stride, (unsigned)(n % GGZ_LANES), tabs, period);
 }
+
+/* Trellis-coded Q8_0 symbols (FORMAT.md section 2): each lane decodes with the
+ * table of its state's class and moves on by bit 1 of the symbol.  n is whole
+ * steps (32 symbols a block).  The checked loop is the reference for the SIMD
+ * kernels' fast loops and finishes their streams. */
+int ggz_decode_tcq_lanes(uint32_t * x, uint8_t * st, const uint8_t ** pp, const uint8_t * end,
+                         uint8_t * dst, size_t steps, size_t dst_stride, const ggz_dtab * tabs)
+{
+    const uint8_t * p = *pp;
+    for (size_t k = 0; k < steps; k++) {
+        uint8_t * out = dst + k * dst_stride;
+        for (unsigned l = 0; l < GGZ_LANES; l++) {
+            const uint32_t e = tabs->slot[st[l] >> 1][x[l] & GGZ_PROB_MASK];
+            out[l] = (uint8_t)e;
+            st[l] = ggz_tcq_next[st[l]][(e >> 1) & 1];
+            uint32_t v = (e >> 20) * (x[l] >> GGZ_PROB_BITS) + ((e >> 8) & GGZ_PROB_MASK);
+            if (v < GGZ_RANS_L) {
+                if (GGZ_UNLIKELY(end - p < 2)) return 1;
+                v = (v << 16) | ggz_rd16(p);
+                p += 2;
+            }
+            x[l] = v;
+        }
+    }
+    *pp = p;
+    return 0;
+}
+
+int ggz_decode_tcq_scalar(const uint8_t * src, size_t src_size,
+                          uint8_t * dst, size_t n, size_t dst_stride,
+                          const ggz_dtab * tabs, unsigned period, uint32_t * crc)
+{
+    (void)period;
+    *crc = ggz_crc32c(*crc, src, src_size);
+    if (!n) return src_size ? GGZ_ERR_CORRUPT : GGZ_OK;
+    if (n % GGZ_LANES) return GGZ_ERR_CORRUPT;
+    uint32_t x[GGZ_LANES];
+    uint8_t st[GGZ_LANES] = { 0 };
+    int err = ggz_read_states(x, src, src_size);
+    if (err) return err;
+    const uint8_t * p = src + GGZ_STATE_BYTES;
+    const uint8_t * const end = src + src_size;
+    if (ggz_decode_tcq_lanes(x, st, &p, end, dst, n / GGZ_LANES, dst_stride, tabs)) return GGZ_ERR_CORRUPT;
+    return ggz_decode_finish(x, p, end, dst, 0, tabs, 2);
+}

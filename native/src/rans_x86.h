@@ -65,11 +65,10 @@ GGZ_INLINE __m256i lookup8(const uint32_t * tab, __m256i idx)
 #endif
 }
 
-GGZ_INLINE __m256i step8(__m256i x, __m256i toff, const uint32_t * tab, __m256i * sym, const uint8_t ** pp)
+/* x = D(x) from the entries e, then the renormalisation */
+GGZ_INLINE __m256i update8(__m256i x, __m256i e, const uint8_t ** pp)
 {
     const __m256i mask = _mm256_set1_epi32(GGZ_PROB_MASK);
-    const __m256i e = lookup8(tab, _mm256_add_epi32(_mm256_and_si256(x, mask), toff));
-    *sym = e;
     x = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_srli_epi32(e, 20), _mm256_srli_epi32(x, GGZ_PROB_BITS)),
                          _mm256_and_si256(_mm256_srli_epi32(e, 8), mask));
     /* lanes below L take the next words, in lane order */
@@ -85,6 +84,28 @@ GGZ_INLINE __m256i step8(__m256i x, __m256i toff, const uint32_t * tab, __m256i 
 #endif
     *pp += 2 * (size_t)_mm_popcnt_u32(m);
     return x;
+}
+
+GGZ_INLINE __m256i step8(__m256i x, __m256i toff, const uint32_t * tab, __m256i * sym, const uint8_t ** pp)
+{
+    const __m256i e = lookup8(tab, _mm256_add_epi32(_mm256_and_si256(x, _mm256_set1_epi32(GGZ_PROB_MASK)), toff));
+    *sym = e;
+    return update8(x, e, pp);
+}
+
+/* A trellis step: S holds each lane's state as 2 * state | class << 12, so
+ * that S & 4096 is the offset of its class's table and S | (bit 1 of the
+ * symbol) indexes tnext (vpermd reads the low 3 bits), whose entries are the
+ * next states in the same form.  Off the x chain: the lookup waits for x. */
+GGZ_INLINE __m256i step8_tcq(__m256i x, __m256i * S, __m256i tnext, const uint32_t * tab, __m256i * sym,
+                             const uint8_t ** pp)
+{
+    const __m256i cls = _mm256_and_si256(*S, _mm256_set1_epi32((int)GGZ_PROB_SCALE));
+    const __m256i e = lookup8(tab, _mm256_or_si256(_mm256_and_si256(x, _mm256_set1_epi32(GGZ_PROB_MASK)), cls));
+    *sym = e;
+    const __m256i b = _mm256_and_si256(_mm256_srli_epi32(e, 1), _mm256_set1_epi32(1));
+    *S = _mm256_permutevar8x32_epi32(tnext, _mm256_or_si256(*S, b));
+    return update8(x, e, pp);
 }
 
 /* The low bytes of 32 entries: the 32 symbols in lane order.  VBMI picks them
@@ -169,6 +190,63 @@ GGZ_INLINE int decode_x86(const uint8_t * src, size_t src_size, uint8_t * dst, s
         if (ggz_decode_lanes_checked(x, &p, end, dst + k * dst_stride, 0, GGZ_LANES, tabs, period))
             return GGZ_ERR_CORRUPT;
     return ggz_decode_finish(x, p, end, dst + steps * dst_stride, (unsigned)(n % GGZ_LANES), tabs, period);
+}
+
+/* ggz_decode_fn of trellis-coded Q8_0 symbols (two tables, by lane state) */
+GGZ_INLINE int decode_x86_tcq(const uint8_t * src, size_t src_size, uint8_t * dst, size_t n, size_t dst_stride,
+                              const ggz_dtab * tabs, uint32_t * crc)
+{
+    if (!n) {
+        *crc = ggz_crc32c(*crc, src, src_size);
+        return src_size ? GGZ_ERR_CORRUPT : GGZ_OK;
+    }
+    if (n % GGZ_LANES) { *crc = ggz_crc32c(*crc, src, src_size); return GGZ_ERR_CORRUPT; }
+    uint32_t x[GGZ_LANES];
+    int err = ggz_read_states(x, src, src_size);
+    if (err) return err;
+#if !defined(__AVX512VL__)
+    pthread_once(&lut_once, lut_init);
+#endif
+    const uint8_t * p = src + GGZ_STATE_BYTES;
+    const uint8_t * const end = src + src_size;
+    const uint8_t * q = src;
+    uint64_t c = ~*crc;
+    const size_t steps = n / GGZ_LANES;
+    uint32_t nx[8];
+    for (unsigned i = 0; i < 8; i++) {
+        const unsigned s = ggz_tcq_next[i >> 1][i & 1];
+        nx[i] = 2 * s | (s >> 1) << GGZ_PROB_BITS;
+    }
+    const __m256i tnext = _mm256_loadu_si256((const __m256i *)nx);
+    const uint32_t * tab = tabs->slot[0];
+    __m256i x0 = _mm256_loadu_si256((const __m256i *)x), x1 = _mm256_loadu_si256((const __m256i *)(x + 8));
+    __m256i x2 = _mm256_loadu_si256((const __m256i *)(x + 16)), x3 = _mm256_loadu_si256((const __m256i *)(x + 24));
+    __m256i S0 = _mm256_setzero_si256(), S1 = S0, S2 = S0, S3 = S0;
+    size_t k = 0;
+    for (; k < steps && end - p >= 2 * GGZ_LANES; k++) {
+        ggz_crc_step32(&c, &q, end);
+        __m256i e0, e1, e2, e3;
+        x0 = step8_tcq(x0, &S0, tnext, tab, &e0, &p);
+        x1 = step8_tcq(x1, &S1, tnext, tab, &e1, &p);
+        x2 = step8_tcq(x2, &S2, tnext, tab, &e2, &p);
+        x3 = step8_tcq(x3, &S3, tnext, tab, &e3, &p);
+        _mm256_storeu_si256((__m256i *)(dst + k * dst_stride), symbols32(e0, e1, e2, e3));
+    }
+    *crc = ggz_crc32c(~(uint32_t)c, q, (size_t)(end - q));
+    _mm256_storeu_si256((__m256i *)x, x0);
+    _mm256_storeu_si256((__m256i *)(x + 8), x1);
+    _mm256_storeu_si256((__m256i *)(x + 16), x2);
+    _mm256_storeu_si256((__m256i *)(x + 24), x3);
+    uint32_t sv[GGZ_LANES];
+    uint8_t st[GGZ_LANES];
+    _mm256_storeu_si256((__m256i *)sv, S0);
+    _mm256_storeu_si256((__m256i *)(sv + 8), S1);
+    _mm256_storeu_si256((__m256i *)(sv + 16), S2);
+    _mm256_storeu_si256((__m256i *)(sv + 24), S3);
+    for (unsigned l = 0; l < GGZ_LANES; l++) st[l] = (uint8_t)(sv[l] >> 1 & 3);
+    if (ggz_decode_tcq_lanes(x, st, &p, end, dst + k * dst_stride, steps - k, dst_stride, tabs))
+        return GGZ_ERR_CORRUPT;
+    return ggz_decode_finish(x, p, end, dst, 0, tabs, 2);
 }
 
 #endif /* GGZIP_RANS_X86_H */

@@ -48,7 +48,7 @@ size_t ggz_reader_open(ggz_reader ** out, const void * src, size_t srcSize)
 void ggz_reader_info(const ggz_reader * r, ggz_frame_info * info)
 {
     const frame_hdr * h = &r->h;
-    info->version = GGZ_FORMAT_VERSION;
+    info->version = (int)h->version;
     info->layout = h->layout;
     info->raw_size = h->raw_size;
     info->frame_size = h->frame_size;

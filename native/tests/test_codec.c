@@ -127,9 +127,11 @@ static void use(const char * k)
 
 /* ---- frames ------------------------------------------------------------- */
 
+static int enc_trellis;   /* encode() makes trellis frames (Q8_0) */
+
 static uint8_t * encode(const uint8_t * raw, size_t n, int layout, size_t row, size_t chunk, size_t * size)
 {
-    const ggz_params p = { layout, row, chunk, 1 };
+    const ggz_params p = { layout, row, chunk, 1, enc_trellis };
     const size_t cap = ggz_frame_bound(n, &p);
     uint8_t * f = malloc(cap ? cap : 1);
     const size_t r = ggz_encode_tensor(f, cap, raw, n, &p);
@@ -184,7 +186,8 @@ static void roundtrip(const char * name, const uint8_t * raw, size_t n, int layo
 
     ggz_frame_info fi;
     check(ggz_frame_info_get(frame, size, &fi) == size && fi.raw_size == n && fi.layout == layout &&
-          fi.frame_size == size && fi.version == GGZ_FORMAT_VERSION, "frame info", ctx);
+          fi.frame_size == size && fi.version == (enc_trellis ? GGZ_FORMAT_VERSION_TRELLIS : GGZ_FORMAT_VERSION),
+          "frame info", ctx);
 
     for (int k = 0; k < n_avail; k++) {
         use(avail[k]);
@@ -216,7 +219,7 @@ static void roundtrip(const char * name, const uint8_t * raw, size_t n, int layo
     free(frame);
 }
 
-typedef struct { const char * name; int layout, dist; size_t row; } layout_case;
+typedef struct { const char * name; int layout, dist; size_t row; int trellis; } layout_case;
 
 static const layout_case layouts[] = {
     { "bytes bell",        GGZ_LAYOUT_BYTES,   D_BELL,      1 },
@@ -224,6 +227,9 @@ static const layout_case layouts[] = {
     { "bytes one symbol",  GGZ_LAYOUT_BYTES,   D_SINGLE,    1 },
     { "q8_0 row scales",   GGZ_LAYOUT_Q8_0,    D_Q8_CONST,  4 * 34 },
     { "q8_0 random scales",GGZ_LAYOUT_Q8_0,    D_Q8_RANDOM, 4 * 34 },
+    /* any symbols make a valid trellis frame (the states follow the data) */
+    { "q8_0 trellis",      GGZ_LAYOUT_Q8_0,    D_Q8_CONST,  4 * 34, 1 },
+    { "q8_0 trellis random scales", GGZ_LAYOUT_Q8_0, D_Q8_RANDOM, 4 * 34, 1 },
     { "plane16",           GGZ_LAYOUT_PLANE16, D_PLANE16,   2 },
     { "plane32",           GGZ_LAYOUT_PLANE32, D_PLANE32,   4 },
 };
@@ -239,12 +245,81 @@ static void test_roundtrips(void)
             const size_t n = rows[i] * L->row;
             uint8_t * raw = malloc(n + 1);
             fill(raw, n, L->dist, L->row);
+            enc_trellis = L->trellis;
             roundtrip(L->name, raw, n, L->layout, L->row, CHUNK);
             if (i + 1 == sizeof(rows) / sizeof(rows[0]))  /* and once with the default chunk */
                 roundtrip(L->name, raw, n, L->layout, L->row, 0);
+            enc_trellis = 0;
             free(raw);
         }
     }
+}
+
+/* Trellis quantization: levels on the path the decoder's state machine
+ * follows, errors within a step, and a trellis frame of them smaller than
+ * the same symbols coded by plain tables; every kernel decodes it. */
+static void test_trellis(void)
+{
+    const size_t rows = 300, cols = 256, nb = cols / 32, rpc = 64;
+    float * w = malloc(rows * cols * sizeof(float)), * steps = malloc(rows * nb * sizeof(float));
+    int8_t * q = malloc(rows * cols);
+    uint64_t counts[2 * 256];
+    for (size_t i = 0; i < rows * cols; i++) {        /* about Gaussian: a sum of 4 uniforms */
+        float s = 0;
+        for (int k = 0; k < 4; k++) s += (float)(rnd() & 0xFFFF) / 65536.0f - 0.5f;
+        w[i] = s;
+    }
+    for (size_t i = 0; i < rows * nb; i++) steps[i] = 0.04f + 0.01f * (float)(i % 3);
+    check(ggz_tcq_quantize(w, rows, cols, steps, rpc, 0.0f, NULL, q, counts) == 0, "tcq quantize", "");
+    int on_path = 1, near = 1;
+    uint64_t total = 0;
+    for (int i = 0; i < 512; i++) total += counts[i];
+    static const uint8_t next[GGZ_TCQ_STATES][2] = GGZ_TCQ_NEXT;
+    uint8_t st[32];
+    for (size_t r = 0; r < rows; r++) {
+        if (r % rpc == 0) memset(st, 0, sizeof st);
+        for (size_t c = 0; c < cols; c++) {
+            const int L = q[r * cols + c], l = (int)(c % 32);
+            const float d = steps[r * nb + c / 32];
+            on_path &= (L & 1) == (st[l] >> 1);                 /* class 0: even, class 1: odd */
+            near &= fabsf(w[r * cols + c] - (float)L * d) <= 2.0f * d;   /* within the union's spacing */
+            st[l] = next[st[l]][(L >> 1) & 1];
+        }
+    }
+    check(on_path, "tcq levels follow the trellis", "");
+    check(near, "tcq levels within two steps of the weight", "");
+    check(total == rows * cols, "tcq counts every level", "");
+    check(ggz_error_code(ggz_tcq_quantize(w, rows, cols + 1, steps, rpc, 0, NULL, q, NULL)) == GGZ_ERR_PARAM,
+          "tcq: cols not a multiple of 32", "");
+    check(ggz_error_code(ggz_tcq_quantize(w, rows, cols, steps, rpc, 0.5f, NULL, q, NULL)) == GGZ_ERR_PARAM,
+          "tcq: rate weight without code lengths", "");
+
+    /* Q8_0 blocks of the levels, coded both ways */
+    const size_t n = rows * nb * 34, row = nb * 34;
+    uint8_t * raw = malloc(n);
+    for (size_t b = 0; b < rows * nb; b++) {
+        const uint16_t h = 0x2A3D;
+        memcpy(raw + b * 34, &h, 2);
+        memcpy(raw + b * 34 + 2, q + b * 32, 32);
+    }
+    size_t plain_size = 0, tcq_size = 0;
+    uint8_t * fp = encode(raw, n, GGZ_LAYOUT_Q8_0, row, rpc * row, &plain_size);
+    enc_trellis = 1;
+    uint8_t * ft = encode(raw, n, GGZ_LAYOUT_Q8_0, row, rpc * row, &tcq_size);
+    enc_trellis = 0;
+    char ctx[96];
+    snprintf(ctx, sizeof ctx, "plain %zu bytes, trellis %zu", plain_size, tcq_size);
+    /* the class bit of every symbol is known to the decoder: about 1 bit less each */
+    check(fp && ft && tcq_size + rows * cols / 10 < plain_size, "trellis frame smaller by > 0.8 bit/symbol", ctx);
+    free(fp);
+    free(ft);
+    enc_trellis = 1;
+    roundtrip("q8_0 trellis-quantized", raw, n, GGZ_LAYOUT_Q8_0, row, rpc * row);
+    enc_trellis = 0;
+    free(raw);
+    free(w);
+    free(steps);
+    free(q);
 }
 
 /* Damage inside rANS streams behind valid CRCs reaches the decoders: each
@@ -864,6 +939,7 @@ int main(int argc, char ** argv)
     test_batch();
     test_threads_fail_together();
     test_sparse_kernels();
+    test_trellis();      /* last: its random draws would change the data of the tests above */
     if (do_bench) bench();
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;

@@ -5,6 +5,7 @@ agree.  Values are never renumbered."""
 # ---- frame (native codec) ------------------------------------------------
 FRAME_MAGIC = 0x315A4747          # b"GGZ1"
 FORMAT_VERSION = 1
+FORMAT_VERSION_TRELLIS = 2   # frames with trellis-coded Q8_0 symbols (ggz_params.trellis)
 LANES = 32                        # interleaved rANS states
 PROB_BITS = 12                    # frequencies sum to 1 << PROB_BITS
 RANS_L = 1 << 16                  # lower bound of a state

@@ -19,7 +19,7 @@ from .. import constants as C
 from ..errors import GGZipError
 from ._native import LIBRARY_PATH, ffi, lib
 
-__all__ = ["encode", "decode", "decode_chunk", "info", "verify", "entropy_bound", "crc32c",
+__all__ = ["encode", "tcq_quantize", "rows_per_chunk", "decode", "decode_chunk", "info", "verify", "entropy_bound", "crc32c",
            "kernels", "kernel", "encoder_kernel", "set_kernel", "bound", "CodecError",
            "FrameInfo", "LIBRARY_PATH"]
 
@@ -66,12 +66,13 @@ def _threads(threads: int) -> int:
     return threads if threads and threads > 0 else (os.cpu_count() or 1)
 
 
-def _params(layout, row_size: int, chunk_size: int, threads: int):
+def _params(layout, row_size: int, chunk_size: int, threads: int, trellis: bool = False):
     p = ffi.new("ggz_params *")
     p.layout = _layout_id(layout)
     p.row_size = row_size
     p.chunk_size = chunk_size
     p.n_threads = threads
+    p.trellis = 1 if trellis else 0
     return p
 
 
@@ -80,14 +81,19 @@ def bound(raw_size: int, layout="bytes", row_size: int = 0, chunk_size: int = 0)
     return int(lib.ggz_frame_bound(raw_size, _params(layout, row_size, chunk_size, 1)))
 
 
-def encode(data, layout="bytes", row_size: int = 0, chunk_size: int = 0, threads: int = 1) -> bytes:
+def encode(data, layout="bytes", row_size: int = 0, chunk_size: int = 0, threads: int = 1,
+           trellis: bool = False) -> bytes:
     """Code `data` into one frame.  layout: "bytes", "q8_0" (34-byte blocks),
     "plane16" (F16/BF16), "plane32" (F32); row_size: bytes per row, chunks hold
     whole rows (0: any boundary); chunk_size: target raw bytes per chunk
-    (0: 256 KiB); threads: 0 = all cores."""
+    (0: 256 KiB); threads: 0 = all cores.  trellis (q8_0 only): code the
+    symbols by trellis state, a format-version-2 frame (for the levels of
+    tcq_quantize, which then cost about a bit less each)."""
     src = _buf(data)
     n = len(src)
-    params = _params(layout, row_size, chunk_size, _threads(threads))
+    if trellis and _layout_id(layout) != C.LAYOUT_IDS["q8_0"]:
+        raise ValueError("trellis coding is for the q8_0 layout only")
+    params = _params(layout, row_size, chunk_size, _threads(threads), trellis)
     cap = lib.ggz_frame_bound(n, params)
     if cap == 0:
         unit = C.LAYOUT_UNIT[params.layout]
@@ -235,3 +241,36 @@ def set_kernel(name: str) -> None:
 def forced_kernel_error() -> Optional[str]:
     e = lib.ggz_kernel_forced_error()
     return None if e == ffi.NULL else ffi.string(e).decode()
+
+
+def rows_per_chunk(raw_size: int, row_size: int, chunk_size: int = 0) -> int:
+    """The rows per chunk encode() gives a tensor of raw_size bytes in rows of
+    row_size bytes (what a trellis quantizer must restart its lanes on)."""
+    rpc = max(1, (chunk_size or C.DEFAULT_CHUNK) // row_size)
+    rpc = min(rpc, max(1, (1 << 30) // row_size))
+    rows = raw_size // row_size
+    return min(rpc, rows) if rows else rpc
+
+
+def tcq_quantize(w: np.ndarray, steps: np.ndarray, rows_per_chunk: int, mu: float = 0.0,
+                 bits: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Trellis-coded quantization of the float32 rows w (rows, cols) on steps
+    (rows, cols/32), one per Q8_0 block: the int8 levels along the path that
+    minimises sum (w/d - L)^2 + mu * bits[class, L] (bits: (2, 256) float32,
+    indexed by the level's byte), and the (2, 256) counts of the levels by
+    trellis class.  Lanes restart every rows_per_chunk rows (the frame's)."""
+    w = np.ascontiguousarray(w, np.float32)
+    steps = np.ascontiguousarray(steps, np.float32)
+    rows, cols = w.shape
+    if steps.shape != (rows, cols // 32):
+        raise ValueError(f"steps of shape {steps.shape} for weights of shape {w.shape}")
+    q = np.empty((rows, cols), np.int8)
+    counts = np.zeros((2, 256), np.uint64)
+    b = ffi.NULL
+    if bits is not None:
+        bits = np.ascontiguousarray(bits, np.float32)
+        b = ffi.from_buffer("float[]", bits)
+    _check(lib.ggz_tcq_quantize(ffi.from_buffer("float[]", w), rows, cols, ffi.from_buffer("float[]", steps),
+                                rows_per_chunk, mu, b, ffi.from_buffer("int8_t[]", q, require_writable=True),
+                                ffi.from_buffer("uint64_t[]", counts, require_writable=True)), "trellis quantize")
+    return q, counts

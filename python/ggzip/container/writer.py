@@ -123,7 +123,8 @@ class GGZipWriter:
         self.add_kv(key, value, VT.FLOAT32)
 
     # ---- tensors -------------------------------------------------------------
-    def add_tensor(self, name: str, ggml_type: int, ne, data, *, code: bool = True) -> WrittenTensor:
+    def add_tensor(self, name: str, ggml_type: int, ne, data, *, code: bool = True,
+                   trellis: bool = False) -> WrittenTensor:
         ggml_type = int(ggml_type)
         ne = tuple(int(x) for x in ne)
         try:
@@ -143,7 +144,7 @@ class GGZipWriter:
         if code and not self.plain and nbytes >= MIN_CODED_BYTES:
             layout, row = layout_for(ggml_type, ne)
             frame = codec.encode(view, layout=layout, row_size=row, chunk_size=self.chunk_size,
-                                 threads=self.threads)
+                                 threads=self.threads, trellis=trellis and layout == "q8_0")
             if len(frame) > nbytes * (1 - MIN_GAIN):
                 frame = None
             else:

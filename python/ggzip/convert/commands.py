@@ -19,7 +19,7 @@ def _run(args) -> int:
                   bpw_for=dict(args.bpw_for or []), plain=args.plain,
                   threads=args.threads, embd_share=args.embd_share, chunk_size=args.chunk_kib * 1024,
                   no_fold=[n for arg in args.no_fold or [] for n in arg],
-                  feedback=args.feedback, rdo=args.rdo, sparsity=args.sparsity, attn_sparsity=args.attn_sparsity)
+                  feedback=args.feedback, rdo=args.rdo, trellis=args.trellis, sparsity=args.sparsity, attn_sparsity=args.attn_sparsity)
     if args.json:
         doc = {"input": str(rep.inp), "output": str(rep.out), "arch": rep.arch,
                "stats": rep.stats_source, "alpha": rep.alpha, "dequantized_from": rep.dequantized_from,
@@ -150,6 +150,11 @@ def register(sub) -> None:
                    help="rate-distortion optimised rounding: each weight takes, of its two "
                         "neighbouring grid points, the one minimising error + K x its code "
                         "length (K=1: the high-rate trade of bits for error; default 0: off)")
+    p.add_argument("--trellis", action="store_true",
+                   help="trellis-coded quantization: a path search per rANS lane picks levels on a "
+                        "grid twice as fine as their code pays for (about 20%% lower KL divergence "
+                        "at the same size; format-version-2 frames, ggzip >= 0.5 to load; not "
+                        "with --feedback or --rdo)")
     p.add_argument("--plain", action="store_true",
                    help="write an ordinary Q8_0 GGUF (stock llama.cpp loads it) instead of "
                         "rANS-coding the tensors (ggzip compress can code it later)")

@@ -42,6 +42,7 @@ from ..quantize import (BLOCK_BYTES, QK, QuantStats, pack_q8_0, plan_rescale, pr
 from ..quantize.q8 import block_absmax
 from ..quantize.q8 import RateDistortion
 from ..quantize.q8 import DEFAULT_THETA, scale_stream_bits, symbol_entropy
+from ..quantize.q8 import quantize_trellis, trellis_bits
 from ..quantize.feedback import code_lengths, damping, feedback_factor, quantize_feedback
 from ..quantize.stats import load_imatrix
 
@@ -389,7 +390,7 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
             threads: int | None = None, bpw_for: dict[str, float] | None = None,
             embd_share: float | None = None, no_fold=(), chunk_size: int = 0,
             sparsity: float = 0.0, attn_sparsity: float = 0.0,
-            feedback: bool = False, rdo: float = 0.0) -> ConvertReport:
+            feedback: bool = False, rdo: float = 0.0, trellis: bool = False) -> ConvertReport:
     """Convert IN to a ggzip GGUF at OUT (Q8_0 tensors rANS-coded), or with
     plain=True to an ordinary Q8_0 GGUF; see the module docstring.  alpha None:
     ALPHA_IMATRIX with an imatrix, ALPHA_PROXY without.  keep_float: write the
@@ -410,6 +411,8 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
     ggzip's numpy forward pass over calib_text (quantize/feedback.py).
     rdo: rate-distortion optimised rounding with this weight on the rate (0:
     off, 1: the high-rate trade; feedback.quantize_feedback).
+    trellis: trellis-coded quantization (q8.quantize_trellis) of the Q8_0
+    weights, in format-version-2 frames; not with feedback or rdo.
 
     The steps: check the options, read IN, choose every tensor's rate, gather
     activation statistics, plan the rescaling, decide each tensor's output type,
@@ -420,6 +423,11 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
     _check_feedback(feedback, calib_text, prune, keep_float)
     if not 0.0 <= rdo <= 10.0:
         raise GGZipError(f"--rdo {rdo}: must be in [0, 10]")
+    if trellis and (feedback or rdo):
+        raise GGZipError("--trellis does not combine with --feedback or --rdo (its path search "
+                         "chooses every level itself)")
+    if trellis and plain:
+        raise GGZipError("--trellis needs ggzip frames: its levels cost a bit less only there, not with --plain")
     t0 = time.perf_counter()
     src = GGUFModel(inp)
     shapes = {n: src.shape(n) for n in src.tensors}
@@ -459,7 +467,7 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
             report.tensors.append(_write_tensor(w, src, name, kind, plan, rates, prune, theta,
                                                 name in transposed,
                                                 None if name in transposed else
-                                                _feedback_factor(cal, plan, name), rdo))
+                                                _feedback_factor(cal, plan, name), rdo, trellis))
             bar.update(int(np.prod(shapes[name])) * 4)
         bar.close()
         for name, t in thresholds.items():
@@ -705,7 +713,7 @@ def _write_metadata(w, src: GGUFModel, report: ConvertReport, *, keep_float: boo
 
 def _write_tensor(w, src: GGUFModel, name: str, kind: str, plan, rates: _Rates,
                   prune: float, theta: float, transpose: bool = False,
-                  fb: np.ndarray | None = None, rdo: float = 0.0) -> TensorReport:
+                  fb: np.ndarray | None = None, rdo: float = 0.0, trellis: bool = False) -> TensorReport:
     """Rescale (and prune) one tensor, quantize it if kind is Q8_0, hand it to
     the writer; kind "copy" passes it through untouched.  transpose: a Q8_0
     weight stored as W'^T (for the sparse kernels), numpy (n_in, n_out), always
@@ -745,8 +753,8 @@ def _write_tensor(w, src: GGUFModel, name: str, kind: str, plan, rates: _Rates,
         name, shp, lambda r: plan.apply(name, src.rows32(name, r), rows=r),
         row_factor=plan.row_factor(name), col_stat=plan.rescaled_stat(name),
         prune=prune, target_bpw=target_bpw, step=step, theta=theta, source=str(src.path),
-        fb=fb, rdo=rdo)
-    w.add_tensor(name, gguf.GGMLQuantizationType.Q8_0, ne, blocks)
+        fb=fb, rdo=rdo, trellis=trellis, chunk_size=w.chunk_size)
+    w.add_tensor(name, gguf.GGMLQuantizationType.Q8_0, ne, blocks, trellis=trellis)
     return report
 
 
@@ -761,7 +769,8 @@ def quantize_streamed(name: str, shape: tuple[int, int], get_rows, *, row_factor
                       col_stat=None, prune: float = 0.0, target_bpw: float | None = None,
                       step: float | None = 1.0, theta: float = DEFAULT_THETA,
                       source: str = "model", chunk: int = 1 << 21,
-                      fb: np.ndarray | None = None, rdo: float = 0.0
+                      fb: np.ndarray | None = None, rdo: float = 0.0,
+                      trellis: bool = False, chunk_size: int = 0
                       ) -> tuple[np.ndarray, TensorReport]:
     """Quantize a (rescaled) 2-D tensor read by rows: get_rows(slice or index
     array) -> float32 rows.  The base step comes from a sample of ~256k weights
@@ -772,12 +781,21 @@ def quantize_streamed(name: str, shape: tuple[int, int], get_rows, *, row_factor
     the base step found for plain rounding is then corrected on the sample for
     the rate feedback's symbols actually cost.  rdo > 0: rate-distortion
     optimised rounding (feedback.quantize_feedback), code lengths from plain
-    rounding's histogram of the same rows."""
+    rounding's histogram of the same rows.  trellis: trellis-coded levels
+    (q8.quantize_trellis) with lanes restarting where the frame's chunks of
+    chunk_size raw bytes do, rated by what their frame pays."""
     n_rows, n_cols = shape
     u = fb
     if u is not None and u.shape != (n_cols, n_cols):
         raise GGZipError(f"{source}: tensor {name!r}: input covariance of shape "
                          f"{u.shape} does not fit {n_cols} columns")
+
+    from ..codec import rows_per_chunk
+    row_bytes = n_cols // QK * BLOCK_BYTES
+    rpc = rows_per_chunk(n_rows * row_bytes, row_bytes, chunk_size)
+
+    def trellis_rate(w, d16):
+        return trellis_bits(quantize_trellis(w, d16, rpc)[1]) / w.size
 
     def quant(w, d16):
         if u is None and not rdo:
@@ -798,7 +816,8 @@ def quantize_streamed(name: str, shape: tuple[int, int], get_rows, *, row_factor
     ws, amax_s = prep(sample)
     rf_s = None if row_factor is None else row_factor[sample]
     if target_bpw is not None:
-        base = step_for_rate(ws, target_bpw, rf_s, amax_s, theta)
+        base = step_for_rate(ws, target_bpw, rf_s, amax_s, theta,
+                             symbol_bits=trellis_rate if trellis else None)
         if u is not None or rdo:
             base = _feedback_rate(ws, base, target_bpw, rf_s, amax_s, quant)
     else:   # --step S: S x the median over (sampled) rows of absmax / 127
@@ -808,13 +827,19 @@ def quantize_streamed(name: str, shape: tuple[int, int], get_rows, *, row_factor
     out = np.empty((n_rows, n_cols // QK * BLOCK_BYTES), np.uint8)
     rd = RateDistortion(n_cols, col_stat)
     per = max(1, chunk // max(n_cols, 1))
+    if trellis:     # whole frame chunks, so that the lanes restart where the coder's do
+        per = max(rpc, per // rpc * rpc)
     for r0 in range(0, n_rows, per):
         sl = slice(r0, min(n_rows, r0 + per))
         w, amax = prep(sl)
         d16 = row_steps(base, None if row_factor is None else row_factor[sl], amax)
-        q = quant(w, d16)
+        counts = None
+        if trellis:
+            q, counts = quantize_trellis(w, d16, rpc)
+        else:
+            q = quant(w, d16)
         out[sl] = pack_q8_0(q, d16)
-        rd.add(w, q, d16)
+        rd.add(w, q, d16, counts)
     return out, TensorReport(name, shape, "Q8_0", rd.result(), base)
 
 

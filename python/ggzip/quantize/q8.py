@@ -182,7 +182,9 @@ class RateDistortion:
         self.n = 0
         self.cw = None if col_weight is None else col_weight.astype(np.float64)
 
-    def add(self, w: np.ndarray, q: np.ndarray, d16: np.ndarray) -> None:
+    def add(self, w: np.ndarray, q: np.ndarray, d16: np.ndarray, counts: np.ndarray | None = None) -> None:
+        """counts: the (2, 256) histogram by trellis class of trellis-coded
+        symbols (quantize_trellis), which the coder pays as that, not as q's."""
         step = max(1, _CHUNK // max(self.cols, 1))
         for r0 in range(0, w.shape[0], step):
             blk = w[r0:r0 + step].astype(np.float32)
@@ -190,6 +192,8 @@ class RateDistortion:
             self.err2 += np.einsum("ij,ij->j", e, e, dtype=np.float64)
             self.sig2 += np.einsum("ij,ij->j", blk, blk, dtype=np.float64)
         self.hist += np.bincount(q.reshape(-1).view(np.uint8), minlength=256)
+        if counts is not None:
+            self.class_hist = counts.astype(np.int64) + getattr(self, "class_hist", 0)
         b, zeros = scale_bytes(d16, self.cols // QK)
         for k in range(2):
             self.scale_hist[k] += np.bincount(b[:, k], minlength=256)
@@ -202,7 +206,8 @@ class RateDistortion:
         cw = np.ones_like(self.err2) if self.cw is None else self.cw
         n = max(self.n, 1)
         return QuantStats(
-            bits_symbols=_entropy_bits(self.hist) / n,
+            bits_symbols=(sum(_entropy_bits(h) for h in self.class_hist) if hasattr(self, "class_hist")
+                          else _entropy_bits(self.hist)) / n,
             bits_scales=sum(_entropy_bits(h) for h in self.scale_hist) / n,
             snr_db=snr(self.sig2.sum(), self.err2.sum()),
             wsnr_db=snr((self.sig2 * cw).sum(), (self.err2 * cw).sum()),
@@ -230,22 +235,49 @@ def sample_rows(n_rows: int, n_cols: int, budget: int = 1 << 18) -> np.ndarray:
     return np.unique(np.linspace(0, n_rows - 1, k).round().astype(np.int64))
 
 
+def steps_per_block(d16: np.ndarray, cols: int) -> np.ndarray:
+    """f16 steps per row or per block as float32 (rows, cols/32)."""
+    d = d16.astype(np.float32)
+    return np.ascontiguousarray(np.broadcast_to(d[:, None], (d.shape[0], cols // QK)) if d.ndim == 1 else d)
+
+
+def quantize_trellis(w: np.ndarray, d16: np.ndarray, rows_per_chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Trellis-coded int8 levels of the rows w on their f16 steps d16 (per row
+    or per block), lanes restarting every rows_per_chunk rows, and their (2,
+    256) counts by trellis class (codec.tcq_quantize).  A trellis frame codes
+    each level with its class's table: the classes are the levels' parity, so
+    the coder pays about one bit less than for the same levels as plain
+    symbols, and the path search (Viterbi, in C) buys a grid of step d at the
+    price of step 2d.  Measured: 0.9 dB over rounding at equal entropy on
+    Gaussian and Laplacian sources; SmolLM2 at 3.97 bpw, KL divergence 0.118
+    against 0.151 (Alice, 6 x 512 tokens)."""
+    from .. import codec
+    return codec.tcq_quantize(w, steps_per_block(d16, w.shape[1]), rows_per_chunk)
+
+
+def trellis_bits(counts: np.ndarray) -> float:
+    """Bits of trellis-coded symbols with these (2, 256) counts by class."""
+    return sum(_entropy_bits(np.asarray(c, np.float64)) for c in counts)
+
+
 def step_for_rate(w: np.ndarray, target_bpw: float, row_factor: np.ndarray | None = None,
                   amax: np.ndarray | None = None, theta: float = DEFAULT_THETA,
-                  tol: float = 0.003, max_iter: int = 40) -> float:
+                  tol: float = 0.003, max_iter: int = 40, symbol_bits=None) -> float:
     """Base step at which symbols + scales cost `target_bpw` bits per weight
     (order-0 entropy).  w may be a row sample of the tensor: the rate of a
     uniform quantizer is a per-weight average, so ~256k weights estimate it to a
     few thousandths of a bit.  Search in log2(step): safeguarded secant inside a
-    bisection bracket (the rate falls about one bit per doubling)."""
+    bisection bracket (the rate falls about one bit per doubling).
+    symbol_bits(w, d16): bits per weight of the symbols at steps d16 (default:
+    the order-0 entropy of plain rounding)."""
     if amax is None:
         amax = row_absmax(w)
     nb = w.shape[1] // QK
 
     def rate(log_step: float) -> float:
         d = row_steps(2.0 ** log_step, row_factor, amax)
-        q = quantize_rows(w, d, theta)
-        return symbol_entropy(q) + scale_stream_bits(d, nb) / w.size
+        sym = symbol_bits(w, d) if symbol_bits else symbol_entropy(quantize_rows(w, d, theta))
+        return sym + scale_stream_bits(d, nb) / w.size
 
     # start from the high-rate estimate: rate ~ target where step ~ rms * 2^(2.05 - bits)
     rms = float(np.sqrt(np.mean(np.square(w, dtype=np.float64)))) or 1.0
