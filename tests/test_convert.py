@@ -631,3 +631,46 @@ def test_feedback_needs_calibration_text(smol_path, tmp_path):
     with pytest.raises(GGZipError, match="--feedback cannot go with --prune"):
         convert(smol_path, tmp_path / "x.gguf", target_bpw=4.0, feedback=True, prune=0.1,
                 calib_text=tmp_path / "t.txt", progress=False)
+
+
+def test_trellis_lowers_output_error_at_the_same_size(smol_path, calib, tmp_path):
+    """convert --trellis: format-version-2 frames of levels on the trellis path,
+    which the patched llama.cpp decodes to exactly the bytes `ggzip decompress`
+    gives (the same logits), at about the size of plain rounding's file and
+    closer to the float model (KL divergence, through llama.cpp)."""
+    pytest.importorskip("llama_cpp")
+    from ggzip import codec
+    from ggzip.container import decompress_file
+    from ggzip.run.llama import check_patched_llama_cpp
+    try:
+        llama_cpp = check_patched_llama_cpp()[0]
+    except GGZipError as e:
+        pytest.skip(str(e))
+    _, _, imat = calib
+    files = {"orig": tmp_path / "orig.gguf", "plain": tmp_path / "plain.gguf",
+             "trellis": tmp_path / "trellis.gguf", "twin": tmp_path / "twin.gguf"}
+    convert(smol_path, files["orig"], alpha=0.0, keep_float=True, plain=True, progress=False)
+    convert(smol_path, files["plain"], imatrix=imat, target_bpw=4.0, progress=False)
+    convert(smol_path, files["trellis"], imatrix=imat, target_bpw=4.0, trellis=True, progress=False)
+    decompress_file(files["trellis"], files["twin"], progress=False)
+    sizes = {k: files[k].stat().st_size for k in ("plain", "trellis")}
+    assert abs(sizes["trellis"] / sizes["plain"] - 1) < 0.02, sizes
+    with GGZipReader(files["trellis"]) as r:
+        versions = {n: codec.info(r.stored(n)).version for n, t in r.tensors.items()
+                    if t.coded and t.ggml_type == gguf.GGMLQuantizationType.Q8_0}
+    assert versions and set(versions.values()) == {2}
+    q8 = _load_q8(files["trellis"])
+    logits = {}
+    for name, path in files.items():
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=2)
+        toks = llm.tokenize(TEXT.encode())[:128]
+        llm.eval(toks)
+        logits[name] = np.array(llm.scores[:len(toks)], np.float64)
+        del llm
+    assert np.array_equal(logits["trellis"], logits["twin"])
+    kl_plain, kl_trellis = _kl(logits["orig"], logits["plain"]), _kl(logits["orig"], logits["trellis"])
+    assert kl_trellis < 0.95 * kl_plain, (kl_trellis, kl_plain)
+    assert q8  # decoded by ggzip's own reader as well
+    with pytest.raises(GGZipError, match="--trellis does not combine"):
+        convert(smol_path, tmp_path / "x.gguf", imatrix=imat, target_bpw=4.0, trellis=True, rdo=1.0,
+                progress=False)

@@ -100,11 +100,18 @@ GGZ_INLINE __m256i step8(__m256i x, __m256i toff, const uint32_t * tab, __m256i 
 GGZ_INLINE __m256i step8_tcq(__m256i x, __m256i * S, __m256i tnext, const uint32_t * tab, __m256i * sym,
                              const uint8_t ** pp)
 {
+#if defined(__AVX512VL__)
+    /* bitwise selects: slot bits from x, the class bit from S (S < 2^13); then S | (e >> 1 & 1) */
+    const __m256i e = lookup8(tab, _mm256_ternarylogic_epi32(_mm256_set1_epi32(GGZ_PROB_MASK), x, *S, 0xCA));
+    *S = _mm256_permutevar8x32_epi32(tnext, _mm256_ternarylogic_epi32(*S, _mm256_srli_epi32(e, 1),
+                                                                      _mm256_set1_epi32(1), 0xF8));
+#else
     const __m256i cls = _mm256_and_si256(*S, _mm256_set1_epi32((int)GGZ_PROB_SCALE));
     const __m256i e = lookup8(tab, _mm256_or_si256(_mm256_and_si256(x, _mm256_set1_epi32(GGZ_PROB_MASK)), cls));
-    *sym = e;
     const __m256i b = _mm256_and_si256(_mm256_srli_epi32(e, 1), _mm256_set1_epi32(1));
     *S = _mm256_permutevar8x32_epi32(tnext, _mm256_or_si256(*S, b));
+#endif
+    *sym = e;
     return update8(x, e, pp);
 }
 

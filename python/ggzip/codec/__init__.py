@@ -117,6 +117,7 @@ class FrameInfo:
     n_chunks: int
     n_streams: int
     chunk_raw_size: int
+    version: int = 1          # 2: trellis-coded Q8_0 symbols
 
 
 def info(frame) -> FrameInfo:
@@ -125,7 +126,7 @@ def info(frame) -> FrameInfo:
     i = ffi.new("ggz_frame_info *")
     _check(lib.ggz_frame_info_get(src, len(src), i), "frame header")
     return FrameInfo(C.LAYOUT_NAMES[i.layout], i.raw_size, i.frame_size, i.row_size,
-                     i.rows_per_chunk, i.n_chunks, i.n_streams, i.chunk_raw_size)
+                     i.rows_per_chunk, i.n_chunks, i.n_streams, i.chunk_raw_size, i.version)
 
 
 def decode(frame, out: Optional[np.ndarray] = None, threads: int = 0) -> np.ndarray:
