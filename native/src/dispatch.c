@@ -75,8 +75,7 @@ static const ggz_kernel kernels[] = {
     { "avx512vbmi", has_avx512vbmi, ggz_decode_avx512vbmi, ggz_decode_tcq_avx512vbmi },
 #endif
 #if defined(GGZ_HAVE_NEON)
-    /* trellis frames: the scalar loop until a NEON one is written */
-    { "neon",   always,     ggz_decode_neon, NULL },
+    { "neon",   always,     ggz_decode_neon, ggz_decode_tcq_neon },
 #endif
 };
 #define N_KERNELS ((int)(sizeof(kernels) / sizeof(kernels[0])))

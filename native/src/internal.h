@@ -139,6 +139,7 @@ int    ggz_decode_tcq_avx512vbmi(const uint8_t *, size_t, uint8_t *, size_t, siz
 #endif
 #if defined(__aarch64__) || defined(_M_ARM64)
 int    ggz_decode_neon(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned, uint32_t *);
+int    ggz_decode_tcq_neon(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned, uint32_t *);
 #define GGZ_HAVE_NEON 1
 #endif
 

@@ -106,6 +106,28 @@ GGZ_INLINE uint32x4_t step4(uint32x4_t x, uint32x4_t toff, const uint32_t * tab,
     return vbslq_u32(low, vorrq_u32(vshlq_n_u32(x, 16), w), x);
 }
 
+/* A trellis quarter-step.  S holds each lane's state s = 2 hi + lo as
+ * hi << 12 | lo: hi is the class, so S above the slot bits is the offset of
+ * the class's table, and GGZ_TCQ_NEXT is s' = 2 (lo ^ b) + hi for the
+ * symbol's bit 1, b (checked against the table in the C tests). */
+GGZ_INLINE uint32x4_t step4_tcq(uint32x4_t x, uint32x4_t * S, const uint32_t * tab,
+                                uint32x4_t * e, const uint8_t ** pp)
+{
+    const uint32x4_t mask = vdupq_n_u32(GGZ_PROB_MASK);
+    const uint32x4_t bit = vld1q_u32(lane_bit);
+    const uint32x4_t t = gather4(tab, vbslq_u32(mask, x, *S));
+    *e = t;
+    const uint32x4_t hi = vandq_u32(veorq_u32(*S, vshrq_n_u32(t, 1)), vdupq_n_u32(1));
+    *S = vsliq_n_u32(vshrq_n_u32(*S, GGZ_PROB_BITS), hi, GGZ_PROB_BITS);
+    x = vmlaq_u32(vandq_u32(vshrq_n_u32(t, 8), mask), vshrq_n_u32(t, 20), vshrq_n_u32(x, GGZ_PROB_BITS));
+    const uint32x4_t low = vcltq_u32(x, vdupq_n_u32(GGZ_RANS_L));
+    const unsigned m = vaddvq_u32(vandq_u32(low, bit));
+    const uint8x16_t words = vcombine_u8(vld1_u8(*pp), vdup_n_u8(0));
+    const uint32x4_t w = vreinterpretq_u32_u8(vqtbl1q_u8(words, vld1q_u8(expand_lut[m])));
+    *pp += consumed[m];
+    return vbslq_u32(low, vorrq_u32(vshlq_n_u32(x, 16), w), x);
+}
+
 /* low bytes of 16 entries, in lane order */
 GGZ_INLINE uint8x16_t symbols16(uint32x4_t a, uint32x4_t b, uint32x4_t c, uint32x4_t d)
 {
@@ -182,4 +204,62 @@ int ggz_decode_neon(const uint8_t * src, size_t src_size, uint8_t * dst, size_t 
     if (crc_hw()) return decode_loop_crc(src, src_size, dst, n, dst_stride, tabs, period, crc);
 #endif
     return decode(src, src_size, dst, n, dst_stride, tabs, period, crc, 0);
+}
+
+/* Trellis-coded Q8_0 symbols (FORMAT.md section 2): the loop above with
+ * per-lane table offsets from the trellis states; n is whole steps. */
+GGZ_INLINE int decode_tcq(const uint8_t * src, size_t src_size, uint8_t * dst, size_t n, size_t dst_stride,
+                          const ggz_dtab * tabs, uint32_t * crc, const int loop_crc)
+{
+    if (!n || n % GGZ_LANES) {
+        *crc = ggz_crc32c(*crc, src, src_size);
+        return (src_size || n) ? GGZ_ERR_CORRUPT : GGZ_OK;
+    }
+    uint32_t x[GGZ_LANES], sv[GGZ_LANES];
+    int err = ggz_read_states(x, src, src_size);
+    if (err) return err;
+    const uint8_t * p = src + GGZ_STATE_BYTES;
+    const uint8_t * const end = src + src_size;
+    const uint8_t * q = src;
+    uint32_t c = ~*crc;
+    const size_t steps = n / GGZ_LANES;
+    const uint32_t * tab = tabs->slot[0];
+    uint32x4_t xs[8], S[8];
+    for (int g = 0; g < 8; g++) { xs[g] = vld1q_u32(x + 4 * g); S[g] = vdupq_n_u32(0); }
+    size_t k = 0;
+    for (; k < steps && end - p >= 2 * GGZ_LANES; k++) {
+        uint8_t * out = dst + k * dst_stride;
+#ifdef NEON_LOOP_CRC
+        if (loop_crc) crc_step32(&c, &q, end);
+#endif
+        uint32x4_t e[8];
+        for (int g = 0; g < 8; g++) xs[g] = step4_tcq(xs[g], &S[g], tab, &e[g], &p);
+        vst1q_u8(out, symbols16(e[0], e[1], e[2], e[3]));
+        vst1q_u8(out + 16, symbols16(e[4], e[5], e[6], e[7]));
+    }
+    *crc = ggz_crc32c(~c, q, (size_t)(end - q));
+    uint8_t st[GGZ_LANES];
+    for (int g = 0; g < 8; g++) { vst1q_u32(x + 4 * g, xs[g]); vst1q_u32(sv + 4 * g, S[g]); }
+    for (unsigned l = 0; l < GGZ_LANES; l++) st[l] = (uint8_t)(2 * (sv[l] >> GGZ_PROB_BITS) + (sv[l] & 1));
+    if (ggz_decode_tcq_lanes(x, st, &p, end, dst + k * dst_stride, steps - k, dst_stride, tabs))
+        return GGZ_ERR_CORRUPT;
+    return ggz_decode_finish(x, p, end, dst, 0, tabs, 2);
+}
+
+#ifdef NEON_LOOP_CRC
+CRC_TARGET static int decode_tcq_loop_crc(const uint8_t * src, size_t src_size, uint8_t * dst, size_t n,
+                                          size_t dst_stride, const ggz_dtab * tabs, uint32_t * crc)
+{
+    return decode_tcq(src, src_size, dst, n, dst_stride, tabs, crc, 1);
+}
+#endif
+
+int ggz_decode_tcq_neon(const uint8_t * src, size_t src_size, uint8_t * dst, size_t n, size_t dst_stride,
+                        const ggz_dtab * tabs, unsigned period, uint32_t * crc)
+{
+    (void)period;
+#ifdef NEON_LOOP_CRC
+    if (crc_hw()) return decode_tcq_loop_crc(src, src_size, dst, n, dst_stride, tabs, crc);
+#endif
+    return decode_tcq(src, src_size, dst, n, dst_stride, tabs, crc, 0);
 }

@@ -19,28 +19,48 @@
 #include <math.h>
 #include <stdlib.h>
 
-/* The level of the subset {L : L = m mod 4} nearest t, inside [-127, 127]. */
-static inline int nearest_in(float t, int m)
+/* Branch metrics of one position for the 32 lanes: for each subset m of the
+ * levels (L = m mod 4; class m & 1, branch m >> 1) the nearest level to
+ * t = w / d and its squared error.  Branchless float code the compiler
+ * vectorises: rounding by the 1.5 * 2^23 trick (nearest, ties to even),
+ * exact for |y| < 2^22; a level past +-127 steps back into range within its
+ * subset (|t| <= 127 keeps it at most one step of 4 out). */
+static void branch_metrics(const float * x, float inv, float lv[4][32], float bc[4][32])
 {
-    int L = 4 * (int)floorf((t - (float)m) * 0.25f + 0.5f) + m;
-    while (L > 127) L -= 4;
-    while (L < -127) L += 4;
-    return L;
+    const float magic = 12582912.0f;
+    float t[32];
+    for (int l = 0; l < 32; l++) t[l] = x[l] * inv;
+    for (int m = 0; m < 4; m++) {
+        for (int l = 0; l < 32; l++) {
+            const float y = (t[l] - (float)m) * 0.25f;
+            float L = 4.0f * ((y + magic) - magic) + (float)m;
+            L = L > 127.0f ? L - 4.0f : L;
+            L = L < -127.0f ? L + 4.0f : L;
+            const float e = t[l] - L;
+            lv[m][l] = L;
+            bc[m][l] = e * e;
+        }
+    }
 }
 
-/* the better of the nearest level of subset m and its neighbour towards 0 */
-static inline int branch(float t, int m, float mu, const float * bits, float * cost)
+/* With a rate weight: each metric plus mu * bits, and the neighbour of the
+ * level towards 0 (same subset) where that is cheaper. */
+static void add_rate(const float * x, float inv, float mu, const float * const tb[2],
+                     float lv[4][32], float bc[4][32])
 {
-    const int L = nearest_in(t, m);
-    float c = (t - (float)L) * (t - (float)L) + mu * bits[(uint8_t)L];
-    int best = L;
-    if (mu > 0 && L != 0) {
-        const int L2 = L > 0 ? L - 4 : L + 4;      /* same subset, never out of range */
-        const float c2 = (t - (float)L2) * (t - (float)L2) + mu * bits[(uint8_t)L2];
-        if (c2 < c) { c = c2; best = L2; }
+    for (int m = 0; m < 4; m++) {
+        const float * bits = tb[m & 1];
+        for (int l = 0; l < 32; l++) {
+            const float t = x[l] * inv, L = lv[m][l];
+            float c = bc[m][l] + mu * bits[(uint8_t)(int8_t)(int)L];
+            if (L != 0.0f) {
+                const float L2 = L > 0 ? L - 4.0f : L + 4.0f;
+                const float c2 = (t - L2) * (t - L2) + mu * bits[(uint8_t)(int8_t)(int)L2];
+                if (c2 < c) { c = c2; lv[m][l] = L2; }
+            }
+            bc[m][l] = c;
+        }
     }
-    *cost = c;
-    return best;
 }
 
 size_t ggz_tcq_quantize(const float * w, size_t rows, size_t cols, const float * steps,
@@ -51,13 +71,13 @@ size_t ggz_tcq_quantize(const float * w, size_t rows, size_t cols, const float *
         return GGZ_ERROR(PARAM);
     if (mu > 0 && !bits) return GGZ_ERROR(PARAM);
     if (rows == 0) return 0;
-    static const float zero_bits[2][256];
-    const float * tb[2] = { bits ? bits : zero_bits[0], bits ? bits + 256 : zero_bits[1] };
+    const float * tb[2] = { bits, bits ? bits + 256 : NULL };
     const size_t nb = cols / 32;
     const size_t max_pos = (rows < rows_per_chunk ? rows : rows_per_chunk) * nb;
-    /* per position and lane: the levels of the 4 (class, branch) pairs and,
-     * per next state, which of its two incoming paths won (bits 0-3) */
-    int8_t  * lev = malloc(max_pos * 32 * 4);
+    /* per position: the level of each subset m for each lane (lane-minor, so
+     * the loops store whole vectors) and, per lane, which of its two incoming
+     * paths each next state kept (bits 0-3) */
+    int8_t  * lev = malloc(max_pos * 4 * 32);
     uint8_t * from = malloc(max_pos * 32);
     if (!lev || !from) { free(lev); free(from); return GGZ_ERROR(ALLOC); }
     if (counts) memset(counts, 0, 2 * 256 * sizeof(uint64_t));
@@ -65,57 +85,58 @@ size_t ggz_tcq_quantize(const float * w, size_t rows, size_t cols, const float *
     for (size_t r0 = 0; r0 < rows; r0 += rows_per_chunk) {
         const size_t nr = rows - r0 < rows_per_chunk ? rows - r0 : rows_per_chunk;
         const size_t npos = nr * nb;
-        float cost[4][32];
-        for (int l = 0; l < 32; l++) { cost[0][l] = 0; cost[1][l] = cost[2][l] = cost[3][l] = INFINITY; }
+        float c0[32], c1[32], c2[32], c3[32];     /* path cost per state and lane */
+        for (int l = 0; l < 32; l++) { c0[l] = 0; c1[l] = c2[l] = c3[l] = INFINITY; }
         for (size_t p = 0; p < npos; p++) {
             const size_t r = r0 + p / nb, b = p % nb;
-            const float * x = w + r * cols + b * 32;
             const float inv = 1.0f / steps[r * nb + b];
             if (!(inv > 0 && inv < INFINITY)) { free(lev); free(from); return GGZ_ERROR(PARAM); }
-            int8_t * lv = lev + p * 128;
+            float lv[4][32], bc[4][32];
+            branch_metrics(w + r * cols + b * 32, inv, lv, bc);
+            if (mu > 0) add_rate(w + r * cols + b * 32, inv, mu, tb, lv, bc);
+            int8_t * out = lev + p * 128;
+            for (int m = 0; m < 4; m++)
+                for (int l = 0; l < 32; l++) out[m * 32 + l] = (int8_t)(int)lv[m][l];
             uint8_t * fr = from + p * 32;
+            /* subset m = class + 2 * branch.  Next state n is reached from:
+             *   0 <- (0, b0) | (1, b1);  2 <- (0, b1) | (1, b0)
+             *   1 <- (2, b0) | (3, b1);  3 <- (2, b1) | (3, b0) */
             for (int l = 0; l < 32; l++) {
-                const float t = x[l] * inv;
-                float bc[4];   /* (class 0: m = 0, 2; class 1: m = 1, 3) */
-                for (int m = 0; m < 4; m++) {
-                    const int cls = m & 1, br = m >> 1;
-                    lv[l * 4 + cls * 2 + br] = (int8_t)branch(t, m, mu, tb[cls], &bc[cls * 2 + br]);
-                }
-                /* next state n gets: 0 <- (0,b0) | (1,b1); 2 <- (0,b1) | (1,b0);
-                 *                    1 <- (2,b0) | (3,b1); 3 <- (2,b1) | (3,b0) */
-                const float a0 = cost[0][l] + bc[0], a1 = cost[1][l] + bc[1];
-                const float b0 = cost[0][l] + bc[1], b1 = cost[1][l] + bc[0];
-                const float c0 = cost[2][l] + bc[2], c1 = cost[3][l] + bc[3];
-                const float d0 = cost[2][l] + bc[3], d1 = cost[3][l] + bc[2];
-                const int f0 = a1 < a0, f2 = b1 < b0, f1 = c1 < c0, f3 = d1 < d0;
-                cost[0][l] = f0 ? a1 : a0;
-                cost[2][l] = f2 ? b1 : b0;
-                cost[1][l] = f1 ? c1 : c0;
-                cost[3][l] = f3 ? d1 : d0;
+                const float a0 = c0[l] + bc[0][l], a1 = c1[l] + bc[2][l];
+                const float b0 = c0[l] + bc[2][l], b1 = c1[l] + bc[0][l];
+                const float e0 = c2[l] + bc[1][l], e1 = c3[l] + bc[3][l];
+                const float d0 = c2[l] + bc[3][l], d1 = c3[l] + bc[1][l];
+                const int f0 = a1 < a0, f2 = b1 < b0, f1 = e1 < e0, f3 = d1 < d0;
+                c0[l] = f0 ? a1 : a0;
+                c2[l] = f2 ? b1 : b0;
+                c1[l] = f1 ? e1 : e0;
+                c3[l] = f3 ? d1 : d0;
                 fr[l] = (uint8_t)(f0 | f1 << 1 | f2 << 2 | f3 << 3);
             }
         }
-        /* back from the cheapest end state of each lane */
+        /* back from the cheapest end state of each lane, all lanes a position at a time */
+        uint8_t st[32];
         for (int l = 0; l < 32; l++) {
+            const float end[4] = { c0[l], c1[l], c2[l], c3[l] };
             int s = 0;
-            for (int k = 1; k < 4; k++) if (cost[k][l] < cost[s][l]) s = k;
-            for (size_t p = npos; p-- > 0;) {
-                const int f = from[p * 32 + l] >> s & 1;
-                /* the incoming (state, branch) of state s, by f */
-                int prev, br;
-                switch (s) {
-                case 0:  prev = f;     br = f;     break;
-                case 2:  prev = f;     br = !f;    break;
-                case 1:  prev = 2 + f; br = f;     break;
-                default: prev = 2 + f; br = !f;    break;
-                }
-                const int cls = prev >> 1;
-                const int8_t L = lev[p * 128 + l * 4 + cls * 2 + br];
-                const size_t r = r0 + p / nb, b = p % nb;
-                q[r * cols + b * 32 + l] = L;
-                if (counts) counts[cls * 256 + (uint8_t)L]++;
-                s = prev;
+            for (int k = 1; k < 4; k++) if (end[k] < end[s]) s = k;
+            st[l] = (uint8_t)s;
+        }
+        for (size_t p = npos; p-- > 0;) {
+            const uint8_t * fr = from + p * 32;
+            const int8_t * lv = lev + p * 128;
+            int8_t * out = q + (r0 + p / nb) * cols + (p % nb) * 32;
+            uint8_t cl[32];
+            for (int l = 0; l < 32; l++) {
+                /* the incoming (state, branch) of state s, by the bit f it kept */
+                const int s = st[l], f = fr[l] >> s & 1;
+                const int prev = (s & 1) * 2 + f, br = (s >> 1) ^ f;
+                cl[l] = (uint8_t)(prev >> 1);
+                out[l] = lv[(cl[l] + 2 * br) * 32 + l];
+                st[l] = (uint8_t)prev;
             }
+            if (counts)
+                for (int l = 0; l < 32; l++) counts[cl[l] * 256 + (uint8_t)out[l]]++;
         }
     }
     free(lev);

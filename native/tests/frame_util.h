@@ -35,7 +35,9 @@ static int fu_walk(const uint8_t * f, size_t size, fu_frame * fr)
         if (pos >= size) return -1;
         fr->mode[s] = f[pos++];
         if (fr->mode[s] != 1) continue;
-        for (unsigned t = 0; t < period[f[5]][s]; t++) {
+        /* flag bit 1 (trellis): two tables for the Q8_0 symbols */
+        const unsigned np = (s == 0 && (f[6] & 2)) ? 2 : period[f[5]][s];
+        for (unsigned t = 0; t < np; t++) {
             if (size - pos < 32) return -1;
             const uint8_t * bitmap = f + pos;
             pos += 32;

@@ -23,10 +23,11 @@ int main(int argc, char ** argv)
     if (argc != 2) { fprintf(stderr, "usage: %s DIR\n", argv[0]); return 2; }
     /* two chunks at most, so that rANS pays for its states and the
      * streams are rANS coded, not stored raw */
-    static const struct { const char * name; int layout; size_t row, n, chunk; } seeds[] = {
+    static const struct { const char * name; int layout; size_t row, n, chunk; int trellis; } seeds[] = {
         { "bytes",      GGZ_LAYOUT_BYTES,   1,      3000, 2000 },
         { "bytes-tail", GGZ_LAYOUT_BYTES,   1,      1000, 0 },
         { "q8_0",       GGZ_LAYOUT_Q8_0,    4 * 34, 3264, 1632 },
+        { "q8_0-trellis", GGZ_LAYOUT_Q8_0,  4 * 34, 3264, 1632, 1 },
         { "plane16",    GGZ_LAYOUT_PLANE16, 2,      3000, 2000 },
         { "plane32",    GGZ_LAYOUT_PLANE32, 4,      3000, 2000 },
     };
@@ -39,7 +40,7 @@ int main(int argc, char ** argv)
             s = s * 1103515245u + 12345u;
             raw[j] = (uint8_t)((s >> 16) % 3 + ((s >> 24) % 8 == 0) * (s >> 28));
         }
-        const ggz_params p = { seeds[i].layout, seeds[i].row, seeds[i].chunk, 1 };
+        const ggz_params p = { seeds[i].layout, seeds[i].row, seeds[i].chunk, 1, seeds[i].trellis };
         uint8_t f[16384];
         const size_t n = ggz_encode_tensor(f, sizeof(f), raw, seeds[i].n, &p);
         if (ggz_is_error(n)) { fprintf(stderr, "%s: %s\n", seeds[i].name, ggz_error_name(n)); return 1; }

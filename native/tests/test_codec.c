@@ -287,6 +287,10 @@ static void test_trellis(void)
         }
     }
     check(on_path, "tcq levels follow the trellis", "");
+    int arith = 1;   /* the NEON loop's form of the table: s' = 2 ((s & 1) ^ b) + (s >> 1) */
+    for (int s = 0; s < GGZ_TCQ_STATES; s++)
+        for (int b = 0; b < 2; b++) arith &= next[s][b] == 2 * ((s & 1) ^ b) + (s >> 1);
+    check(arith, "GGZ_TCQ_NEXT in arithmetic form", "");
     check(near, "tcq levels within two steps of the weight", "");
     check(total == rows * cols, "tcq counts every level", "");
     check(ggz_error_code(ggz_tcq_quantize(w, rows, cols + 1, steps, rpc, 0, NULL, q, NULL)) == GGZ_ERR_PARAM,
