@@ -133,7 +133,10 @@ VARIANTS = {
     "rdo2": {"rdo": 2.0},
     "all": {"feedback": True, "rdo": 2.0, "calib_text": CALIB_TEXT},   # rdo 2: best with feedback at 3.9 bpw
     "alpha0": {"alpha": 0.0},        # the imatrix without the rescaling
+    "trellis": {"trellis": True},    # trellis-coded quantization (format version 2)
 }
+# the variants EmbeddingGemma gets too (uniform rates, as its target asks)
+EMBED_VARIANTS = {"trellis"}
 REF_TYPE = "IQ4_XS"  # issue 16: at REF_BYTES x its bytes, ggzip's KLD no worse than its
 REF_BYTES = 0.75
 SNR_CAP = 99.0       # a tensor coded without loss
@@ -562,7 +565,7 @@ class Bench:
             EMBED_KQUANTS if self.embedding else CAUSAL_KQUANTS + EXTRA_KQUANTS.get(name, []))
         self.rates = args.rates if args.rates is not None else (
             EMBED_RATES if self.embedding else CAUSAL_RATES)
-        self.variants = [] if self.embedding else list(args.variant_names)
+        self.variants = [v for v in args.variant_names if not self.embedding or v in EMBED_VARIANTS]
         self.plans = {}
         self.share, self.share_cos = 1.0, {}
 
@@ -1077,9 +1080,12 @@ def verdicts(res, embedding, bench) -> list[str]:
     if not embedding:
         return issue16_lines(res) + [v for c in causal_curves(res) if c != "gz"
                                      for v in target1_lines(res, False, c)]
+    extra = [f"uniform rates, {c.split('-')[0].replace('gz+', '--')}: " + v
+             for c in sorted({p["kind"] for p in res if p["kind"].startswith("gz+") and valid(p)})
+             for v in verdict(res, embedding, c)]
     if not any(p["kind"] == "gzs-imat" for p in res):
-        return verdict(res, embedding)
-    return ["uniform rates (--embd-share 1): " + v for v in verdict(res, embedding)] + \
+        return verdict(res, embedding) + extra
+    return ["uniform rates (--embd-share 1): " + v for v in verdict(res, embedding)] + extra + \
         [f"split rates ({bench.share_note()}; convert's default for gemma-embedding: "
          f"{EMBD_SHARE_DEFAULT['gemma-embedding']:g}): " + v
          for v in verdict(res, embedding, "gzs-imat")]
