@@ -133,10 +133,13 @@ VARIANTS = {
     "rdo2": {"rdo": 2.0},
     "all": {"feedback": True, "rdo": 2.0, "calib_text": CALIB_TEXT},   # rdo 2: best with feedback at 3.9 bpw
     "alpha0": {"alpha": 0.0},        # the imatrix without the rescaling
-    "trellis": {"trellis": True},    # trellis-coded quantization (format version 2)
+    # convert's default is trellis-coded quantization (format version 2); this is
+    # plain rounding to the same grid's step, version-1 frames (feedback and rdo
+    # round too)
+    "rounding": {"trellis": False},
 }
 # the variants EmbeddingGemma gets too (uniform rates, as its target asks)
-EMBED_VARIANTS = {"trellis"}
+EMBED_VARIANTS = {"rounding"}
 REF_TYPE = "IQ4_XS"  # issue 16: at REF_BYTES x its bytes, ggzip's KLD no worse than its
 REF_BYTES = 0.75
 SNR_CAP = 99.0       # a tensor coded without loss

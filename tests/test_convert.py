@@ -277,20 +277,20 @@ def test_convert_end_to_end(smol, smol_path, calib, tmp_path, capsys):
             d = blocks[:, :, :2].copy().view("<f2")[..., 0].astype(np.float32)
             q = blocks[:, :, 2:].copy().view(np.int8)
             # one step per row (its smallest), but for blocks that escape to
-            # their own absmax/127 (q8.row_steps): those use the whole int8 range
+            # their own absmax/127 (q8.row_steps): those use the whole int8 range.
+            # The trellis's step is half a rounding step's, so more blocks
+            # escape (attn_q here: 13% at 5 bpw, < 1% with rounding)
             row = d.min(axis=1, keepdims=True)
             esc = d != row
-            assert esc.mean() < 0.05, t.name
-            assert np.all(np.abs(q).max(axis=2)[esc] >= 126), t.name
-            # 5 bits/weight by the order-0 entropy the coder approaches
-            sym = blocks[:, :, 2:].reshape(-1)
-            c = np.bincount(sym, minlength=256)
-            p = c[c > 0] / sym.size
-            bits += -(p * np.log2(p)).sum() * sym.size
-            n += sym.size
+            assert esc.mean() < 0.2, t.name
+            assert np.all(np.abs(q).max(axis=2)[esc] >= 124), t.name
+            # 5 bits/weight by the bytes of its frame (trellis-coded: the
+            # symbols' order-0 entropy is about a bit more than they cost)
+            bits += len(r.stored(t.name)) * 8
+            n += q.size
         got[t.name] = gguf.quants.dequantize(r.array(t.name), t.ggml_type).reshape(t.shape)
     assert set(got) == set(w)
-    assert 4.8 < bits / n < 5.05
+    assert 4.85 < bits / n < 5.1
     # the quantized model still computes nearly the same function
     logits = llama_forward(m.kv, got, ids)
     top_ref, top = ref.argmax(axis=1), logits.argmax(axis=1)
@@ -616,7 +616,7 @@ def test_feedback_lowers_output_error_on_other_text(smol, smol_path, calib, tmp_
     ref = llama_forward(m.kv, w, ids)
     text = Path(__file__).parent / "data" / "declaration.txt"
     kls, bpw = {}, {}
-    for name, kw in (("plain", {}), ("feedback", dict(feedback=True, calib_text=text))):
+    for name, kw in (("plain", dict(trellis=False)), ("feedback", dict(feedback=True, calib_text=text))):
         out = tmp_path / f"{name}.gguf"
         rep = convert(smol_path, out, target_bpw=4.0, imatrix=imat, progress=False, **kw)
         bpw[name] = rep.totals()["bpw"]
@@ -634,7 +634,7 @@ def test_feedback_needs_calibration_text(smol_path, tmp_path):
 
 
 def test_trellis_lowers_output_error_at_the_same_size(smol_path, calib, tmp_path):
-    """convert --trellis: format-version-2 frames of levels on the trellis path,
+    """convert --trellis (the default): format-version-2 frames of levels on the trellis path,
     which the patched llama.cpp decodes to exactly the bytes `ggzip decompress`
     gives (the same logits), at about the size of plain rounding's file and
     closer to the float model (KL divergence, through llama.cpp)."""
@@ -650,8 +650,8 @@ def test_trellis_lowers_output_error_at_the_same_size(smol_path, calib, tmp_path
     files = {"orig": tmp_path / "orig.gguf", "plain": tmp_path / "plain.gguf",
              "trellis": tmp_path / "trellis.gguf", "twin": tmp_path / "twin.gguf"}
     convert(smol_path, files["orig"], alpha=0.0, keep_float=True, plain=True, progress=False)
-    convert(smol_path, files["plain"], imatrix=imat, target_bpw=4.0, progress=False)
-    convert(smol_path, files["trellis"], imatrix=imat, target_bpw=4.0, trellis=True, progress=False)
+    convert(smol_path, files["plain"], imatrix=imat, target_bpw=4.0, trellis=False, progress=False)
+    convert(smol_path, files["trellis"], imatrix=imat, target_bpw=4.0, progress=False)
     decompress_file(files["trellis"], files["twin"], progress=False)
     sizes = {k: files[k].stat().st_size for k in ("plain", "trellis")}
     assert abs(sizes["trellis"] / sizes["plain"] - 1) < 0.02, sizes
@@ -674,3 +674,8 @@ def test_trellis_lowers_output_error_at_the_same_size(smol_path, calib, tmp_path
     with pytest.raises(GGZipError, match="--trellis does not combine"):
         convert(smol_path, tmp_path / "x.gguf", imatrix=imat, target_bpw=4.0, trellis=True, rdo=1.0,
                 progress=False)
+    with pytest.raises(GGZipError, match="--trellis needs --target-bpw"):
+        convert(smol_path, tmp_path / "x.gguf", step=1.0, trellis=True, progress=False)
+    # --no-trellis: version-1 frames (the plain file above)
+    with GGZipReader(files["plain"]) as r:
+        assert {codec.info(r.stored(n)).version for n, t in r.tensors.items() if t.coded} == {1}

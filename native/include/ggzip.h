@@ -296,6 +296,9 @@ void ggz_sparse_tmm(const void * wt, size_t row_bytes, int64_t n_in, const float
  * states 2-3 (class 1) odd ones, each class with its own table; after a level
  * L the lane goes to GGZ_TCQ_NEXT[state][(L >> 1) & 1]. */
 #define GGZ_TCQ_STATES 4
+/* their two tables are 11-bit (frequencies sum to 2048): both decode tables
+ * then take 16 KiB, as one 12-bit table does, and stay in L1 */
+#define GGZ_TCQ_PROB_BITS 11
 #define GGZ_TCQ_NEXT { {0, 2}, {2, 0}, {1, 3}, {3, 1} }
 
 /*! ggz_tcq_quantize() : the int8 levels q (rows x cols, row major) of the

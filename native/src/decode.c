@@ -27,9 +27,12 @@ int ggz_dtabs_build(dtabs * d, const frame_hdr * h)
         if (h->mode[s] != MODE_RANS) continue;
         /* only the period's tables (16 KiB each; Q8_0 streams have one): a
          * reader lives as long as llama.cpp keeps its tensor compressed */
-        d->dt[s] = malloc(h->period[s] * sizeof d->dt[s]->slot[0]);
+        /* trellis symbols: both 11-bit tables in slot[0], class c at c << 11 */
+        const int tcq = h->prob_bits[s] == GGZ_TCQ_PROB_BITS;
+        d->dt[s] = malloc((tcq ? 1 : h->period[s]) * sizeof d->dt[s]->slot[0]);
         if (!d->dt[s]) { free(d->dt[0]); return GGZ_ERR_ALLOC; }
-        for (unsigned t = 0; t < h->period[s]; t++) ggz_dtab_build(d->dt[s]->slot[t], &h->freqs[s][t]);
+        for (unsigned t = 0; t < h->period[s]; t++)
+            ggz_dtab_build(tcq ? d->dt[s]->slot[0] + (t << GGZ_TCQ_PROB_BITS) : d->dt[s]->slot[t], &h->freqs[s][t]);
     }
     return GGZ_OK;
 }

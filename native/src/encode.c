@@ -16,11 +16,15 @@ static size_t plan(frame_hdr * h, size_t raw_size, const ggz_params * p)
     if (!p || p->layout < 0 || p->layout >= GGZ_LAYOUT_COUNT) return GGZ_ERROR(PARAM);
     h->layout = p->layout;
     h->n_streams = ggz_layout_streams[p->layout];
-    for (unsigned s = 0; s < h->n_streams; s++) h->period[s] = ggz_layout_period[p->layout][s];
+    for (unsigned s = 0; s < h->n_streams; s++) {
+        h->period[s] = ggz_layout_period[p->layout][s];
+        h->prob_bits[s] = GGZ_PROB_BITS;
+    }
     if (p->trellis) {
         if (p->layout != GGZ_LAYOUT_Q8_0) return GGZ_ERROR(PARAM);
         h->flags |= FLAG_TRELLIS;
         h->period[0] = 2;           /* a table per trellis class */
+        h->prob_bits[0] = GGZ_TCQ_PROB_BITS;
     }
     h->version = p->trellis ? GGZ_FORMAT_VERSION_TRELLIS : GGZ_FORMAT_VERSION;
     const unsigned unit = ggz_layout_unit[p->layout];
@@ -207,8 +211,8 @@ static uint8_t * choose_tables(frame_hdr * h, hist_t * hist, uint8_t * p)
         const uint64_t n = stream_symbols(h->layout, s, h->raw_size);
         double bits = 0, table_bytes = 0;
         for (unsigned t = 0; t < h->period[s]; t++) {
-            ggz_normalize(hist[s][t], &h->freqs[s][t]);
-            bits += ggz_cost_bits(hist[s][t], &h->freqs[s][t]);
+            ggz_normalize(hist[s][t], &h->freqs[s][t], h->prob_bits[s]);
+            bits += ggz_cost_bits(hist[s][t], &h->freqs[s][t], h->prob_bits[s]);
             table_bytes += 32 + 256;
         }
         const double rans = bits / 8 + table_bytes + (double)h->n_chunks * GGZ_STATE_BYTES;
@@ -316,7 +320,7 @@ size_t ggz_encode_tensor(void * dst_, size_t dstCapacity, const void * src_, siz
         if (h.mode[s] != MODE_RANS) continue;
         et[s] = malloc(sizeof(ggz_etab));
         if (!et[s]) { err = GGZ_ERR_ALLOC; break; }
-        for (unsigned t = 0; t < h.period[s]; t++) ggz_etab_build(et[s]->sym[t], &h.freqs[s][t]);
+        for (unsigned t = 0; t < h.period[s]; t++) ggz_etab_build(et[s]->sym[t], &h.freqs[s][t], h.prob_bits[s]);
     }
     uint8_t * const data = index + (size_t)h.n_chunks * h.index_entry;
     size_t * sizes = err ? NULL : malloc(((size_t)h.n_chunks * h.n_streams + 1) * sizeof(size_t));

@@ -40,13 +40,15 @@ size_t ggz_frame_parse(frame_hdr * h, const uint8_t * src, size_t size)
 
     size_t pos = GGZ_FRAME_HEADER_SIZE;
     for (unsigned s = 0; s < h->n_streams; s++) {
-        h->period[s] = (s == 0 && (h->flags & FLAG_TRELLIS)) ? 2 : ggz_layout_period[h->layout][s];
+        const int tcq = s == 0 && (h->flags & FLAG_TRELLIS);
+        h->period[s] = tcq ? 2 : ggz_layout_period[h->layout][s];
+        h->prob_bits[s] = tcq ? GGZ_TCQ_PROB_BITS : GGZ_PROB_BITS;
         if (pos >= size) return GGZ_ERROR(SRC_TRUNCATED);
         h->mode[s] = src[pos++];
         if (h->mode[s] > MODE_RANS) return GGZ_ERROR(HEADER);
         if (h->mode[s] != MODE_RANS) continue;
         for (unsigned t = 0; t < h->period[s]; t++) {
-            const size_t r = ggz_table_read(src + pos, size - pos, &h->freqs[s][t]);
+            const size_t r = ggz_table_read(src + pos, size - pos, &h->freqs[s][t], h->prob_bits[s]);
             if (ggz_is_error(r)) return r;
             pos += r;
         }

@@ -23,6 +23,7 @@ typedef struct {
     unsigned  version;
     unsigned  flags, n_streams;
     unsigned  period[GGZ_MAX_STREAMS];
+    unsigned  prob_bits[GGZ_MAX_STREAMS];   /* of the stream's tables: 12, 11 for trellis symbols */
     unsigned  mode[GGZ_MAX_STREAMS];
     ggz_freqs freqs[GGZ_MAX_STREAMS][GGZ_MAX_PERIOD];
     uint64_t  raw_size;

@@ -65,15 +65,15 @@ typedef struct {
 
 /* encoder's half (table_encode.c):
  * counts -> frequencies summing to 4096, each present symbol >= 1, max 4095 */
-void   ggz_normalize(const uint64_t counts[256], ggz_freqs * out);
+void   ggz_normalize(const uint64_t counts[256], ggz_freqs * out, unsigned prob_bits);
 /* cost in bits of coding `counts` with `freqs` */
-double ggz_cost_bits(const uint64_t counts[256], const ggz_freqs * freqs);
+double ggz_cost_bits(const uint64_t counts[256], const ggz_freqs * freqs, unsigned prob_bits);
 double ggz_entropy_bits(const uint64_t counts[256]);
 size_t ggz_table_write(uint8_t * dst, size_t cap, const ggz_freqs * freqs);
-void   ggz_etab_build(ggz_esym * syms, const ggz_freqs * freqs);
+void   ggz_etab_build(ggz_esym * syms, const ggz_freqs * freqs, unsigned prob_bits);
 /* decoder's half (table.c): parse and validate; @return bytes read or an error code */
-size_t ggz_table_read(const uint8_t * src, size_t size, ggz_freqs * freqs);
-void   ggz_dtab_build(uint32_t * slots, const ggz_freqs * freqs);
+size_t ggz_table_read(const uint8_t * src, size_t size, ggz_freqs * freqs, unsigned prob_bits);
+void   ggz_dtab_build(uint32_t * slots, const ggz_freqs * freqs);   /* slots: the sum of the frequencies */
 
 /* CRC-32C by table, whatever the CPU (tests compare it with the hardware path) */
 uint32_t ggz_crc32c_portable(uint32_t crc, const void * buf, size_t size);

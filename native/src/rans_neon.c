@@ -106,20 +106,20 @@ GGZ_INLINE uint32x4_t step4(uint32x4_t x, uint32x4_t toff, const uint32_t * tab,
     return vbslq_u32(low, vorrq_u32(vshlq_n_u32(x, 16), w), x);
 }
 
-/* A trellis quarter-step.  S holds each lane's state s = 2 hi + lo as
- * hi << 12 | lo: hi is the class, so S above the slot bits is the offset of
- * the class's table, and GGZ_TCQ_NEXT is s' = 2 (lo ^ b) + hi for the
+/* A trellis quarter-step (11-bit tables, class c's at c << 11).  S holds each
+ * lane's state s = 2 hi + lo as hi << 11 | lo: hi is the class, so S above
+ * the slot bits is the offset of the class's table, and GGZ_TCQ_NEXT is s' = 2 (lo ^ b) + hi for the
  * symbol's bit 1, b (checked against the table in the C tests). */
 GGZ_INLINE uint32x4_t step4_tcq(uint32x4_t x, uint32x4_t * S, const uint32_t * tab,
                                 uint32x4_t * e, const uint8_t ** pp)
 {
     const uint32x4_t mask = vdupq_n_u32(GGZ_PROB_MASK);
     const uint32x4_t bit = vld1q_u32(lane_bit);
-    const uint32x4_t t = gather4(tab, vbslq_u32(mask, x, *S));
+    const uint32x4_t t = gather4(tab, vbslq_u32(vdupq_n_u32((1u << GGZ_TCQ_PROB_BITS) - 1), x, *S));
     *e = t;
     const uint32x4_t hi = vandq_u32(veorq_u32(*S, vshrq_n_u32(t, 1)), vdupq_n_u32(1));
-    *S = vsliq_n_u32(vshrq_n_u32(*S, GGZ_PROB_BITS), hi, GGZ_PROB_BITS);
-    x = vmlaq_u32(vandq_u32(vshrq_n_u32(t, 8), mask), vshrq_n_u32(t, 20), vshrq_n_u32(x, GGZ_PROB_BITS));
+    *S = vsliq_n_u32(vshrq_n_u32(*S, GGZ_TCQ_PROB_BITS), hi, GGZ_TCQ_PROB_BITS);
+    x = vmlaq_u32(vandq_u32(vshrq_n_u32(t, 8), mask), vshrq_n_u32(t, 20), vshrq_n_u32(x, GGZ_TCQ_PROB_BITS));
     const uint32x4_t low = vcltq_u32(x, vdupq_n_u32(GGZ_RANS_L));
     const unsigned m = vaddvq_u32(vandq_u32(low, bit));
     const uint8x16_t words = vcombine_u8(vld1_u8(*pp), vdup_n_u8(0));
@@ -240,7 +240,7 @@ GGZ_INLINE int decode_tcq(const uint8_t * src, size_t src_size, uint8_t * dst, s
     *crc = ggz_crc32c(~c, q, (size_t)(end - q));
     uint8_t st[GGZ_LANES];
     for (int g = 0; g < 8; g++) { vst1q_u32(x + 4 * g, xs[g]); vst1q_u32(sv + 4 * g, S[g]); }
-    for (unsigned l = 0; l < GGZ_LANES; l++) st[l] = (uint8_t)(2 * (sv[l] >> GGZ_PROB_BITS) + (sv[l] & 1));
+    for (unsigned l = 0; l < GGZ_LANES; l++) st[l] = (uint8_t)(2 * (sv[l] >> GGZ_TCQ_PROB_BITS) + (sv[l] & 1));
     if (ggz_decode_tcq_lanes(x, st, &p, end, dst + k * dst_stride, steps - k, dst_stride, tabs))
         return GGZ_ERR_CORRUPT;
     return ggz_decode_finish(x, p, end, dst, 0, tabs, 2);

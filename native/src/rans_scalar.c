@@ -61,7 +61,8 @@ int ggz_decode_scalar(const uint8_t * src, size_t src_size,
 }
 
 /* Trellis-coded Q8_0 symbols (FORMAT.md section 2): each lane decodes with the
- * table of its state's class and moves on by bit 1 of the symbol.  n is whole
+ * 11-bit table of its state's class (both in slot[0], class c at c << 11) and
+ * moves on by bit 1 of the symbol.  n is whole
  * steps (32 symbols a block).  The checked loop is the reference for the SIMD
  * kernels' fast loops and finishes their streams. */
 int ggz_decode_tcq_lanes(uint32_t * x, uint8_t * st, const uint8_t ** pp, const uint8_t * end,
@@ -71,10 +72,11 @@ int ggz_decode_tcq_lanes(uint32_t * x, uint8_t * st, const uint8_t ** pp, const 
     for (size_t k = 0; k < steps; k++) {
         uint8_t * out = dst + k * dst_stride;
         for (unsigned l = 0; l < GGZ_LANES; l++) {
-            const uint32_t e = tabs->slot[st[l] >> 1][x[l] & GGZ_PROB_MASK];
+            const uint32_t e = tabs->slot[0][(uint32_t)(st[l] >> 1) << GGZ_TCQ_PROB_BITS |
+                                             (x[l] & ((1u << GGZ_TCQ_PROB_BITS) - 1))];
             out[l] = (uint8_t)e;
             st[l] = ggz_tcq_next[st[l]][(e >> 1) & 1];
-            uint32_t v = (e >> 20) * (x[l] >> GGZ_PROB_BITS) + ((e >> 8) & GGZ_PROB_MASK);
+            uint32_t v = (e >> 20) * (x[l] >> GGZ_TCQ_PROB_BITS) + ((e >> 8) & GGZ_PROB_MASK);
             if (v < GGZ_RANS_L) {
                 if (GGZ_UNLIKELY(end - p < 2)) return 1;
                 v = (v << 16) | ggz_rd16(p);

@@ -65,11 +65,12 @@ GGZ_INLINE __m256i lookup8(const uint32_t * tab, __m256i idx)
 #endif
 }
 
-/* x = D(x) from the entries e, then the renormalisation */
-GGZ_INLINE __m256i update8(__m256i x, __m256i e, const uint8_t ** pp)
+/* x = D(x) from the entries e (tables of prob_bits, a constant), then the
+ * renormalisation */
+GGZ_INLINE __m256i update8(__m256i x, __m256i e, const uint8_t ** pp, const int prob_bits)
 {
-    const __m256i mask = _mm256_set1_epi32(GGZ_PROB_MASK);
-    x = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_srli_epi32(e, 20), _mm256_srli_epi32(x, GGZ_PROB_BITS)),
+    const __m256i mask = _mm256_set1_epi32(GGZ_PROB_MASK);   /* the entries' 12-bit bias field */
+    x = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_srli_epi32(e, 20), _mm256_srli_epi32(x, prob_bits)),
                          _mm256_and_si256(_mm256_srli_epi32(e, 8), mask));
     /* lanes below L take the next words, in lane order */
     const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)*pp));
@@ -90,29 +91,31 @@ GGZ_INLINE __m256i step8(__m256i x, __m256i toff, const uint32_t * tab, __m256i 
 {
     const __m256i e = lookup8(tab, _mm256_add_epi32(_mm256_and_si256(x, _mm256_set1_epi32(GGZ_PROB_MASK)), toff));
     *sym = e;
-    return update8(x, e, pp);
+    return update8(x, e, pp, GGZ_PROB_BITS);
 }
 
-/* A trellis step: S holds each lane's state as 2 * state | class << 12, so
- * that S & 4096 is the offset of its class's table and S | (bit 1 of the
- * symbol) indexes tnext (vpermd reads the low 3 bits), whose entries are the
- * next states in the same form.  Off the x chain: the lookup waits for x. */
+/* A trellis step (11-bit tables, class c's at c << 11): S holds each lane's
+ * state as 2 * state | class << 11, so that S above the slot bits is the
+ * offset of its class's table and S | (bit 1 of the symbol) indexes tnext
+ * (vpermd reads the low 3 bits), whose entries are the next states in the
+ * same form.  Off the x chain: the lookup waits for x. */
+#define TCQ_MASK ((1 << GGZ_TCQ_PROB_BITS) - 1)
 GGZ_INLINE __m256i step8_tcq(__m256i x, __m256i * S, __m256i tnext, const uint32_t * tab, __m256i * sym,
                              const uint8_t ** pp)
 {
 #if defined(__AVX512VL__)
     /* bitwise selects: slot bits from x, the class bit from S (S < 2^13); then S | (e >> 1 & 1) */
-    const __m256i e = lookup8(tab, _mm256_ternarylogic_epi32(_mm256_set1_epi32(GGZ_PROB_MASK), x, *S, 0xCA));
+    const __m256i e = lookup8(tab, _mm256_ternarylogic_epi32(_mm256_set1_epi32(TCQ_MASK), x, *S, 0xCA));
     *S = _mm256_permutevar8x32_epi32(tnext, _mm256_ternarylogic_epi32(*S, _mm256_srli_epi32(e, 1),
                                                                       _mm256_set1_epi32(1), 0xF8));
 #else
-    const __m256i cls = _mm256_and_si256(*S, _mm256_set1_epi32((int)GGZ_PROB_SCALE));
-    const __m256i e = lookup8(tab, _mm256_or_si256(_mm256_and_si256(x, _mm256_set1_epi32(GGZ_PROB_MASK)), cls));
+    const __m256i cls = _mm256_and_si256(*S, _mm256_set1_epi32(TCQ_MASK + 1));
+    const __m256i e = lookup8(tab, _mm256_or_si256(_mm256_and_si256(x, _mm256_set1_epi32(TCQ_MASK)), cls));
     const __m256i b = _mm256_and_si256(_mm256_srli_epi32(e, 1), _mm256_set1_epi32(1));
     *S = _mm256_permutevar8x32_epi32(tnext, _mm256_or_si256(*S, b));
 #endif
     *sym = e;
-    return update8(x, e, pp);
+    return update8(x, e, pp, GGZ_TCQ_PROB_BITS);
 }
 
 /* The low bytes of 32 entries: the 32 symbols in lane order.  VBMI picks them
@@ -222,7 +225,7 @@ GGZ_INLINE int decode_x86_tcq(const uint8_t * src, size_t src_size, uint8_t * ds
     uint32_t nx[8];
     for (unsigned i = 0; i < 8; i++) {
         const unsigned s = ggz_tcq_next[i >> 1][i & 1];
-        nx[i] = 2 * s | (s >> 1) << GGZ_PROB_BITS;
+        nx[i] = 2 * s | (s >> 1) << GGZ_TCQ_PROB_BITS;
     }
     const __m256i tnext = _mm256_loadu_si256((const __m256i *)nx);
     const uint32_t * tab = tabs->slot[0];

@@ -3,8 +3,9 @@
  * half is table_encode.c. */
 #include "internal.h"
 
-size_t ggz_table_read(const uint8_t * src, size_t size, ggz_freqs * freqs)
+size_t ggz_table_read(const uint8_t * src, size_t size, ggz_freqs * freqs, unsigned prob_bits)
 {
+    const uint32_t scale = 1u << prob_bits;
     if (size < 32) return GGZ_ERROR(SRC_TRUNCATED);
     memset(freqs, 0, sizeof(*freqs));
     size_t pos = 32;
@@ -18,11 +19,11 @@ size_t ggz_table_read(const uint8_t * src, size_t size, ggz_freqs * freqs)
             f = ((f & 0x7F) << 8) | src[pos++];
             if (f < 128) return GGZ_ERROR(HEADER); /* only one encoding per value */
         }
-        if (f < 1 || f >= GGZ_PROB_SCALE) return GGZ_ERROR(HEADER);
+        if (f < 1 || f >= scale) return GGZ_ERROR(HEADER);
         freqs->f[s] = (uint16_t)f;
         sum += f;
     }
-    if (sum != GGZ_PROB_SCALE) return GGZ_ERROR(HEADER);
+    if (sum != scale) return GGZ_ERROR(HEADER);
     return pos;
 }
 

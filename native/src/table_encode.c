@@ -15,19 +15,20 @@ double ggz_entropy_bits(const uint64_t counts[256])
     return bits;
 }
 
-double ggz_cost_bits(const uint64_t counts[256], const ggz_freqs * freqs)
+double ggz_cost_bits(const uint64_t counts[256], const ggz_freqs * freqs, unsigned prob_bits)
 {
     double bits = 0.0;
     for (int s = 0; s < 256; s++)
-        if (counts[s]) bits += (double)counts[s] * (GGZ_PROB_BITS - log2((double)freqs->f[s]));
+        if (counts[s]) bits += (double)counts[s] * (prob_bits - log2((double)freqs->f[s]));
     return bits;
 }
 
-/* Rounds p * 4096 with every present symbol at least 1, then moves the
+/* Rounds p * M (M = 2^prob_bits) with every present symbol at least 1, then moves the
  * difference one unit at a time to where it costs least (the exact change of
  * cost in bits, so the result is near the best table for these counts). */
-void ggz_normalize(const uint64_t counts[256], ggz_freqs * out)
+void ggz_normalize(const uint64_t counts[256], ggz_freqs * out, unsigned prob_bits)
 {
+    const uint32_t scale = 1u << prob_bits;
     uint64_t total = 0;
     int present = 0, only = 0;
     for (int s = 0; s < 256; s++) {
@@ -37,29 +38,29 @@ void ggz_normalize(const uint64_t counts[256], ggz_freqs * out)
     memset(out, 0, sizeof(*out));
     if (present <= 1) {
         /* one symbol (or none): f = 4095 plus a dummy so that no f is 4096 */
-        out->f[only] = GGZ_PROB_SCALE - 1;
+        out->f[only] = scale - 1;
         out->f[(only + 1) & 255] = 1;
         return;
     }
     int32_t sum = 0;
     for (int s = 0; s < 256; s++) {
         if (!counts[s]) continue;
-        double v = (double)counts[s] * GGZ_PROB_SCALE / (double)total;
+        double v = (double)counts[s] * scale / (double)total;
         uint32_t f = (uint32_t)(v + 0.5);
         if (f < 1) f = 1;
-        if (f > GGZ_PROB_SCALE - 1) f = GGZ_PROB_SCALE - 1;
+        if (f > scale - 1) f = scale - 1;
         out->f[s] = (uint16_t)f;
         sum += (int32_t)f;
     }
-    while (sum != (int32_t)GGZ_PROB_SCALE) {
+    while (sum != (int32_t)scale) {
         int best = -1;
         double best_d = 0.0;
         for (int s = 0; s < 256; s++) {
             if (!counts[s]) continue;
             const double f = out->f[s];
             double d; /* bits saved (sum too small) or lost (sum too large) */
-            if (sum < (int32_t)GGZ_PROB_SCALE) {
-                if (f >= GGZ_PROB_SCALE - 1) continue;
+            if (sum < (int32_t)scale) {
+                if (f >= scale - 1) continue;
                 d = (double)counts[s] * log2((f + 1) / f);
                 if (best < 0 || d > best_d) { best = s; best_d = d; }
             } else {
@@ -68,7 +69,7 @@ void ggz_normalize(const uint64_t counts[256], ggz_freqs * out)
                 if (best < 0 || d < best_d) { best = s; best_d = d; }
             }
         }
-        if (sum < (int32_t)GGZ_PROB_SCALE) { out->f[best]++; sum++; }
+        if (sum < (int32_t)scale) { out->f[best]++; sum++; }
         else                                { out->f[best]--; sum--; }
     }
 }
@@ -92,7 +93,7 @@ size_t ggz_table_write(uint8_t * dst, size_t cap, const ggz_freqs * freqs)
     return pos;
 }
 
-void ggz_etab_build(ggz_esym * syms, const ggz_freqs * freqs)
+void ggz_etab_build(ggz_esym * syms, const ggz_freqs * freqs, unsigned prob_bits)
 {
     uint32_t cum = 0;
     for (int s = 0; s < 256; s++) {
@@ -100,9 +101,9 @@ void ggz_etab_build(ggz_esym * syms, const ggz_freqs * freqs)
         ggz_esym * e = &syms[s];
         if (f) {
             e->rcp  = UINT64_MAX / f;
-            e->xmax = f << (32 - GGZ_PROB_BITS); /* ((L >> PROB_BITS) << 16) * f */
+            e->xmax = f << (32 - prob_bits); /* ((L >> prob_bits) << 16) * f */
             e->cum  = (uint16_t)cum;
-            e->cmpl = (uint16_t)(GGZ_PROB_SCALE - f);
+            e->cmpl = (uint16_t)((1u << prob_bits) - f);
         } else {
             memset(e, 0, sizeof(*e));
         }

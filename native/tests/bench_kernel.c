@@ -397,7 +397,7 @@ int main(int argc, char ** argv)
     ggz_dtabs_build(&d, &h);
     const uint32_t * tab = d.dt[0]->slot[0];
     static ggz_etab et;
-    ggz_etab_build(et.sym[0], &h.freqs[0][0]);
+    ggz_etab_build(et.sym[0], &h.freqs[0][0], GGZ_PROB_BITS);
 
     /* the chunks' symbol streams: as in the frame (32 lanes) and re-encoded with 64 */
     const uint32_t nc = h.n_chunks;

@@ -150,11 +150,12 @@ def register(sub) -> None:
                    help="rate-distortion optimised rounding: each weight takes, of its two "
                         "neighbouring grid points, the one minimising error + K x its code "
                         "length (K=1: the high-rate trade of bits for error; default 0: off)")
-    p.add_argument("--trellis", action="store_true",
-                   help="trellis-coded quantization: a path search per rANS lane picks levels on a "
-                        "grid twice as fine as their code pays for (about 20%% lower KL divergence "
-                        "at the same size; format-version-2 frames, ggzip >= 0.5 to load; not "
-                        "with --feedback or --rdo)")
+    p.add_argument("--trellis", action=argparse.BooleanOptionalAction, default=None,
+                   help="trellis-coded quantization (the default with --target-bpw, but with "
+                        "--feedback, --rdo or --plain): a path search per rANS lane picks levels on a grid twice as "
+                        "fine as their code pays for, about 25%% lower KL divergence at the same "
+                        "size; format-version-2 frames (ggzip >= 0.5 loads them). --no-trellis: "
+                        "plain rounding, version-1 frames")
     p.add_argument("--plain", action="store_true",
                    help="write an ordinary Q8_0 GGUF (stock llama.cpp loads it) instead of "
                         "rANS-coding the tensors (ggzip compress can code it later)")

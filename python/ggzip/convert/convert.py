@@ -390,7 +390,7 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
             threads: int | None = None, bpw_for: dict[str, float] | None = None,
             embd_share: float | None = None, no_fold=(), chunk_size: int = 0,
             sparsity: float = 0.0, attn_sparsity: float = 0.0,
-            feedback: bool = False, rdo: float = 0.0, trellis: bool = False) -> ConvertReport:
+            feedback: bool = False, rdo: float = 0.0, trellis: bool | None = None) -> ConvertReport:
     """Convert IN to a ggzip GGUF at OUT (Q8_0 tensors rANS-coded), or with
     plain=True to an ordinary Q8_0 GGUF; see the module docstring.  alpha None:
     ALPHA_IMATRIX with an imatrix, ALPHA_PROXY without.  keep_float: write the
@@ -412,7 +412,9 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
     rdo: rate-distortion optimised rounding with this weight on the rate (0:
     off, 1: the high-rate trade; feedback.quantize_feedback).
     trellis: trellis-coded quantization (q8.quantize_trellis) of the Q8_0
-    weights, in format-version-2 frames; not with feedback or rdo.
+    weights, in format-version-2 frames; None (default): on with target_bpw,
+    unless feedback, rdo, plain or keep_float ask for plain rounding; True
+    with any of those, or without target_bpw, is an error.
 
     The steps: check the options, read IN, choose every tensor's rate, gather
     activation statistics, plan the rescaling, decide each tensor's output type,
@@ -428,6 +430,11 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
                          "chooses every level itself)")
     if trellis and plain:
         raise GGZipError("--trellis needs ggzip frames: its levels cost a bit less only there, not with --plain")
+    if trellis and target_bpw is None:
+        raise GGZipError("--trellis needs --target-bpw (a --step is a rounding step; the trellis "
+                         "would code levels on half of it)")
+    if trellis is None:
+        trellis = target_bpw is not None and not (feedback or rdo or plain or keep_float)
     t0 = time.perf_counter()
     src = GGUFModel(inp)
     shapes = {n: src.shape(n) for n in src.tensors}
