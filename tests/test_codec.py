@@ -398,14 +398,19 @@ def test_python_constants_match_header(tmp_path):
     C = codec_constants
     want = {"GGZ_FRAME_MAGIC": C.FRAME_MAGIC, "GGZ_FORMAT_VERSION": C.FORMAT_VERSION,
             "GGZ_FORMAT_VERSION_TRELLIS": C.FORMAT_VERSION_TRELLIS, "GGZ_LANES": C.LANES,
+            "GGZ_TCQ_STATES": C.TCQ_STATES, "GGZ_TCQ_PROB_BITS": C.TCQ_PROB_BITS,
             "GGZ_PROB_BITS": C.PROB_BITS, "GGZ_RANS_L": C.RANS_L, "GGZ_FRAME_HEADER_SIZE": C.FRAME_HEADER_SIZE,
             "GGZ_DEFAULT_CHUNK": C.DEFAULT_CHUNK, "GGZ_MAX_STREAMS": C.MAX_STREAMS,
             "GGZ_LAYOUT_COUNT": len(C.LAYOUT_IDS), "GGZ_ERR_MAX": len(C.ERRORS),
             "GGZ_VERSION_MAJOR": EXPECTED_VERSION[0], "GGZ_VERSION_MINOR": EXPECTED_VERSION[1],
             "GGZ_VERSION_PATCH": EXPECTED_VERSION[2]}
     want.update({f"GGZ_LAYOUT_{name.upper()}": v for name, v in C.LAYOUT_IDS.items()})
+    want.update({f"TCQ_NEXT_{s}_{b}": C.TCQ_NEXT[s][b] for s in range(4) for b in range(2)})
     want.update({("GGZ_OK" if e == "OK" else f"GGZ_ERR_{e}"): i for i, e in enumerate(C.ERRORS)})
-    assert _header_values(tmp_path, {k: k for k in want}) == want
+    exprs = {k: k for k in want}
+    exprs.update({f"TCQ_NEXT_{s}_{b}": f"((const unsigned char[4][2])GGZ_TCQ_NEXT)[{s}][{b}]"
+                  for s in range(4) for b in range(2)})
+    assert _header_values(tmp_path, exprs) == want
 
 
 def test_layout_units_match_library():
@@ -427,7 +432,7 @@ def test_trellis_frames_round_trip_and_cost_less():
     rpc = codec.rows_per_chunk(rows * cols // 32 * 34, cols // 32 * 34, 64 * 34 * 8)
     q, counts = codec.tcq_quantize(w, steps, rpc)
     assert counts.sum() == q.size
-    nxt = np.array([[0, 2], [2, 0], [1, 3], [3, 1]])
+    nxt = np.array(codec_constants.TCQ_NEXT)
     st = np.zeros(32, np.int64)
     lanes = q.reshape(rows, cols // 32, 32).astype(np.int64)
     for r in range(rows):

@@ -12,6 +12,11 @@ RANS_L = 1 << 16                  # lower bound of a state
 FRAME_HEADER_SIZE = 32
 DEFAULT_CHUNK = 256 * 1024
 MAX_STREAMS = 2
+# trellis-coded Q8_0 symbols (FORMAT.md section 2): 4 states, next state by
+# bit 1 of the symbol, class = state >> 1 picks the table (11-bit tables)
+TCQ_STATES = 4
+TCQ_NEXT = ((0, 2), (2, 0), (1, 3), (3, 1))
+TCQ_PROB_BITS = 11
 
 
 class Layout:
