@@ -420,6 +420,16 @@ def test_bad_inputs(smol, smol_path, tmp_path):
     assert GGZipReader(out).tensors
 
 
+def _llama_logits(llama_cpp, path) -> np.ndarray:
+    """llama.cpp's logits of the first 128 tokens of TEXT, 2 threads."""
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=2)
+    toks = llm.tokenize(TEXT.encode())[:128]
+    llm.eval(toks)
+    out = np.array(llm.scores[:len(toks)], np.float64)
+    del llm
+    return out
+
+
 def test_llama_cpp_runs_rescaled_and_quantized_models(smol_path, calib, tmp_path):
     """Through llama.cpp itself (llama-cpp-python of scripts/build_llama.sh): the
     rescaled float model gives the logits of the original within float rounding,
@@ -438,14 +448,7 @@ def test_llama_cpp_runs_rescaled_and_quantized_models(smol_path, calib, tmp_path
                      ("q8", dict(imatrix=imat, target_bpw=6.0))):
         files[name] = tmp_path / f"{name}.gguf"
         convert(smol_path, files[name], progress=False, **kw)
-    logits = {}
-    for name, path in files.items():
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, logits_all=True, verbose=False,
-                              n_threads=2)
-        toks = llm.tokenize(TEXT.encode())[:128]
-        llm.eval(toks)
-        logits[name] = np.array(llm.scores[:len(toks)], np.float64)
-        del llm
+    logits = {name: _llama_logits(llama_cpp, path) for name, path in files.items()}
     ref = logits["orig"]
     assert _rel(logits["folded"], ref) < 2e-3
     assert (logits["folded"].argmax(1) == ref.argmax(1)).mean() > 0.98
@@ -660,13 +663,7 @@ def test_trellis_lowers_output_error_at_the_same_size(smol_path, calib, tmp_path
                     if t.coded and t.ggml_type == gguf.GGMLQuantizationType.Q8_0}
     assert versions and set(versions.values()) == {2}
     q8 = _load_q8(files["trellis"])
-    logits = {}
-    for name, path in files.items():
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=2)
-        toks = llm.tokenize(TEXT.encode())[:128]
-        llm.eval(toks)
-        logits[name] = np.array(llm.scores[:len(toks)], np.float64)
-        del llm
+    logits = {name: _llama_logits(llama_cpp, path) for name, path in files.items()}
     assert np.array_equal(logits["trellis"], logits["twin"])
     kl_plain, kl_trellis = _kl(logits["orig"], logits["plain"]), _kl(logits["orig"], logits["trellis"])
     assert kl_trellis < 0.95 * kl_plain, (kl_trellis, kl_plain)

@@ -146,6 +146,19 @@ int    ggz_decode_tcq_neon(const uint8_t *, size_t, uint8_t *, size_t, size_t, c
 /* the decode kernel in use (dispatch.c); chosen once, thread-safe */
 const ggz_kernel * ggz_decoder(void);
 
+/* *x = v, renormalised from *pp with a bounds check; @return 1 when the
+ * stream runs out, else 0 */
+GGZ_INLINE int ggz_renorm_checked(uint32_t * x, uint32_t v, const uint8_t ** pp, const uint8_t * end)
+{
+    if (v < GGZ_RANS_L) {
+        if (GGZ_UNLIKELY(end - *pp < 2)) return 1;
+        v = (v << 16) | ggz_rd16(*pp);
+        *pp += 2;
+    }
+    *x = v;
+    return 0;
+}
+
 /* Shared scalar decode of one step of lanes [l0, l1) with bounds checks; used
  * by every kernel for the tail and for the last words of a stream.  Returns 0,
  * or 1 when the stream runs out. */
@@ -153,19 +166,12 @@ GGZ_INLINE int ggz_decode_lanes_checked(uint32_t * x, const uint8_t ** pp, const
                                         uint8_t * out, unsigned l0, unsigned l1,
                                         const ggz_dtab * tabs, unsigned period)
 {
-    const uint8_t * p = *pp;
     for (unsigned l = l0; l < l1; l++) {
         const uint32_t e = tabs->slot[l & (period - 1)][x[l] & GGZ_PROB_MASK];
         out[l] = (uint8_t)e;
-        uint32_t v = (e >> 20) * (x[l] >> GGZ_PROB_BITS) + ((e >> 8) & GGZ_PROB_MASK);
-        if (v < GGZ_RANS_L) {
-            if (GGZ_UNLIKELY(end - p < 2)) return 1;
-            v = (v << 16) | ggz_rd16(p);
-            p += 2;
-        }
-        x[l] = v;
+        if (ggz_renorm_checked(&x[l], (e >> 20) * (x[l] >> GGZ_PROB_BITS) + ((e >> 8) & GGZ_PROB_MASK), pp, end))
+            return 1;
     }
-    *pp = p;
     return 0;
 }
 

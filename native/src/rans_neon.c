@@ -86,17 +86,10 @@ GGZ_INLINE uint32x4_t gather4(const uint32_t * tab, uint32x4_t idx)
     return vreinterpretq_u32_u64(vcombine_u64(vcreate_u64(a), vcreate_u64(b)));
 }
 
-/* One quarter-step: 4 lanes decode a symbol (entry returned in *e) and
- * renormalise from *pp. */
-GGZ_INLINE uint32x4_t step4(uint32x4_t x, uint32x4_t toff, const uint32_t * tab,
-                            uint32x4_t * e, const uint8_t ** pp)
+/* The lanes of x below L take the next words from *pp, in lane order. */
+GGZ_INLINE uint32x4_t renorm4(uint32x4_t x, const uint8_t ** pp)
 {
-    const uint32x4_t mask = vdupq_n_u32(GGZ_PROB_MASK);
     const uint32x4_t bit = vld1q_u32(lane_bit);
-    const uint32x4_t t = gather4(tab, vaddq_u32(vandq_u32(x, mask), toff));
-    *e = t;
-    /* x = f * (x >> 12) + bias */
-    x = vmlaq_u32(vandq_u32(vshrq_n_u32(t, 8), mask), vshrq_n_u32(t, 20), vshrq_n_u32(x, GGZ_PROB_BITS));
     const uint32x4_t low = vcltq_u32(x, vdupq_n_u32(GGZ_RANS_L));
     const unsigned m = vaddvq_u32(vandq_u32(low, bit));
     /* 8 bytes (the most 4 lanes can take), so a step never reads past its 64 */
@@ -106,26 +99,33 @@ GGZ_INLINE uint32x4_t step4(uint32x4_t x, uint32x4_t toff, const uint32_t * tab,
     return vbslq_u32(low, vorrq_u32(vshlq_n_u32(x, 16), w), x);
 }
 
+/* One quarter-step: 4 lanes decode a symbol (entry returned in *e) and
+ * renormalise from *pp. */
+GGZ_INLINE uint32x4_t step4(uint32x4_t x, uint32x4_t toff, const uint32_t * tab,
+                            uint32x4_t * e, const uint8_t ** pp)
+{
+    const uint32x4_t mask = vdupq_n_u32(GGZ_PROB_MASK);
+    const uint32x4_t t = gather4(tab, vaddq_u32(vandq_u32(x, mask), toff));
+    *e = t;
+    /* x = f * (x >> 12) + bias */
+    return renorm4(vmlaq_u32(vandq_u32(vshrq_n_u32(t, 8), mask), vshrq_n_u32(t, 20), vshrq_n_u32(x, GGZ_PROB_BITS)), pp);
+}
+
 /* A trellis quarter-step (11-bit tables, class c's at c << 11).  S holds each
  * lane's state s = 2 hi + lo as hi << 11 | lo: hi is the class, so S above
- * the slot bits is the offset of the class's table, and GGZ_TCQ_NEXT is s' = 2 (lo ^ b) + hi for the
- * symbol's bit 1, b (checked against the table in the C tests). */
+ * the slot bits is the offset of the class's table, and GGZ_TCQ_NEXT is
+ * s' = 2 (lo ^ b) + hi for the symbol's bit 1, b (the C tests check this
+ * form against the table). */
 GGZ_INLINE uint32x4_t step4_tcq(uint32x4_t x, uint32x4_t * S, const uint32_t * tab,
                                 uint32x4_t * e, const uint8_t ** pp)
 {
-    const uint32x4_t mask = vdupq_n_u32(GGZ_PROB_MASK);
-    const uint32x4_t bit = vld1q_u32(lane_bit);
+    const uint32x4_t mask = vdupq_n_u32(GGZ_PROB_MASK);    /* the entries' 12-bit bias field */
     const uint32x4_t t = gather4(tab, vbslq_u32(vdupq_n_u32((1u << GGZ_TCQ_PROB_BITS) - 1), x, *S));
     *e = t;
     const uint32x4_t hi = vandq_u32(veorq_u32(*S, vshrq_n_u32(t, 1)), vdupq_n_u32(1));
     *S = vsliq_n_u32(vshrq_n_u32(*S, GGZ_TCQ_PROB_BITS), hi, GGZ_TCQ_PROB_BITS);
-    x = vmlaq_u32(vandq_u32(vshrq_n_u32(t, 8), mask), vshrq_n_u32(t, 20), vshrq_n_u32(x, GGZ_TCQ_PROB_BITS));
-    const uint32x4_t low = vcltq_u32(x, vdupq_n_u32(GGZ_RANS_L));
-    const unsigned m = vaddvq_u32(vandq_u32(low, bit));
-    const uint8x16_t words = vcombine_u8(vld1_u8(*pp), vdup_n_u8(0));
-    const uint32x4_t w = vreinterpretq_u32_u8(vqtbl1q_u8(words, vld1q_u8(expand_lut[m])));
-    *pp += consumed[m];
-    return vbslq_u32(low, vorrq_u32(vshlq_n_u32(x, 16), w), x);
+    return renorm4(vmlaq_u32(vandq_u32(vshrq_n_u32(t, 8), mask), vshrq_n_u32(t, 20),
+                             vshrq_n_u32(x, GGZ_TCQ_PROB_BITS)), pp);
 }
 
 /* low bytes of 16 entries, in lane order */

@@ -68,7 +68,6 @@ int ggz_decode_scalar(const uint8_t * src, size_t src_size,
 int ggz_decode_tcq_lanes(uint32_t * x, uint8_t * st, const uint8_t ** pp, const uint8_t * end,
                          uint8_t * dst, size_t steps, size_t dst_stride, const ggz_dtab * tabs)
 {
-    const uint8_t * p = *pp;
     for (size_t k = 0; k < steps; k++) {
         uint8_t * out = dst + k * dst_stride;
         for (unsigned l = 0; l < GGZ_LANES; l++) {
@@ -76,16 +75,10 @@ int ggz_decode_tcq_lanes(uint32_t * x, uint8_t * st, const uint8_t ** pp, const 
                                              (x[l] & ((1u << GGZ_TCQ_PROB_BITS) - 1))];
             out[l] = (uint8_t)e;
             st[l] = ggz_tcq_next[st[l]][(e >> 1) & 1];
-            uint32_t v = (e >> 20) * (x[l] >> GGZ_TCQ_PROB_BITS) + ((e >> 8) & GGZ_PROB_MASK);
-            if (v < GGZ_RANS_L) {
-                if (GGZ_UNLIKELY(end - p < 2)) return 1;
-                v = (v << 16) | ggz_rd16(p);
-                p += 2;
-            }
-            x[l] = v;
+            if (ggz_renorm_checked(&x[l], (e >> 20) * (x[l] >> GGZ_TCQ_PROB_BITS) + ((e >> 8) & GGZ_PROB_MASK), pp, end))
+                return 1;
         }
     }
-    *pp = p;
     return 0;
 }
 
