@@ -661,7 +661,9 @@ def test_trellis_lowers_output_error_at_the_same_size(smol_path, calib, tmp_path
     with GGZipReader(files["trellis"]) as r:
         versions = {n: codec.info(r.stored(n)).version for n, t in r.tensors.items()
                     if t.coded and t.ggml_type == gguf.GGMLQuantizationType.Q8_0}
-    assert versions and set(versions.values()) == {2}
+    # each tensor keeps the trellis where it beats rounding on its rate sample: here nearly all
+    assert versions and sum(v == 2 for v in versions.values()) >= 0.9 * len(versions), versions
+    assert set(versions.values()) <= {1, 2}
     q8 = _load_q8(files["trellis"])
     logits = {name: _llama_logits(llama_cpp, path) for name, path in files.items()}
     assert np.array_equal(logits["trellis"], logits["twin"])
