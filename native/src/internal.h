@@ -207,6 +207,21 @@ GGZ_INLINE int ggz_read_states(uint32_t * x, const uint8_t * src, size_t src_siz
     return GGZ_OK;
 }
 
+/* The start every SIMD decoder shares: an empty stream (its CRC taken, an
+ * error unless it has no bytes either), a trellis stream of part of a step
+ * (never written: an error), or the 32 states read into x.  @return -1 to
+ * go on decoding, else the result to return. */
+GGZ_INLINE int ggz_stream_begin(const uint8_t * src, size_t src_size, size_t n, int whole_steps,
+                                uint32_t * x, uint32_t * crc)
+{
+    if (!n || (whole_steps && n % GGZ_LANES)) {
+        *crc = ggz_crc32c(*crc, src, src_size);
+        return (src_size || n) ? GGZ_ERR_CORRUPT : GGZ_OK;
+    }
+    const int err = ggz_read_states(x, src, src_size);
+    return err ? err : -1;
+}
+
 /* Finishes a stream: the tail step, then the check that every state is back
  * at its initial value and every word was read. */
 GGZ_INLINE int ggz_decode_finish(uint32_t * x, const uint8_t * p, const uint8_t * end,

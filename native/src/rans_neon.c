@@ -141,13 +141,9 @@ GGZ_INLINE uint8x16_t symbols16(uint32x4_t a, uint32x4_t b, uint32x4_t c, uint32
 GGZ_INLINE int decode(const uint8_t * src, size_t src_size, uint8_t * dst, size_t n, size_t dst_stride,
                       const ggz_dtab * tabs, unsigned period, uint32_t * crc, const int loop_crc)
 {
-    if (!n) {
-        *crc = ggz_crc32c(*crc, src, src_size);
-        return src_size ? GGZ_ERR_CORRUPT : GGZ_OK;
-    }
     uint32_t x[GGZ_LANES];
-    int err = ggz_read_states(x, src, src_size);
-    if (err) return err;
+    const int r = ggz_stream_begin(src, src_size, n, 0, x, crc);
+    if (r >= 0) return r;
 
     const uint8_t * p = src + GGZ_STATE_BYTES;
     const uint8_t * const end = src + src_size;
@@ -211,13 +207,9 @@ int ggz_decode_neon(const uint8_t * src, size_t src_size, uint8_t * dst, size_t 
 GGZ_INLINE int decode_tcq(const uint8_t * src, size_t src_size, uint8_t * dst, size_t n, size_t dst_stride,
                           const ggz_dtab * tabs, uint32_t * crc, const int loop_crc)
 {
-    if (!n || n % GGZ_LANES) {
-        *crc = ggz_crc32c(*crc, src, src_size);
-        return (src_size || n) ? GGZ_ERR_CORRUPT : GGZ_OK;
-    }
     uint32_t x[GGZ_LANES], sv[GGZ_LANES];
-    int err = ggz_read_states(x, src, src_size);
-    if (err) return err;
+    const int r = ggz_stream_begin(src, src_size, n, 1, x, crc);
+    if (r >= 0) return r;
     const uint8_t * p = src + GGZ_STATE_BYTES;
     const uint8_t * const end = src + src_size;
     const uint8_t * q = src;

@@ -164,13 +164,9 @@ GGZ_INLINE size_t loop32(__m256i * px0, __m256i * px1, __m256i * px2, __m256i * 
 GGZ_INLINE int decode_x86(const uint8_t * src, size_t src_size, uint8_t * dst, size_t n, size_t dst_stride,
                           const ggz_dtab * tabs, unsigned period, uint32_t * crc)
 {
-    if (!n) {
-        *crc = ggz_crc32c(*crc, src, src_size);
-        return src_size ? GGZ_ERR_CORRUPT : GGZ_OK;
-    }
     uint32_t x[GGZ_LANES];
-    int err = ggz_read_states(x, src, src_size);
-    if (err) return err;
+    const int r = ggz_stream_begin(src, src_size, n, 0, x, crc);
+    if (r >= 0) return r;
 #if !defined(__AVX512VL__)
     pthread_once(&lut_once, lut_init);
 #endif
@@ -206,14 +202,9 @@ GGZ_INLINE int decode_x86(const uint8_t * src, size_t src_size, uint8_t * dst, s
 GGZ_INLINE int decode_x86_tcq(const uint8_t * src, size_t src_size, uint8_t * dst, size_t n, size_t dst_stride,
                               const ggz_dtab * tabs, uint32_t * crc)
 {
-    if (!n) {
-        *crc = ggz_crc32c(*crc, src, src_size);
-        return src_size ? GGZ_ERR_CORRUPT : GGZ_OK;
-    }
-    if (n % GGZ_LANES) { *crc = ggz_crc32c(*crc, src, src_size); return GGZ_ERR_CORRUPT; }
     uint32_t x[GGZ_LANES];
-    int err = ggz_read_states(x, src, src_size);
-    if (err) return err;
+    const int r = ggz_stream_begin(src, src_size, n, 1, x, crc);
+    if (r >= 0) return r;
 #if !defined(__AVX512VL__)
     pthread_once(&lut_once, lut_init);
 #endif
