@@ -616,7 +616,9 @@ def test_feedback_lowers_output_error_on_other_text(smol, smol_path, calib, tmp_
     """Error feedback (--feedback) with the covariances of a calibration text
     (tests/data/declaration.txt, 1.1k tokens): at the same 4 bits/weight, the
     model predicts held-out text (EVAL) closer to the float model than plain
-    rounding does, and the rate stays on target."""
+    rounding does, with rounding (--no-trellis) and more so trellis-coded (the
+    default: rows decided lane after lane, codec.tcq_feedback), and the rate
+    stays on target."""
     from pathlib import Path
     m, w = smol
     _, _, imat = calib
@@ -624,13 +626,19 @@ def test_feedback_lowers_output_error_on_other_text(smol, smol_path, calib, tmp_
     ref = llama_forward(m.kv, w, ids)
     text = Path(__file__).parent / "data" / "declaration.txt"
     kls, bpw = {}, {}
-    for name, kw in (("plain", dict(trellis=False)), ("feedback", dict(feedback=True, calib_text=text))):
+    for name, kw in (("plain", dict(trellis=False)),
+                     ("feedback", dict(feedback=True, calib_text=text, trellis=False)),
+                     ("trellis+feedback", dict(feedback=True, calib_text=text))):
         out = tmp_path / f"{name}.gguf"
         rep = convert(smol_path, out, target_bpw=4.0, imatrix=imat, progress=False, **kw)
         bpw[name] = rep.totals()["bpw"]
         kls[name] = _kl(ref, llama_forward(m.kv, _load_q8(out), ids))
-    assert abs(bpw["feedback"] - 4.0) < 0.03 and abs(bpw["plain"] - 4.0) < 0.02, bpw
+        if name == "trellis+feedback":
+            coded = [t for t in rep.tensors if t.stats and t.name != "token_embd.weight"]
+            assert sum(t.trellis for t in coded) >= 0.9 * len(coded)
+    assert all(abs(b - 4.0) < 0.03 for b in bpw.values()), bpw
     assert kls["feedback"] < 0.9 * kls["plain"], kls
+    assert kls["trellis+feedback"] < 0.9 * kls["feedback"], kls
 
 
 def test_feedback_needs_calibration_text(smol_path, tmp_path):

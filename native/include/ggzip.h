@@ -313,6 +313,15 @@ size_t ggz_tcq_quantize(const float * w, size_t rows, size_t cols, const float *
                         size_t rows_per_chunk, float mu, const float * bits,
                         int8_t * q, uint64_t * counts);
 
+/*! ggz_tcq_feedback() : ggz_tcq_quantize's levels (mu = 0) with error feedback
+ *  (GPTQ's, through the input covariance H of the weight), decided lane after
+ *  lane: lane l's path through a chunk, then its errors pushed onto the later
+ *  lanes' columns.  u (cols x cols, row major) is the upper triangular U with
+ *  U^T U = H^-1 for the columns in lane order: index l * (cols/32) + b stands
+ *  for column 32 b + l.  @return 0 or an error code */
+size_t ggz_tcq_feedback(const float * w, size_t rows, size_t cols, const float * steps,
+                        size_t rows_per_chunk, const float * u, int8_t * q, uint64_t * counts);
+
 /* ---- helpers ------------------------------------------------------------ */
 /*! ggz_crc32c() : CRC-32C (Castagnoli) of buf, continuing from crc (0 to start) */
 uint32_t ggz_crc32c(uint32_t crc, const void * buf, size_t size);

@@ -19,17 +19,19 @@
 #include <math.h>
 #include <stdlib.h>
 
+
 /* Branch metrics of one position for the 32 lanes: for each subset m of the
  * levels (L = m mod 4; class m & 1, branch m >> 1) the nearest level to
  * t = w / d and its squared error.  Branchless float code the compiler
  * vectorises: rounding by the 1.5 * 2^23 trick (nearest, ties to even),
  * exact for |y| < 2^22; a level past +-127 steps back into range within its
- * subset (|t| <= 127 keeps it at most one step of 4 out). */
-static void branch_metrics(const float * x, float inv, float lv[4][32], float bc[4][32])
+ * subset (t is clamped to +-127, so at most one step of 4 out). */
+GGZ_INLINE void branch_metrics(const float * x, float inv, float lv[4][32], float bc[4][32])
 {
     const float magic = 12582912.0f;
     float t[32];
-    for (int l = 0; l < 32; l++) t[l] = x[l] * inv;
+    /* clamped: feedback may push a weight past its block's absmax */
+    for (int l = 0; l < 32; l++) t[l] = fminf(fmaxf(x[l] * inv, -127.0f), 127.0f);
     for (int m = 0; m < 4; m++) {
         for (int l = 0; l < 32; l++) {
             const float y = (t[l] - (float)m) * 0.25f;
@@ -45,7 +47,7 @@ static void branch_metrics(const float * x, float inv, float lv[4][32], float bc
 
 /* With a rate weight: each metric plus mu * bits, and the neighbour of the
  * level towards 0 (same subset) where that is cheaper. */
-static void add_rate(const float * x, float inv, float mu, const float * const tb[2],
+GGZ_INLINE void add_rate(const float * x, float inv, float mu, const float * const tb[2],
                      float lv[4][32], float bc[4][32])
 {
     for (int m = 0; m < 4; m++) {
@@ -141,5 +143,108 @@ size_t ggz_tcq_quantize(const float * w, size_t rows, size_t cols, const float *
     }
     free(lev);
     free(from);
+    return 0;
+}
+
+/* ---- with error feedback ------------------------------------------------ */
+
+/* Feedback pushes each decided weight's error onto the weights not decided
+ * yet, while the trellis decides a lane's levels by the weights after them:
+ * along a lane (the columns l, l+32, ... of a row) the two would fight, since
+ * the targets the path search plans with would move under it.  So the columns
+ * are decided lane after lane (GPTQ's column order is free): the path of lane l
+ * through the chunk sees final targets, and its errors, taken as one block of
+ * columns (exactly, each net of the ones before it), move the later lanes.
+ * The columns of a lane are decided jointly, without feedback among them; the
+ * path weighs each column's squared error by 1/U_jj^2, its share of the output
+ * error the feedback leaves. */
+
+/* the Viterbi path of one chain of n targets x (in steps) with weights g,
+ * from state 0: its levels to q (stride qs), class counts to counts */
+static void tcq_chain(const float * x, const float * g, size_t n, int8_t * lev, uint8_t * from,
+                      int8_t * q, size_t qs, uint64_t * counts)
+{
+    const float magic = 12582912.0f;
+    float c[4] = { 0, INFINITY, INFINITY, INFINITY };
+    for (size_t p = 0; p < n; p++) {
+        const float t = fminf(fmaxf(x[p], -127.0f), 127.0f);
+        float bc[4];
+        for (int m = 0; m < 4; m++) {
+            float L = 4.0f * (((t - (float)m) * 0.25f + magic) - magic) + (float)m;
+            L = L > 127.0f ? L - 4.0f : L;
+            L = L < -127.0f ? L + 4.0f : L;
+            bc[m] = g[p] * (t - L) * (t - L);
+            lev[p * 4 + m] = (int8_t)(int)L;
+        }
+        /* as in ggz_tcq_quantize: subset m = class + 2 * branch */
+        const float a0 = c[0] + bc[0], a1 = c[1] + bc[2], b0 = c[0] + bc[2], b1 = c[1] + bc[0];
+        const float e0 = c[2] + bc[1], e1 = c[3] + bc[3], d0 = c[2] + bc[3], d1 = c[3] + bc[1];
+        const int f0 = a1 < a0, f2 = b1 < b0, f1 = e1 < e0, f3 = d1 < d0;
+        c[0] = f0 ? a1 : a0; c[2] = f2 ? b1 : b0; c[1] = f1 ? e1 : e0; c[3] = f3 ? d1 : d0;
+        from[p] = (uint8_t)(f0 | f1 << 1 | f2 << 2 | f3 << 3);
+    }
+    int s = 0;
+    for (int k = 1; k < 4; k++) if (c[k] < c[s]) s = k;
+    for (size_t p = n; p-- > 0;) {
+        const int f = from[p] >> s & 1, prev = (s & 1) * 2 + f, br = (s >> 1) ^ f, cl = prev >> 1;
+        q[p * qs] = lev[p * 4 + cl + 2 * br];
+        if (counts) counts[cl * 256 + (uint8_t)q[p * qs]]++;
+        s = prev;
+    }
+}
+
+size_t ggz_tcq_feedback(const float * w, size_t rows, size_t cols, const float * steps,
+                        size_t rows_per_chunk, const float * u, int8_t * q, uint64_t * counts)
+{
+    if (!w || !steps || !q || !u || cols == 0 || cols % 32 || rows_per_chunk == 0)
+        return GGZ_ERROR(PARAM);
+    for (size_t j = 0; j < cols; j++)
+        if (!(u[j * cols + j] > 0 && u[j * cols + j] < INFINITY)) return GGZ_ERROR(PARAM);
+    for (size_t i = 0; i < rows * (cols / 32); i++)
+        if (!(steps[i] > 0 && steps[i] < INFINITY)) return GGZ_ERROR(PARAM);
+    if (counts) memset(counts, 0, 2 * 256 * sizeof(uint64_t));
+    if (rows == 0) return 0;
+    const size_t nb = cols / 32, rpc = rows < rows_per_chunk ? rows : rows_per_chunk, n = rpc * nb;
+    /* t: a chunk's rows in lane order (index l * nb + b = column 32 b + l),
+     * feedback applied; e: one lane's errors; x, gw: one lane's chain */
+    float * t = malloc(rpc * cols * sizeof(float)), * e = malloc(rpc * nb * sizeof(float));
+    float * x = malloc(n * sizeof(float)), * gw = malloc(n * sizeof(float));
+    int8_t * lev = malloc(n * 4);
+    uint8_t * from = malloc(n);
+    if (!t || !e || !x || !gw || !lev || !from) {
+        free(t); free(e); free(x); free(gw); free(lev); free(from);
+        return GGZ_ERROR(ALLOC);
+    }
+    for (size_t r0 = 0; r0 < rows; r0 += rows_per_chunk) {
+        const size_t nr = rows - r0 < rows_per_chunk ? rows - r0 : rows_per_chunk;
+        for (size_t r = 0; r < nr; r++)
+            for (size_t b = 0; b < nb; b++)
+                for (size_t l = 0; l < 32; l++) t[r * cols + l * nb + b] = w[(r0 + r) * cols + b * 32 + l];
+        for (size_t l = 0; l < 32; l++) {
+            const size_t j0 = l * nb;                  /* this lane's columns in lane order */
+            for (size_t r = 0; r < nr; r++)
+                for (size_t b = 0; b < nb; b++) {
+                    const float d = steps[(r0 + r) * nb + b], ujj = u[(j0 + b) * cols + j0 + b];
+                    x[r * nb + b] = t[r * cols + j0 + b] / d;
+                    gw[r * nb + b] = d * d / (ujj * ujj);
+                }
+            tcq_chain(x, gw, nr * nb, lev, from, q + r0 * cols + l, 32, counts);
+            for (size_t r = 0; r < nr; r++) {
+                float * tr = t + r * cols, * er = e + r * nb;
+                for (size_t b = 0; b < nb; b++) {
+                    const size_t j = j0 + b;
+                    float v = tr[j];
+                    for (size_t i = 0; i < b; i++) v -= er[i] * u[(j0 + i) * cols + j];
+                    er[b] = (v - (float)q[(r0 + r) * cols + b * 32 + l] * steps[(r0 + r) * nb + b]) / u[j * cols + j];
+                }
+                for (size_t b = 0; b < nb; b++) {
+                    const float * ur = u + (j0 + b) * cols;
+                    const float eb = er[b];
+                    for (size_t k = j0 + nb; k < cols; k++) tr[k] -= eb * ur[k];
+                }
+            }
+        }
+    }
+    free(t); free(e); free(x); free(gw); free(lev); free(from);
     return 0;
 }

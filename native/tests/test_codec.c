@@ -258,6 +258,24 @@ static void test_roundtrips(void)
 /* Trellis quantization: levels on the path the decoder's state machine
  * follows, errors within a step, and a trellis frame of them smaller than
  * the same symbols coded by plain tables; every kernel decodes it. */
+/* whether the levels q (rows x cols) follow the trellis from state 0 at every
+ * chunk of rpc rows: class 0 (states 0, 1) even levels, class 1 odd ones */
+static int tcq_on_path(const int8_t * q, size_t rows, size_t cols, size_t rpc)
+{
+    static const uint8_t next[GGZ_TCQ_STATES][2] = GGZ_TCQ_NEXT;
+    uint8_t st[32];
+    int ok = 1;
+    for (size_t r = 0; r < rows; r++) {
+        if (r % rpc == 0) memset(st, 0, sizeof st);
+        for (size_t c = 0; c < cols; c++) {
+            const int L = q[r * cols + c], l = (int)(c % 32);
+            ok &= (L & 1) == (st[l] >> 1);
+            st[l] = next[st[l]][(L >> 1) & 1];
+        }
+    }
+    return ok;
+}
+
 static void test_trellis(void)
 {
     const size_t rows = 300, cols = 256, nb = cols / 32, rpc = 64;
@@ -271,22 +289,13 @@ static void test_trellis(void)
     }
     for (size_t i = 0; i < rows * nb; i++) steps[i] = 0.04f + 0.01f * (float)(i % 3);
     check(ggz_tcq_quantize(w, rows, cols, steps, rpc, 0.0f, NULL, q, counts) == 0, "tcq quantize", "");
-    int on_path = 1, near = 1;
+    int near = 1;
     uint64_t total = 0;
     for (int i = 0; i < 512; i++) total += counts[i];
+    for (size_t i = 0; i < rows * cols; i++)       /* within the union's spacing */
+        near &= fabsf(w[i] - (float)q[i] * steps[i / 32]) <= 2.0f * steps[i / 32];
+    check(tcq_on_path(q, rows, cols, rpc), "tcq levels follow the trellis", "");
     static const uint8_t next[GGZ_TCQ_STATES][2] = GGZ_TCQ_NEXT;
-    uint8_t st[32];
-    for (size_t r = 0; r < rows; r++) {
-        if (r % rpc == 0) memset(st, 0, sizeof st);
-        for (size_t c = 0; c < cols; c++) {
-            const int L = q[r * cols + c], l = (int)(c % 32);
-            const float d = steps[r * nb + c / 32];
-            on_path &= (L & 1) == (st[l] >> 1);                 /* class 0: even, class 1: odd */
-            near &= fabsf(w[r * cols + c] - (float)L * d) <= 2.0f * d;   /* within the union's spacing */
-            st[l] = next[st[l]][(L >> 1) & 1];
-        }
-    }
-    check(on_path, "tcq levels follow the trellis", "");
     int arith = 1;   /* the NEON loop's form of the table: s' = 2 ((s & 1) ^ b) + (s >> 1) */
     for (int s = 0; s < GGZ_TCQ_STATES; s++)
         for (int b = 0; b < 2; b++) arith &= next[s][b] == 2 * ((s & 1) ^ b) + (s >> 1);
@@ -919,6 +928,65 @@ static void test_sparse_kernels(void)
     free(wt);
 }
 
+/* sum over rows of (w - q d) H (w - q d)^T with H^-1 = U^T U for the columns
+ * in lane order (index l * nb + b = column 32 b + l): |y|^2, U^T y = (w - q d)^T */
+static double tcq_output_error(const float * w, const int8_t * q, const float * steps, const float * u,
+                               size_t rows, size_t cols, size_t nb)
+{
+    double e = 0, * y = malloc(cols * sizeof(double));
+    for (size_t r = 0; r < rows; r++) {
+        for (size_t i = 0; i < cols; i++) {
+            const size_t c = (i % nb) * 32 + i / nb;        /* lane-order index i -> column */
+            double x = w[r * cols + c] - (double)q[r * cols + c] * steps[(r * cols + c) / 32];
+            for (size_t k = 0; k < i; k++) x -= u[k * cols + i] * y[k];
+            y[i] = x / u[i * cols + i];
+            e += y[i] * y[i];
+        }
+    }
+    free(y);
+    return e;
+}
+
+/* ggz_tcq_feedback: without feedback (U = I) and with one step it is the
+ * Viterbi path of ggz_tcq_quantize; with a correlated input its levels follow
+ * the trellis and cut the output error */
+static void test_trellis_feedback(void)
+{
+    const size_t rows = 96, cols = 192, nb = cols / 32, rpc = 40;
+    float * w = malloc(rows * cols * sizeof(float)), * steps = malloc(rows * nb * sizeof(float));
+    float * u = calloc(cols * cols, sizeof(float));
+    int8_t * q0 = malloc(rows * cols), * q1 = malloc(rows * cols);
+    uint64_t c0[512], c1[512];
+    for (size_t i = 0; i < rows * cols; i++) w[i] = (float)(rnd() & 0xFFFF) / 32768.0f - 1.0f;
+    for (size_t i = 0; i < rows * nb; i++) steps[i] = 0.07f;
+    for (size_t i = 0; i < cols; i++) u[i * cols + i] = 1.0f;
+    check(ggz_tcq_quantize(w, rows, cols, steps, rpc, 0.0f, NULL, q0, c0) == 0, "tcq quantize", "");
+    check(ggz_tcq_feedback(w, rows, cols, steps, rpc, u, q1, c1) == 0, "tcq feedback", "");
+    check(!memcmp(q0, q1, rows * cols) && !memcmp(c0, c1, sizeof c0),
+          "tcq feedback: U = I, one step: the Viterbi path", "");
+
+    for (size_t i = 0; i < rows * nb; i++) steps[i] = 0.06f + 0.02f * (float)(i % 2);
+    check(ggz_tcq_quantize(w, rows, cols, steps, rpc, 0.0f, NULL, q0, c0) == 0, "tcq quantize", "");
+    for (size_t i = 0; i < cols; i++)       /* a banded U: neighbouring inputs correlate */
+        for (size_t j = i + 1; j < cols && j < i + 48; j++)
+            u[i * cols + j] = 0.2f * ((float)(rnd() & 0xFFFF) / 32768.0f - 1.0f);
+    check(ggz_tcq_feedback(w, rows, cols, steps, rpc, u, q1, c1) == 0, "tcq feedback, correlated", "");
+    uint64_t total = 0;
+    for (int i = 0; i < 512; i++) total += c1[i];
+    check(tcq_on_path(q1, rows, cols, rpc) && total == rows * cols, "tcq feedback: levels follow the trellis", "");
+    const double e0 = tcq_output_error(w, q0, steps, u, rows, cols, nb);
+    const double e1 = tcq_output_error(w, q1, steps, u, rows, cols, nb);
+    char ctx[96];
+    snprintf(ctx, sizeof ctx, "output error %.4g without feedback, %.4g with", e0, e1);
+    check(e1 < 0.8 * e0, "tcq feedback: output error below 0.8x the Viterbi path's", ctx);
+    check(ggz_error_code(ggz_tcq_feedback(w, rows, cols, steps, rpc, NULL, q1, NULL)) == GGZ_ERR_PARAM,
+          "tcq feedback: no factor", "");
+    u[5 * cols + 5] = 0.0f;
+    check(ggz_error_code(ggz_tcq_feedback(w, rows, cols, steps, rpc, u, q1, NULL)) == GGZ_ERR_PARAM,
+          "tcq feedback: a factor with a zero pivot", "");
+    free(w); free(steps); free(u); free(q0); free(q1);
+}
+
 int main(int argc, char ** argv)
 {
     const char * start_kernel = ggz_kernel_name();
@@ -944,6 +1012,7 @@ int main(int argc, char ** argv)
     test_threads_fail_together();
     test_sparse_kernels();
     test_trellis();      /* last: its random draws would change the data of the tests above */
+    test_trellis_feedback();
     if (do_bench) bench();
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;

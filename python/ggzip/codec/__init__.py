@@ -19,7 +19,7 @@ from .. import constants as C
 from ..errors import GGZipError
 from ._native import LIBRARY_PATH, ffi, lib
 
-__all__ = ["encode", "tcq_quantize", "rows_per_chunk", "decode", "decode_chunk", "info", "verify", "entropy_bound", "crc32c",
+__all__ = ["encode", "tcq_quantize", "tcq_feedback", "lane_order", "rows_per_chunk", "decode", "decode_chunk", "info", "verify", "entropy_bound", "crc32c",
            "kernels", "kernel", "encoder_kernel", "set_kernel", "bound", "CodecError",
            "FrameInfo", "LIBRARY_PATH"]
 
@@ -274,4 +274,32 @@ def tcq_quantize(w: np.ndarray, steps: np.ndarray, rows_per_chunk: int, mu: floa
     _check(lib.ggz_tcq_quantize(ffi.from_buffer("float[]", w), rows, cols, ffi.from_buffer("float[]", steps),
                                 rows_per_chunk, mu, b, ffi.from_buffer("int8_t[]", q, require_writable=True),
                                 ffi.from_buffer("uint64_t[]", counts, require_writable=True)), "trellis quantize")
+    return q, counts
+
+
+def lane_order(cols: int) -> np.ndarray:
+    """The columns of a Q8_0 row in lane order: index l * (cols/32) + b holds
+    column 32 b + l (the order tcq_feedback decides them in)."""
+    return np.arange(cols).reshape(cols // 32, 32).T.reshape(-1)
+
+
+def tcq_feedback(w: np.ndarray, steps: np.ndarray, rows_per_chunk: int,
+                 u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """tcq_quantize's levels and counts with error feedback, decided lane after
+    lane: u is feedback.feedback_factor of the weight's input covariance with
+    its columns in lane_order (h[np.ix_(o, o)]), (cols, cols)."""
+    w = np.ascontiguousarray(w, np.float32)
+    steps = np.ascontiguousarray(steps, np.float32)
+    u = np.ascontiguousarray(u, np.float32)
+    rows, cols = w.shape
+    if steps.shape != (rows, cols // 32):
+        raise ValueError(f"steps of shape {steps.shape} for weights of shape {w.shape}")
+    if u.shape != (cols, cols):
+        raise ValueError(f"feedback factor of shape {u.shape} for {cols} columns")
+    q = np.empty((rows, cols), np.int8)
+    counts = np.zeros((2, 256), np.uint64)
+    _check(lib.ggz_tcq_feedback(ffi.from_buffer("float[]", w), rows, cols, ffi.from_buffer("float[]", steps),
+                                rows_per_chunk, ffi.from_buffer("float[]", u),
+                                ffi.from_buffer("int8_t[]", q, require_writable=True),
+                                ffi.from_buffer("uint64_t[]", counts, require_writable=True)), "trellis feedback")
     return q, counts

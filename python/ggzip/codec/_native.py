@@ -39,6 +39,7 @@ size_t ggz_verify_tensor(const void * src, size_t srcSize, int64_t * bad_chunk);
 uint32_t ggz_crc32c(uint32_t crc, const void * buf, size_t size);
 double ggz_entropy_bound(const void * src, size_t raw_size, int layout, size_t row_size);
 size_t ggz_tcq_quantize(const float * w, size_t rows, size_t cols, const float * steps, size_t rows_per_chunk, float mu, const float * bits, int8_t * q, uint64_t * counts);
+size_t ggz_tcq_feedback(const float * w, size_t rows, size_t cols, const float * steps, size_t rows_per_chunk, const float * u, int8_t * q, uint64_t * counts);
 typedef struct ggz_reader ggz_reader;
 size_t ggz_reader_open(ggz_reader ** out, const void * src, size_t srcSize);
 void ggz_reader_free(ggz_reader * r);

@@ -152,7 +152,8 @@ def register(sub) -> None:
                         "length (K=1: the high-rate trade of bits for error; default 0: off)")
     p.add_argument("--trellis", action=argparse.BooleanOptionalAction, default=None,
                    help="trellis-coded quantization (the default with --target-bpw, but with "
-                        "--feedback, --rdo or --plain): a path search per rANS lane picks levels on a grid twice as "
+                        "--rdo or --plain; with --feedback the rows are decided lane after lane): "
+                        "a path search per rANS lane picks levels on a grid twice as "
                         "fine as their code pays for, about 25%% lower KL divergence at the same "
                         "size; format-version-2 frames (ggzip >= 0.5 loads them). --no-trellis: "
                         "plain rounding, version-1 frames")

@@ -43,7 +43,7 @@ from ..quantize.q8 import block_absmax
 from ..quantize.q8 import RateDistortion
 from ..quantize.q8 import DEFAULT_THETA, scale_stream_bits, symbol_entropy
 from ..quantize.q8 import dequantize_rows, quantize_trellis, trellis_bits
-from ..quantize.feedback import code_lengths, damping, feedback_factor, quantize_feedback
+from ..quantize.feedback import Factors, code_lengths, damping, quantize_feedback
 from ..quantize.stats import load_imatrix
 
 # metadata written by convert: constants.Keys.CONVERT_* (names kept for old imports)
@@ -413,9 +413,10 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
     rdo: rate-distortion optimised rounding with this weight on the rate (0:
     off, 1: the high-rate trade; feedback.quantize_feedback).
     trellis: trellis-coded quantization (q8.quantize_trellis) of the Q8_0
-    weights, in format-version-2 frames; None (default): on with target_bpw,
-    unless feedback, rdo, plain or keep_float ask for plain rounding; True
-    with any of those, or without target_bpw, is an error.
+    weights, in format-version-2 frames, with feedback decided lane after lane
+    (codec.tcq_feedback); None (default): on with target_bpw, unless rdo,
+    plain or keep_float ask for plain rounding; True with any of those, or
+    without target_bpw, is an error.
 
     The steps: check the options, read IN, choose every tensor's rate, gather
     activation statistics, plan the rescaling, decide each tensor's output type,
@@ -426,8 +427,8 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
     _check_feedback(feedback, calib_text, prune, keep_float)
     if not 0.0 <= rdo <= 10.0:
         raise GGZipError(f"--rdo {rdo}: must be in [0, 10]")
-    if trellis and (feedback or rdo):
-        raise GGZipError("--trellis does not combine with --feedback or --rdo (its path search "
+    if trellis and rdo:
+        raise GGZipError("--trellis does not combine with --rdo (its path search "
                          "chooses every level itself)")
     if trellis and plain:
         raise GGZipError("--trellis needs ggzip frames: its levels cost a bit less only there, not with --plain")
@@ -435,7 +436,7 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
         raise GGZipError("--trellis needs --target-bpw (a --step is a rounding step; the trellis "
                          "would code levels on half of it)")
     if trellis is None:
-        trellis = target_bpw is not None and not (feedback or rdo or plain or keep_float)
+        trellis = target_bpw is not None and not (rdo or plain or keep_float)
     t0 = time.perf_counter()
     src = GGUFModel(inp)
     shapes = {n: src.shape(n) for n in src.tensors}
@@ -525,16 +526,16 @@ def _check_feedback(feedback: bool, calib_text, prune: float, keep_float: bool) 
         raise GGZipError("--feedback cannot go with --keep-float: nothing is quantized")
 
 
-def _feedback_factor(cal: _Calibration, plan, name: str) -> np.ndarray | None:
-    """feedback_factor of weight `name`'s damped input covariance (_hessian),
-    computed once per shared input (attn_q/k/v, ffn_gate/up share theirs and
-    their column scales), or None without feedback."""
+def _feedback_factor(cal: _Calibration, plan, name: str) -> Factors | None:
+    """The feedback factors of weight `name`'s damped input covariance
+    (_hessian), kept once per shared input (attn_q/k/v, ffn_gate/up share
+    theirs and their column scales), or None without feedback."""
     if cal.cov is None or name not in cal.cov:
         return None
     key = (id(cal.cov[name]), id(plan.cols.get(name)))
     if key not in cal.factors:
         cal.factors.clear()             # inputs come layer by layer: keep one
-        cal.factors[key] = feedback_factor(_hessian(cal, plan, name))
+        cal.factors[key] = Factors(_hessian(cal, plan, name))
     return cal.factors[key]
 
 
@@ -721,12 +722,12 @@ def _write_metadata(w, src: GGUFModel, report: ConvertReport, *, keep_float: boo
 
 def _write_tensor(w, src: GGUFModel, name: str, kind: str, plan, rates: _Rates,
                   prune: float, theta: float, transpose: bool = False,
-                  fb: np.ndarray | None = None, rdo: float = 0.0, trellis: bool = False) -> TensorReport:
+                  fb: Factors | None = None, rdo: float = 0.0, trellis: bool = False) -> TensorReport:
     """Rescale (and prune) one tensor, quantize it if kind is Q8_0, hand it to
     the writer; kind "copy" passes it through untouched.  transpose: a Q8_0
     weight stored as W'^T (for the sparse kernels), numpy (n_in, n_out), always
-    without feedback (its rows are inputs).  fb: the feedback factor of its
-    rescaled input (_feedback_factor; None: plain rounding)."""
+    without feedback (its rows are inputs).  fb: the feedback factors of its
+    rescaled input (_feedback_factor; None: no feedback)."""
     import gguf
     shp = src.shape(name)
     ne = tuple(reversed(shp))
@@ -777,26 +778,26 @@ def quantize_streamed(name: str, shape: tuple[int, int], get_rows, *, row_factor
                       col_stat=None, prune: float = 0.0, target_bpw: float | None = None,
                       step: float | None = 1.0, theta: float = DEFAULT_THETA,
                       source: str = "model", chunk: int = 1 << 21,
-                      fb: np.ndarray | None = None, rdo: float = 0.0,
+                      fb: Factors | None = None, rdo: float = 0.0,
                       trellis: bool = False, chunk_size: int = 0
                       ) -> tuple[np.ndarray, TensorReport]:
     """Quantize a (rescaled) 2-D tensor read by rows: get_rows(slice or index
     array) -> float32 rows.  The base step comes from a sample of ~256k weights
     (evenly spread rows), then row chunks of ~`chunk` weights are quantized one
     after the other, so the float tensor is never whole in memory: the peak is
-    the Q8_0 output (1.06 bytes/weight) plus one chunk.  fb: feedback.feedback_factor
-    of the input's E[x x^T]: quantize with error feedback (quantize/feedback.py);
-    the base step found for plain rounding is then corrected on the sample for
-    the rate feedback's symbols actually cost.  rdo > 0: rate-distortion
+    the Q8_0 output (1.06 bytes/weight) plus one chunk.  fb: feedback.Factors
+    of the input's E[x x^T]: quantize with error feedback (quantize/feedback.py;
+    with the trellis, lane after lane: codec.tcq_feedback); the base step found
+    without feedback is then corrected on the sample for the rate feedback's
+    symbols actually cost.  rdo > 0: rate-distortion
     optimised rounding (feedback.quantize_feedback), code lengths from plain
     rounding's histogram of the same rows.  trellis: trellis-coded levels
     (q8.quantize_trellis) with lanes restarting where the frame's chunks of
     chunk_size raw bytes do, rated by what their frame pays."""
     n_rows, n_cols = shape
-    u = fb
-    if u is not None and u.shape != (n_cols, n_cols):
-        raise GGZipError(f"{source}: tensor {name!r}: input covariance of shape "
-                         f"{u.shape} does not fit {n_cols} columns")
+    if fb is not None and fb.cols != n_cols:
+        raise GGZipError(f"{source}: tensor {name!r}: input covariance of {fb.cols} "
+                         f"columns does not fit {n_cols} columns")
 
     from ..codec import rows_per_chunk
     row_bytes = n_cols // QK * BLOCK_BYTES
@@ -805,11 +806,16 @@ def quantize_streamed(name: str, shape: tuple[int, int], get_rows, *, row_factor
     def trellis_rate(w, d16):
         return trellis_bits(quantize_trellis(w, d16, rpc)[1]) / w.size
 
+    def fb_rate(w, d16):        # symbol bits per weight with feedback
+        if trellis:
+            return trellis_bits(quantize_trellis(w, d16, rpc, fb.get(lanes=True))[1]) / w.size
+        return symbol_entropy(quant(w, d16))
+
     def quant(w, d16):
-        if u is None and not rdo:
+        if fb is None and not rdo:
             return quantize_rows(w, d16, theta)
         lengths = code_lengths(quantize_rows(w, d16, theta)) if rdo else None
-        return quantize_feedback(w, d16, u, theta, lengths=lengths, rdo=rdo)
+        return quantize_feedback(w, d16, fb and fb.get(), theta, lengths=lengths, rdo=rdo)
 
     def prep(rows):
         w = np.ascontiguousarray(get_rows(rows), np.float32)
@@ -828,8 +834,8 @@ def quantize_streamed(name: str, shape: tuple[int, int], get_rows, *, row_factor
                              symbol_bits=trellis_rate if trellis else None)
         if trellis:
             trellis, base = _trellis_pays(ws, base, target_bpw, rf_s, amax_s, theta, rpc, col_stat)
-        if u is not None or rdo:
-            base = _feedback_rate(ws, base, target_bpw, rf_s, amax_s, quant)
+        if fb is not None or rdo:
+            base = _feedback_rate(ws, base, target_bpw, rf_s, amax_s, fb_rate)
     else:   # --step S: S x the median over (sampled) rows of absmax / 127
         amax_r = amax_s.max(axis=1)
         base = step * reference_step(amax_r if rf_s is None else amax_r / rf_s)
@@ -845,7 +851,7 @@ def quantize_streamed(name: str, shape: tuple[int, int], get_rows, *, row_factor
         d16 = row_steps(base, None if row_factor is None else row_factor[sl], amax)
         counts = None
         if trellis:
-            q, counts = quantize_trellis(w, d16, rpc)
+            q, counts = quantize_trellis(w, d16, rpc, fb and fb.get(lanes=True))
         else:
             q = quant(w, d16)
         out[sl] = pack_q8_0(q, d16)
@@ -874,7 +880,7 @@ def _trellis_pays(ws: np.ndarray, base: float, target_bpw: float, rf, amax, thet
     return False, base_r
 
 
-def _feedback_rate(ws: np.ndarray, base: float, target_bpw: float, rf, amax, quant,
+def _feedback_rate(ws: np.ndarray, base: float, target_bpw: float, rf, amax, symbol_bits,
                    rounds: int = 3, tol: float = 0.01) -> float:
     """The base step at which error feedback's symbols on the sample rows ws cost
     target_bpw: feedback spreads symbols a little (a few hundredths of a bit at
@@ -883,7 +889,7 @@ def _feedback_rate(ws: np.ndarray, base: float, target_bpw: float, rf, amax, qua
     nb = ws.shape[1] // QK
     for _ in range(rounds):
         d = row_steps(base, rf, amax)
-        rate = symbol_entropy(quant(ws, d)) + scale_stream_bits(d, nb) / ws.size
+        rate = symbol_bits(ws, d) + scale_stream_bits(d, nb) / ws.size
         if abs(rate - target_bpw) <= tol:
             break
         base *= 2.0 ** (rate - target_bpw)

@@ -58,6 +58,31 @@ def feedback_factor(h: np.ndarray, damp: float = DAMP) -> np.ndarray:
     return np.ascontiguousarray(np.triu(np.linalg.inv(m)), np.float32)
 
 
+class Factors:
+    """The feedback factors of one (damped) input covariance h, each computed
+    on first use: in column order (quantize_feedback) and in lane order
+    (codec.lane_order: the trellis decides a row lane after lane,
+    codec.tcq_feedback)."""
+
+    def __init__(self, h: np.ndarray):
+        self.h = h
+        self._u: dict[bool, np.ndarray] = {}
+
+    @property
+    def cols(self) -> int:
+        return self.h.shape[0]
+
+    def get(self, lanes: bool = False) -> np.ndarray:
+        if lanes not in self._u:
+            h = self.h
+            if lanes:
+                from ..codec import lane_order
+                o = lane_order(self.cols)
+                h = h[np.ix_(o, o)]
+            self._u[lanes] = feedback_factor(h)
+        return self._u[lanes]
+
+
 def code_lengths(q: np.ndarray) -> np.ndarray:
     """Bits of each symbol 0..127 of |q| as an order-0 coder of the signed
     symbols would spend (a sign bit for nonzero ones), from a histogram of q,
