@@ -11,7 +11,7 @@ import cffi
 from ..errors import GGZipError
 
 # The version this binding was written for: ggz_version_number() must match.
-EXPECTED_VERSION = (0, 5, 0)
+EXPECTED_VERSION = (0, 6, 0)
 
 CDEF = """
 typedef struct { int layout; size_t row_size; size_t chunk_size; int n_threads; int trellis; } ggz_params;
