@@ -133,13 +133,13 @@ VARIANTS = {
     "rdo2": {"rdo": 2.0},
     "all": {"feedback": True, "rdo": 2.0, "calib_text": CALIB_TEXT},   # rdo 2: best with feedback at 3.9 bpw
     "alpha0": {"alpha": 0.0},        # the imatrix without the rescaling
-    # convert's default is trellis-coded quantization (format version 2); this is
-    # plain rounding to the same grid's step, version-1 frames (feedback and rdo
-    # round too)
+    # convert's default is trellis-coded quantization (format version 2), with
+    # feedback too (lane after lane); this is plain rounding to the same grid's
+    # step, version-1 frames (rdo rounds too, so "all" does)
     "rounding": {"trellis": False},
 }
 # the variants EmbeddingGemma gets too (uniform rates, as its target asks)
-EMBED_VARIANTS = {"rounding"}
+EMBED_VARIANTS = {"rounding", "feedback"}
 REF_TYPE = "IQ4_XS"  # issue 16: at REF_BYTES x its bytes, ggzip's KLD no worse than its
 REF_BYTES = 0.75
 SNR_CAP = 99.0       # a tensor coded without loss
