@@ -20,6 +20,16 @@
  * dependent chain of table load -> multiply -> renormalise. */
 #include "internal.h"
 
+/* Renormalise without a branch (about every other lane reads a word, a coin
+ * flip no branch predictor can learn); the caller knows 2 bytes remain. */
+static inline uint32_t renorm_fast(uint32_t v, const uint8_t ** pp)
+{
+    const uint32_t in = v < GGZ_RANS_L;
+    v = (v << (16 * in)) | (ggz_rd16(*pp) & (0u - in));
+    *pp += 2 * in;
+    return v;
+}
+
 int ggz_decode_scalar(const uint8_t * src, size_t src_size,
                       uint8_t * dst, size_t n, size_t dst_stride,
                       const ggz_dtab * tabs, unsigned period, uint32_t * crc)
@@ -45,13 +55,7 @@ int ggz_decode_scalar(const uint8_t * src, size_t src_size,
             const uint32_t e = tab[((l & pmask) << GGZ_PROB_BITS) | (x[l] & GGZ_PROB_MASK)];
             out[l] = (uint8_t)e;
             /* x = D(x') = f * (x' >> 12) + bias */
-            uint32_t v = (e >> 20) * (x[l] >> GGZ_PROB_BITS) + ((e >> 8) & GGZ_PROB_MASK);
-            /* renormalise without a branch: about every other lane reads a
-             * word, a coin flip no branch predictor can learn */
-            const uint32_t in = v < GGZ_RANS_L;
-            v = (v << (16 * in)) | (ggz_rd16(p) & (0u - in));
-            p += 2 * in;
-            x[l] = v;
+            x[l] = renorm_fast((e >> 20) * (x[l] >> GGZ_PROB_BITS) + ((e >> 8) & GGZ_PROB_MASK), &p);
         }
     }
     for (; k < steps; k++)
@@ -96,6 +100,18 @@ int ggz_decode_tcq_scalar(const uint8_t * src, size_t src_size,
     if (err) return err;
     const uint8_t * p = src + GGZ_STATE_BYTES;
     const uint8_t * const end = src + src_size;
-    if (ggz_decode_tcq_lanes(x, st, &p, end, dst, n / GGZ_LANES, dst_stride, tabs)) return GGZ_ERR_CORRUPT;
+    const size_t steps = n / GGZ_LANES;
+    const uint32_t * const tab = tabs->slot[0];
+    size_t k = 0;
+    for (; k < steps && end - p >= 2 * GGZ_LANES; k++) {     /* as ggz_decode_scalar's fast path */
+        uint8_t * out = dst + k * dst_stride;
+        for (unsigned l = 0; l < GGZ_LANES; l++) {
+            const uint32_t e = tab[(uint32_t)(st[l] >> 1) << GGZ_TCQ_PROB_BITS | (x[l] & ((1u << GGZ_TCQ_PROB_BITS) - 1))];
+            out[l] = (uint8_t)e;
+            st[l] = ggz_tcq_next[st[l]][(e >> 1) & 1];
+            x[l] = renorm_fast((e >> 20) * (x[l] >> GGZ_TCQ_PROB_BITS) + ((e >> 8) & GGZ_PROB_MASK), &p);
+        }
+    }
+    if (ggz_decode_tcq_lanes(x, st, &p, end, dst + k * dst_stride, steps - k, dst_stride, tabs)) return GGZ_ERR_CORRUPT;
     return ggz_decode_finish(x, p, end, dst, 0, tabs, 2);
 }
