@@ -29,8 +29,9 @@ Methods:
     the types it holds.
   * ggzip convert --target-bpw B (uniform rates): with the same imatrix (the
     converter's default alpha with statistics) and, for the causal models (for
-    EmbeddingGemma with --plain), without any statistics (the converter's default
-    alpha without them).  Causal rates CAUSAL_RATES, EmbeddingGemma EMBED_RATES.
+    EmbeddingGemma with --plain), without an imatrix: then convert's default is
+    data-free statistics, llama-imatrix on tokens drawn at random from the
+    vocabulary (convert --random-tokens).  Causal rates CAUSAL_RATES, EmbeddingGemma EMBED_RATES.
   * --variants NAME,...: levers of convert (VARIANTS: extra keyword arguments of
     ggzip.convert.convert() layered on the imatrix curve), each its own curve
     "ggzip+NAME + imatrix" on the causal models; a variant whose keywords convert()
@@ -105,7 +106,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmd import BENCH_MD, llama_stat, provenance, source_hash, write_section  # noqa: E402
 
 from ggzip.convert import GGUFModel, convert  # noqa: E402
-from ggzip.convert.convert import (EMBD_NAME, EMBD_SHARE_DEFAULT, KEY_ALPHA, KEY_STATS,  # noqa: E402
+from ggzip.convert.convert import (EMBD_NAME, EMBD_SHARE_DEFAULT, KEY_ALPHA, KEY_STATS, RANDOM_TOKENS,  # noqa: E402
                                    _find_llama_tool, _quantizable, split_rates)
 from ggzip.container.gguf_io import parse_header  # noqa: E402
 from ggzip.convert.safetensors import SafeTensors  # noqa: E402
@@ -876,7 +877,7 @@ def curve_of(res, kind) -> list[dict]:
 
 def curve_label(kind: str) -> str:
     if kind == "gz":
-        return "ggzip, no statistics"
+        return "ggzip, no imatrix (data-free statistics)"
     if kind == "gz-imat":
         return "ggzip + imatrix"
     if kind == "gzs-imat":
@@ -1130,7 +1131,7 @@ def table(res, embedding) -> list[str]:
 
 
 STYLE = {"f32": None, "kq": ("s", "C1", "llama.cpp"), "kq-imat": ("D", "C3", "llama.cpp + imatrix"),
-         "gz": ("o--", "C0", "ggzip, no statistics"),
+         "gz": ("o--", "C0", "ggzip, no imatrix (data-free statistics)"),
          "gz-imat": ("o-", "C2", "ggzip + imatrix, uniform rates"),
          "gzs-imat": ("^-", "C4", "ggzip + imatrix, split rates (token_embd share {share:g})")}
 VARIANT_COLORS = ("C5", "C6", "C8", "C9", "C7")
@@ -1626,7 +1627,9 @@ def main(argv=None):
         "without an imatrix of `llama-imatrix` on tests/data/declaration.txt (Q8_0 ignores it). "
         "ggzip: `ggzip convert --target-bpw B` (uniform rates) with that imatrix (the "
         "converter's default rescaling alpha with statistics, 0.25)" +
-        (" and without any statistics (its default without them)" if causal or args.plain else "") +
+        (" and without an imatrix (its default then: the statistics of llama-imatrix on "
+         f"{RANDOM_TOKENS} tokens drawn at random from the vocabulary, data-free; llama.cpp "
+         "without an imatrix uses none)" if causal or args.plain else "") +
         ("; levers, each on top of the imatrix curve: " +
          "; ".join(f"**ggzip+{v}**: {variant_text(v)}" for v in variants) if variants else "") +
         " (B is the per-tensor target; near one step per row at the no-clip floor the "
@@ -1652,7 +1655,7 @@ def main(argv=None):
             "type of 32-value blocks (IQ4_NL, Q4_0, Q5_0, ...), and it keeps the tied token "
             "embedding at Q8_0 or Q6_K: the types column says what each file holds (share "
             "of 2-D weights). **Equal KLD**: for each llama.cpp point, ggzip's rate where its curve of "
-            "the same statistics (no statistics / the imatrix) reaches the point's KLD (log "
+            "the same statistics (no imatrix / the imatrix) reaches the point's KLD (log "
             "KLD linear in bits/weight between neighbouring points; \"out of range\" outside "
             "ggzip's measured points), and the byte ratio ggzip / llama.cpp. **Issue 16's "
             f"target**: at {REF_BYTES:g}x the bytes of {REF_TYPE}, ggzip's KLD (interpolated at "

@@ -19,7 +19,8 @@ def _run(args) -> int:
                   bpw_for=dict(args.bpw_for or []), plain=args.plain,
                   threads=args.threads, embd_share=args.embd_share, chunk_size=args.chunk_kib * 1024,
                   no_fold=[n for arg in args.no_fold or [] for n in arg],
-                  feedback=args.feedback, rdo=args.rdo, trellis=args.trellis, sparsity=args.sparsity, attn_sparsity=args.attn_sparsity)
+                  feedback=args.feedback, rdo=args.rdo, trellis=args.trellis, sparsity=args.sparsity, attn_sparsity=args.attn_sparsity,
+                  **({} if args.random_tokens is None else {"random_tokens": args.random_tokens}))
     if args.json:
         doc = {"input": str(rep.inp), "output": str(rep.out), "arch": rep.arch,
                "stats": rep.stats_source, "alpha": rep.alpha, "dequantized_from": rep.dequantized_from,
@@ -93,8 +94,9 @@ def register(sub) -> None:
     p.add_argument("output", help="output ggzip GGUF (Q8_0 tensors rANS-coded; written atomically)")
     p.add_argument("--alpha", type=float, default=None,
                    help="rescaling exponent: s_j = E[x_j^2]^alpha, folded into the model "
-                        "(0 = none; default 0.25 with --imatrix/--calib-text, 0 without: "
-                        "the weight-only proxy showed no measurable gain)")
+                        "(0 = none; default 0.25 with statistics: --imatrix, --calib-text or the "
+                        "data-free --random-tokens; 0 with the weight-only proxy, which showed no "
+                        "measurable gain)")
     p.add_argument("--prune", type=float, default=0.0, metavar="P",
                    help="fraction of each row to zero by |W|*rms(x) (default 0)")
     rate = p.add_mutually_exclusive_group()
@@ -115,8 +117,11 @@ def register(sub) -> None:
                         "higher, at the same mean (default 0.77 for gemma-embedding, whose token "
                         "embedding is an input lookup only; 1 = uniform elsewhere)")
     p.add_argument("--imatrix", metavar="FILE",
-                   help="llama-imatrix output (GGUF, or legacy .dat); without it a weight-only "
-                        "proxy is used")
+                   help="llama-imatrix output (GGUF, or legacy .dat); without it or "
+                        "--calib-text, statistics of random tokens (--random-tokens)")
+    p.add_argument("--random-tokens", type=int, default=None, metavar="N",
+                   help="without --imatrix and --calib-text: activation statistics of N tokens "
+                        "drawn at random from the vocabulary (data-free; default 1024; 0: none)")
     p.add_argument("--calib-text", metavar="FILE",
                    help="calibration text: statistics by llama-imatrix when built "
                         "(build/llama/bin), else by ggzip's numpy forward pass "
