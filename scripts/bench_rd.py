@@ -107,7 +107,7 @@ from benchmd import BENCH_MD, llama_stat, provenance, source_hash, write_section
 
 from ggzip.convert import GGUFModel, convert  # noqa: E402
 from ggzip.convert.convert import (EMBD_NAME, EMBD_SHARE_DEFAULT, KEY_ALPHA, KEY_STATS, RANDOM_TOKENS,  # noqa: E402
-                                   _find_llama_tool, _quantizable, split_rates)
+                                   _find_llama_tool, _quantizable, _stats_from_random, split_rates)
 from ggzip.container.gguf_io import parse_header  # noqa: E402
 from ggzip.convert.safetensors import SafeTensors  # noqa: E402
 from ggzip.quantize import load_imatrix, plan_rescale  # noqa: E402
@@ -816,13 +816,16 @@ def rebuild_plan(ref: GGUFModel, imatrix: Path, value, cache: dict):
     if alpha == 0:
         return None
     stats = str(value(KEY_STATS, ""))
-    use_imat = stats.startswith("imatrix")
-    if (alpha, use_imat) not in cache:
+    # the statistics the file was made with: the imatrix, or convert's data-free
+    # ones (seeded random tokens: the same again), or the weight-only proxy
+    free = re.search(r"^data-free: .* on (\d+) random tokens", stats)
+    key = (alpha, "imatrix" if stats.startswith("imatrix") else free.group(1) if free else None)
+    if key not in cache:
         shapes = {n: ref.shape(n) for n in ref.tensors}
-        cache[(alpha, use_imat)] = plan_rescale(ref.arch, shapes, ref.kv, ref.float32,
-                                                load_imatrix(imatrix) if use_imat else None,
-                                                alpha)
-    return cache[(alpha, use_imat)]
+        st = load_imatrix(imatrix) if key[1] == "imatrix" else \
+            _stats_from_random(ref, int(key[1]), False, None).stats if free else None
+        cache[key] = plan_rescale(ref.arch, shapes, ref.kv, ref.float32, st, alpha)
+    return cache[key]
 
 
 
