@@ -700,12 +700,16 @@ def _stats_from_random(src: GGUFModel, n_tokens: int, progress: bool, threads: i
     for a calibration text.  Where neither can run this model, no statistics,
     said on stderr."""
     from ..quantize.calibrate import random_text
+    if not src.kv.get("tokenizer.ggml.tokens"):
+        print(f"ggzip convert: {src.path}: no vocabulary to draw random tokens from: converting "
+              "without statistics", file=sys.stderr)
+        return _Calibration()
     try:
         with tempfile.TemporaryDirectory(prefix="ggzip-random-") as d:
             text = Path(d) / "random-tokens.txt"
             text.write_text(random_text(src.kv, n_tokens), encoding="utf-8")
             cal = _stats_from_text(src, text, progress, threads)
-    except (GGZipError, KeyError) as e:
+    except GGZipError as e:
         print(f"ggzip convert: {src.path}: no data-free statistics ({e}); converting without "
               "statistics", file=sys.stderr)
         return _Calibration()
