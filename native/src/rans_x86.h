@@ -99,10 +99,9 @@ GGZ_INLINE __m256i step8(__m256i x, __m256i toff, const uint32_t * tab, __m256i 
  * offset of its class's table and S | (bit 1 of the symbol) indexes tnext
  * (vpermd reads the low 3 bits), whose entries are the next states in the
  * same form.  Off the x chain: the lookup waits for x. */
-#define TCQ_BITS GGZ_TCQ_PROB_BITS
-#define TCQ_MASK ((1 << TCQ_BITS) - 1)
-GGZ_INLINE __m256i step8_tcq(__m256i x, __m256i * S, __m256i * J, __m256i tnext, const uint32_t * tab,
-                             __m256i * sym, const uint8_t ** pp)
+#define TCQ_MASK ((1 << GGZ_TCQ_PROB_BITS) - 1)
+GGZ_INLINE __m256i step8_tcq(__m256i x, __m256i * S, __m256i tnext, const uint32_t * tab, __m256i * sym,
+                             const uint8_t ** pp)
 {
 #if defined(__AVX512VL__)
     /* bitwise selects: slot bits from x, the class bit from S (S < 2^13); then S | (e >> 1 & 1) */
@@ -110,16 +109,10 @@ GGZ_INLINE __m256i step8_tcq(__m256i x, __m256i * S, __m256i * J, __m256i tnext,
     *S = _mm256_permutevar8x32_epi32(tnext, _mm256_ternarylogic_epi32(*S, _mm256_srli_epi32(e, 1),
                                                                       _mm256_set1_epi32(1), 0xF8));
 #else
-    /* AVX2 has no 3-input select: S is the class << 11 alone and J, the low
-     * bit of the state, the same way; with s' = 2 ((s & 1) ^ b) + (s >> 1),
-     * the class becomes J ^ b and J the class (two ops fewer per step than
-     * masking a packed state and a vpermd, which AVX2 decode paid ~14% for) */
-    (void)tnext;
-    const __m256i e = lookup8(tab, _mm256_or_si256(_mm256_and_si256(x, _mm256_set1_epi32(TCQ_MASK)), *S));
-    const __m256i c = _mm256_xor_si256(*J, _mm256_and_si256(_mm256_slli_epi32(e, TCQ_BITS - 1),
-                                                            _mm256_set1_epi32(TCQ_MASK + 1)));
-    *J = *S;
-    *S = c;
+    const __m256i cls = _mm256_and_si256(*S, _mm256_set1_epi32(TCQ_MASK + 1));
+    const __m256i e = lookup8(tab, _mm256_or_si256(_mm256_and_si256(x, _mm256_set1_epi32(TCQ_MASK)), cls));
+    const __m256i b = _mm256_and_si256(_mm256_srli_epi32(e, 1), _mm256_set1_epi32(1));
+    *S = _mm256_permutevar8x32_epi32(tnext, _mm256_or_si256(*S, b));
 #endif
     *sym = e;
     return update8(x, e, pp, GGZ_TCQ_PROB_BITS);
@@ -225,19 +218,19 @@ GGZ_INLINE int decode_x86_tcq(const uint8_t * src, size_t src_size, uint8_t * ds
         const unsigned s = ggz_tcq_next[i >> 1][i & 1];
         nx[i] = 2 * s | (s >> 1) << GGZ_TCQ_PROB_BITS;
     }
-    const __m256i tnext = _mm256_loadu_si256((const __m256i *)nx);   /* AVX-512's form of the state */
+    const __m256i tnext = _mm256_loadu_si256((const __m256i *)nx);
     const uint32_t * tab = tabs->slot[0];
     __m256i x0 = _mm256_loadu_si256((const __m256i *)x), x1 = _mm256_loadu_si256((const __m256i *)(x + 8));
     __m256i x2 = _mm256_loadu_si256((const __m256i *)(x + 16)), x3 = _mm256_loadu_si256((const __m256i *)(x + 24));
-    __m256i S0 = _mm256_setzero_si256(), S1 = S0, S2 = S0, S3 = S0, J0 = S0, J1 = S0, J2 = S0, J3 = S0;
+    __m256i S0 = _mm256_setzero_si256(), S1 = S0, S2 = S0, S3 = S0;
     size_t k = 0;
     for (; k < steps && end - p >= 2 * GGZ_LANES; k++) {
         ggz_crc_step32(&c, &q, end);
         __m256i e0, e1, e2, e3;
-        x0 = step8_tcq(x0, &S0, &J0, tnext, tab, &e0, &p);
-        x1 = step8_tcq(x1, &S1, &J1, tnext, tab, &e1, &p);
-        x2 = step8_tcq(x2, &S2, &J2, tnext, tab, &e2, &p);
-        x3 = step8_tcq(x3, &S3, &J3, tnext, tab, &e3, &p);
+        x0 = step8_tcq(x0, &S0, tnext, tab, &e0, &p);
+        x1 = step8_tcq(x1, &S1, tnext, tab, &e1, &p);
+        x2 = step8_tcq(x2, &S2, tnext, tab, &e2, &p);
+        x3 = step8_tcq(x3, &S3, tnext, tab, &e3, &p);
         _mm256_storeu_si256((__m256i *)(dst + k * dst_stride), symbols32(e0, e1, e2, e3));
     }
     *crc = ggz_crc32c(~(uint32_t)c, q, (size_t)(end - q));
@@ -251,17 +244,7 @@ GGZ_INLINE int decode_x86_tcq(const uint8_t * src, size_t src_size, uint8_t * ds
     _mm256_storeu_si256((__m256i *)(sv + 8), S1);
     _mm256_storeu_si256((__m256i *)(sv + 16), S2);
     _mm256_storeu_si256((__m256i *)(sv + 24), S3);
-#if defined(__AVX512VL__)
     for (unsigned l = 0; l < GGZ_LANES; l++) st[l] = (uint8_t)(sv[l] >> 1 & 3);
-    (void)J0; (void)J1; (void)J2; (void)J3;
-#else
-    uint32_t jv[GGZ_LANES];
-    _mm256_storeu_si256((__m256i *)jv, J0);
-    _mm256_storeu_si256((__m256i *)(jv + 8), J1);
-    _mm256_storeu_si256((__m256i *)(jv + 16), J2);
-    _mm256_storeu_si256((__m256i *)(jv + 24), J3);
-    for (unsigned l = 0; l < GGZ_LANES; l++) st[l] = (uint8_t)(2 * (sv[l] >> TCQ_BITS) + (jv[l] >> TCQ_BITS));
-#endif
     if (ggz_decode_tcq_lanes(x, st, &p, end, dst + k * dst_stride, steps - k, dst_stride, tabs))
         return GGZ_ERR_CORRUPT;
     return ggz_decode_finish(x, p, end, dst, 0, tabs, 2);
