@@ -14,6 +14,7 @@ from ggzip.container import GGZipReader, is_ggzip
 from ggzip.convert import GGUFModel, convert
 from ggzip.convert import commands as convert_commands
 from ggzip.errors import GGZipError
+from tinymodels import patched_llama_cpp
 from ggzip.quantize import load_imatrix, plan_rescale
 
 from test_quantize import model_file
@@ -452,16 +453,6 @@ def test_bad_inputs(smol, smol_path, tmp_path):
     assert GGZipReader(out).tensors
 
 
-def _patched_llama_cpp():
-    """llama_cpp with the patched libraries of scripts/build_llama.sh, or a skip saying why not."""
-    pytest.importorskip("llama_cpp")
-    from ggzip.run.llama import check_patched_llama_cpp
-    try:
-        return check_patched_llama_cpp()[0]
-    except GGZipError as e:
-        pytest.skip(str(e))
-
-
 def _llama_logits(llama_cpp, path) -> np.ndarray:
     """llama.cpp's logits of the first 128 tokens of TEXT, 2 threads."""
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=2)
@@ -477,7 +468,7 @@ def test_llama_cpp_runs_rescaled_and_quantized_models(smol_path, calib, tmp_path
     rescaled float model gives the logits of the original within float rounding,
     and the converted file (rANS-coded Q8_0, decoded by the patched loader) loads
     and predicts nearly the same."""
-    llama_cpp = _patched_llama_cpp()
+    llama_cpp = patched_llama_cpp()
     _, _, imat = calib
     files = {}
     for name, kw in (("orig", dict(alpha=0.0, keep_float=True, plain=True)),
@@ -691,7 +682,7 @@ def test_trellis_lowers_output_error_at_the_same_size(smol_path, calib, tmp_path
     closer to the float model (KL divergence, through llama.cpp)."""
     from ggzip import codec
     from ggzip.container import decompress_file
-    llama_cpp = _patched_llama_cpp()
+    llama_cpp = patched_llama_cpp()
     _, _, imat = calib
     files = {"orig": tmp_path / "orig.gguf", "plain": tmp_path / "plain.gguf",
              "trellis": tmp_path / "trellis.gguf", "twin": tmp_path / "twin.gguf"}

@@ -41,7 +41,7 @@ from ggzip.convert import GGUFModel, convert
 from ggzip.errors import GGZipError
 from ggzip.quantize import load_imatrix, plan_rescale
 
-from tinymodels import (HEAD_DIM, TINY_ARCHS, rewrite_gguf, write_dequantized,
+from tinymodels import (HEAD_DIM, TINY_ARCHS, patched_llama_cpp, rewrite_gguf, write_dequantized,
                         write_pow2_imatrix, write_random_imatrix, write_tiny)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,20 +56,11 @@ F32, F16, Q8_0 = (int(t) for t in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuant
                                    gguf.GGMLQuantizationType.Q8_0))
 
 
-def _llama_cpp():
-    pytest.importorskip("llama_cpp")
-    from ggzip.run.llama import check_patched_llama_cpp
-    try:
-        return check_patched_llama_cpp()[0]
-    except GGZipError as e:
-        pytest.skip(str(e))
-
-
 def logits(path: Path, cache: str = "f32") -> np.ndarray:
     """Logits of every position of TEXT's first 64 tokens, by llama.cpp.
     cache: "f32" (F32 K and V), "f16" (llama.cpp's default), "q8v" (F16 K,
     Q8_0 V, which needs flash attention)."""
-    llama_cpp = _llama_cpp()
+    llama_cpp = patched_llama_cpp()
     kv = {"f32": dict(type_k=F32, type_v=F32), "f16": dict(type_k=F16, type_v=F16),
           "q8v": dict(type_k=F16, type_v=Q8_0, flash_attn=True)}[cache]
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_batch=256, logits_all=True,
@@ -84,7 +75,7 @@ def logits(path: Path, cache: str = "f32") -> np.ndarray:
 
 def embeddings(path: Path) -> np.ndarray:
     """Mean-pooled embedding of each of SENTENCES, by llama.cpp, F32 cache."""
-    llama_cpp = _llama_cpp()
+    llama_cpp = patched_llama_cpp()
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_batch=256, embedding=True,
                           pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN, n_threads=2,
                           verbose=False, type_k=F32, type_v=F32)
@@ -289,7 +280,7 @@ def test_real_decoder_fold_is_exact(name, tmp_path):
     and sqrt(n_embd) input scale), both dequantized to F32, both with a tied head
     (so no output fold): attn_norm, ffn_norm, V and ffn_up folds, bit for bit."""
     from conftest import fetch_or_skip
-    _llama_cpp()
+    patched_llama_cpp()
     src = fetch_or_skip(name)
     orig, folded = tmp_path / "orig.gguf", tmp_path / "folded.gguf"
     write_dequantized(src, orig)
@@ -312,7 +303,7 @@ def test_embeddinggemma_fold_is_exact(gemma3_gguf, tmp_path):
     output_norm's output): no output head, so no output fold; embeddings of a few
     sentences through llama.cpp, bit for bit."""
     from conftest import fetch_or_skip
-    _llama_cpp()
+    patched_llama_cpp()
     folder = fetch_or_skip("embeddinggemma-300m")
     if (folder / "model_download").is_dir():
         folder = folder / "model_download"

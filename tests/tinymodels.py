@@ -212,3 +212,15 @@ def write_dequantized(src: Path, out: Path) -> None:
         except BaseException:
             w.abort()
             raise
+
+
+def patched_llama_cpp():
+    """llama_cpp with the patched libraries of scripts/build_llama.sh, or a skip saying why not."""
+    import pytest
+    from ggzip.errors import GGZipError
+    from ggzip.run.llama import check_patched_llama_cpp
+    pytest.importorskip("llama_cpp")
+    try:
+        return check_patched_llama_cpp()[0]
+    except GGZipError as e:
+        pytest.skip(str(e))
