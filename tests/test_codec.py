@@ -160,6 +160,52 @@ def test_reader_random_access(dec):
         r.chunk(r.info.n_chunks)
 
 
+@pytest.mark.parametrize("trellis", [False, True], ids=["rounded", "trellis"])
+@pytest.mark.parametrize("dec", DECODERS)
+def test_reader_pair_equals_two_chunks(dec, trellis):
+    """ggz_reader_decode_pair (two chunks' symbols side by side on x86) gives the
+    bytes of two single decodes, for chunks of unequal length too (the last one
+    is short, so one stream goes on alone), and names the chunk that fails."""
+    rng = np.random.default_rng(6)
+    rows = 173                                    # 40-row chunks: the last has 13
+    blocks = np.clip(rng.normal(0, 12, size=(rows * 10, 34)), -127, 127).astype(np.int8).view(np.uint8)
+    blocks[:, :2] = np.frombuffer(np.float16(rng.random(rows * 10)).tobytes(), np.uint8).reshape(-1, 2)
+    data = blocks.reshape(-1)
+    frame = codec.encode(data, layout="q8_0", row_size=34 * 10, chunk_size=34 * 10 * 40, trellis=trellis)
+    codec.set_kernel(dec)
+    r = codec.Reader(frame)
+    n, step = r.info.n_chunks, r.info.chunk_raw_size
+    assert n == 5
+    for j in range(n - 1):
+        a, b = r.pair(j)
+        assert np.array_equal(a, data[j * step:(j + 1) * step])
+        assert np.array_equal(b, data[(j + 1) * step:(j + 2) * step])
+    with pytest.raises(IndexError):
+        r.pair(n - 1)
+    for victim in (n - 2, n - 1):                 # the first and the second chunk of the last pair
+        bad = bytearray(frame)
+        bad[_chunk_payload_byte(frame, victim)] ^= 0x10
+        with pytest.raises(CodecError) as e:
+            codec.Reader(bytes(bad)).pair(n - 2)
+        assert e.value.name == "CHECKSUM" and e.value.chunk == victim
+
+
+def _chunk_payload_byte(frame: bytes, j: int) -> int:
+    """An offset in chunk j's stored bytes (near the frame's end): a flip there
+    makes check() name chunk j."""
+    for at in range(len(frame) - 3, 0, -7):
+        bad = bytearray(frame)
+        bad[at] ^= 0x10
+        try:
+            codec.Reader(bytes(bad)).check()
+        except CodecError as e:
+            if e.chunk == j:
+                return at
+            if e.chunk is None or e.chunk < j:
+                break
+    raise AssertionError(f"no byte of chunk {j} found")
+
+
 def test_threads_and_out_buffer():
     data = int8_bell(2_000_000)
     frame = codec.encode(data, threads=2)

@@ -26,7 +26,7 @@ extern "C" {
 #endif
 
 #define GGZ_VERSION_MAJOR 0
-#define GGZ_VERSION_MINOR 6
+#define GGZ_VERSION_MINOR 7
 #define GGZ_VERSION_PATCH 0
 #define GGZ_VERSION_NUMBER (GGZ_VERSION_MAJOR * 10000 + GGZ_VERSION_MINOR * 100 + GGZ_VERSION_PATCH)
 
@@ -245,6 +245,15 @@ size_t ggz_reader_scratch_size(const ggz_reader * r);
  *  ggz_reader_scratch_size() bytes.  Thread-safe for distinct dst/scratch.
  *  @return the chunk's raw size, or an error code */
 size_t ggz_reader_decode_chunk(const ggz_reader * r, uint32_t index, void * dst, size_t dstCapacity, void * scratch);
+/*! ggz_reader_decode_pair() : chunks `index` and `index` + 1 into dst[0] and
+ *  dst[1] (each of dstCapacity bytes, with scratch[0] and scratch[1] of
+ *  ggz_reader_scratch_size() bytes), as two ggz_reader_decode_chunk() calls
+ *  would, but their symbols decoded side by side where the kernel can (x86:
+ *  one stream's lookups cannot keep the core busy; 10-15% faster).
+ *  @return the two chunks' raw bytes together, or the first chunk's error,
+ *  else the second's; *bad_chunk (if not NULL) is the chunk that failed or -1 */
+size_t ggz_reader_decode_pair(const ggz_reader * r, uint32_t index, void * const dst[2], size_t dstCapacity,
+                              void * const scratch[2], int64_t * bad_chunk);
 
 /* ---- activation sparsity (CHESS) on Q8_0 weights ------------------------- */
 /* Matrix-vector products that skip the inputs a threshold zeroes, for one

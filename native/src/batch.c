@@ -106,16 +106,19 @@ static batch_frame * batch_open(batch_job * job, size_t i, int * empty)
 static void * batch_worker(void * arg)
 {
     batch_job * job = arg;
-    /* the Q8_0 scales of a chunk, plus the whole chunk when verifying;
+    /* the Q8_0 scales of two chunks, plus the chunks when verifying;
      * grown on demand, sized from the largest chunk there is, never from
      * rows_per_chunk alone (a header may claim 1 GiB chunks for a 100-byte tensor) */
     uint8_t * scratch = NULL;
     size_t scratch_per = 0;
+    const int pairs = ggz_decoder()->decode2 != NULL;   /* x86: with decode2_tcq */
     for (;;) {
-        /* claim the next chunk, opening frames in order */
+        /* claim the next chunk, and the one after it where the kernel decodes
+         * two side by side and enough are left for the other threads;
+         * frames are opened in order */
         batch_frame * f = NULL;
         size_t fi = 0;
-        uint32_t j = 0;
+        uint32_t j = 0, nj = 1;
         pthread_mutex_lock(&job->lock);
         while (!atomic_load(&job->err) && !atomic_load(&job->cancel) && job->cur < job->n) {
             if (!job->open) {
@@ -130,6 +133,11 @@ static void * batch_worker(void * arg)
             f = job->open;
             fi = job->cur;
             j = job->next_chunk++;
+            const uint32_t left = f->h.n_chunks - job->next_chunk;
+            if (pairs && left && (left >= (uint32_t)job->n_threads || job->cur + 1 < job->n)) {
+                nj = 2;
+                job->next_chunk++;
+            }
             if (job->next_chunk == f->h.n_chunks) { job->cur++; job->open = NULL; }
             break;
         }
@@ -140,23 +148,34 @@ static void * batch_worker(void * arg)
         const uint64_t max_chunk = h->chunk_raw < h->raw_size ? h->chunk_raw : h->raw_size;
         const size_t scales = (size_t)(max_chunk / Q8_0_BLOCK) * 2 + 64;
         const size_t per = scales + (job->verify ? (size_t)max_chunk : 0);
-        if (per > scratch_per) {
+        if (2 * per > scratch_per) {
             free(scratch);
-            scratch = malloc(per);
-            scratch_per = scratch ? per : 0;
+            scratch = malloc(2 * per);
+            scratch_per = scratch ? 2 * per : 0;
             if (!scratch) {
                 batch_fail(job, fi, f, GGZ_ERR_ALLOC, -1);
-                atomic_fetch_sub(&f->remaining, 1);
+                atomic_fetch_sub(&f->remaining, nj);
                 break;
             }
         }
-        uint8_t * const out = job->verify ? scratch + scales : (uint8_t *)job->items[fi].dst + (uint64_t)j * h->chunk_raw;
-        const int err = ggz_chunk_decode(h, &f->d, (const uint8_t *)job->items[fi].src + f->offsets[j], j, out, scratch);
-        if (err) batch_fail(job, fi, f, err, j);
+        const uint8_t * in[2];
+        uint8_t * out[2], * sc[2];
+        uint32_t jj[2];
+        int err[2] = { 0, 0 };
+        for (uint32_t i = 0; i < nj; i++) {
+            jj[i] = j + i;
+            sc[i] = scratch + i * per;
+            in[i] = (const uint8_t *)job->items[fi].src + f->offsets[j + i];
+            out[i] = job->verify ? sc[i] + scales : (uint8_t *)job->items[fi].dst + (uint64_t)(j + i) * h->chunk_raw;
+        }
+        if (nj == 2) ggz_chunk_decode2(h, &f->d, in, jj, out, sc, err);
+        else         err[0] = ggz_chunk_decode(h, &f->d, in[0], j, out[0], sc[0]);
+        for (uint32_t i = 0; i < nj; i++)
+            if (err[i]) batch_fail(job, fi, f, err[i], j + i);
         /* the thread that decodes a frame's last chunk finishes it; a failed frame
          * is left for the caller to free (other threads may still decode in it) */
-        if (atomic_fetch_sub(&f->remaining, 1) == 1 && !atomic_load(&f->failed)) batch_finish(job, fi, f);
-        if (err) break;
+        if (atomic_fetch_sub(&f->remaining, nj) == nj && !atomic_load(&f->failed)) batch_finish(job, fi, f);
+        if (err[0] || err[1]) break;
     }
     free(scratch);
     return NULL;

@@ -77,6 +77,34 @@ static int decode_stream(const frame_hdr * h, unsigned s, const ggz_stream * st,
     return GGZ_OK;
 }
 
+/* Chunk j at in failed with err: a checksum mismatch over its bytes wins */
+static int chunk_fail(const frame_hdr * h, const uint8_t * in, uint32_t j, int err)
+{
+    const uint8_t * e = h->index + (size_t)j * h->index_entry;
+    size_t total = 0;
+    for (unsigned s = 0; s < h->n_streams; s++) total += ggz_rd32(e + 4 * s);
+    return ggz_crc32c(0, in, total) != ggz_rd32(e + 4 * h->n_streams) ? GGZ_ERR_CHECKSUM : err;
+}
+
+/* Streams s and on of chunk j; those before are decoded (their bytes total,
+ * their CRC crc). */
+static int chunk_decode_from(const frame_hdr * h, const dtabs * d, const uint8_t * in, uint32_t j,
+                             uint8_t * out, uint8_t * scratch, unsigned s, uint32_t crc, size_t total)
+{
+    const uint8_t * e = h->index + (size_t)j * h->index_entry;
+    const uint64_t raw = chunk_raw_len(h, j);
+    for (; s < h->n_streams; s++) {
+        const size_t len = ggz_rd32(e + 4 * s);
+        const ggz_stream st = stream_desc(h, d, s, in + total, len, raw, out, scratch);
+        const int err = decode_stream(h, s, &st, &crc);
+        total += len;
+        if (err) return chunk_fail(h, in, j, err);
+        if (h->layout == GGZ_LAYOUT_Q8_0 && s == 1)
+            q8_scales_scatter(out, scratch, st.n / 2, h->row_size / Q8_0_BLOCK, h->flags & FLAG_SCALE_DELTA);
+    }
+    return crc != ggz_rd32(e + 4 * h->n_streams) ? GGZ_ERR_CHECKSUM : GGZ_OK;
+}
+
 /* Chunk j, starting at in, checked and decoded into out (its Q8_0 scales through scratch).
  * The checksum is taken while the chunk decodes, so damaged bytes may reach
  * the decoders (which bound every read and write) and out is undefined on
@@ -85,24 +113,28 @@ static int decode_stream(const frame_hdr * h, unsigned s, const ggz_stream * st,
 int ggz_chunk_decode(const frame_hdr * h, const dtabs * d, const uint8_t * in,
                         uint32_t j, uint8_t * out, uint8_t * scratch)
 {
-    const uint8_t * e = h->index + (size_t)j * h->index_entry;
-    const uint64_t raw = chunk_raw_len(h, j);
-    const uint32_t want = ggz_rd32(e + 4 * h->n_streams);
-    uint32_t crc = 0;
-    size_t total = 0;
-    for (unsigned s = 0; s < h->n_streams; s++) {
-        const size_t len = ggz_rd32(e + 4 * s);
-        const ggz_stream st = stream_desc(h, d, s, in + total, len, raw, out, scratch);
-        const int err = decode_stream(h, s, &st, &crc);
-        total += len;
-        if (err) {
-            for (unsigned r = s + 1; r < h->n_streams; r++) total += ggz_rd32(e + 4 * r);
-            return ggz_crc32c(0, in, total) != want ? GGZ_ERR_CHECKSUM : err;
-        }
-        if (h->layout == GGZ_LAYOUT_Q8_0 && s == 1)
-            q8_scales_scatter(out, scratch, st.n / 2, h->row_size / Q8_0_BLOCK, h->flags & FLAG_SCALE_DELTA);
+    return chunk_decode_from(h, d, in, j, out, scratch, 0, 0, 0);
+}
+
+void ggz_chunk_decode2(const frame_hdr * h, const dtabs * d, const uint8_t * const * in, const uint32_t * j,
+                       uint8_t * const * out, uint8_t * const * scratch, int * err)
+{
+    const ggz_kernel * k = ggz_decoder();
+    const ggz_decode2_fn fn = (h->flags & FLAG_TRELLIS) ? k->decode2_tcq : k->decode2;
+    if (!fn || h->mode[0] != MODE_RANS || (!(h->flags & FLAG_TRELLIS) && h->period[0] != 1)) {
+        for (unsigned i = 0; i < 2; i++) err[i] = ggz_chunk_decode(h, d, in[i], j[i], out[i], scratch[i]);
+        return;
     }
-    return crc != want ? GGZ_ERR_CHECKSUM : GGZ_OK;
+    ggz_stream st[2];
+    uint32_t crc[2] = { 0, 0 };
+    int e[2];
+    for (unsigned i = 0; i < 2; i++)
+        st[i] = stream_desc(h, d, 0, in[i], ggz_rd32(h->index + (size_t)j[i] * h->index_entry),
+                            chunk_raw_len(h, j[i]), out[i], scratch[i]);
+    fn(st, crc, e);
+    for (unsigned i = 0; i < 2; i++)
+        err[i] = e[i] ? chunk_fail(h, in[i], j[i], e[i])
+                      : chunk_decode_from(h, d, in[i], j[i], out[i], scratch[i], 1, crc[i], st[i].size);
 }
 
 size_t ggz_decode_chunk(void * dst, size_t dstCapacity, const void * src, size_t srcSize, uint32_t index)

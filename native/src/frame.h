@@ -72,6 +72,11 @@ void ggz_dtabs_free(dtabs * d);
  * through scratch, (raw / 34) * 2 + 64 bytes).  @return 0 or a ggz_error. */
 int ggz_chunk_decode(const frame_hdr * h, const dtabs * d, const uint8_t * in,
                      uint32_t j, uint8_t * out, uint8_t * scratch);
+/* Chunks j[0] and j[1] of one frame at in[0] and in[1], as ggz_chunk_decode
+ * on each (err[i] its result), their symbol streams decoded side by side
+ * where the kernel can (ggz_decode2_fn).  out and scratch must not overlap. */
+void ggz_chunk_decode2(const frame_hdr * h, const dtabs * d, const uint8_t * const * in, const uint32_t * j,
+                       uint8_t * const * out, uint8_t * const * scratch, int * err);
 
 /* ---- histogram.c (encoder side) ------------------------------------------- */
 

@@ -15,3 +15,13 @@ int ggz_decode_tcq_avx512(const uint8_t * src, size_t src_size, uint8_t * dst, s
     (void)period;
     return decode_x86_tcq(src, src_size, dst, n, dst_stride, tabs, crc);
 }
+
+void ggz_decode2_avx512(const ggz_stream * s, uint32_t * crc, int * err)
+{
+    decode2_x86(s, crc, err);
+}
+
+void ggz_decode2_tcq_avx512(const ggz_stream * s, uint32_t * crc, int * err)
+{
+    decode2_x86_tcq(s, crc, err);
+}

@@ -87,3 +87,31 @@ size_t ggz_reader_decode_chunk(const ggz_reader * r, uint32_t index, void * dst,
     const int err = ggz_chunk_decode(&r->h, &r->d, r->src + r->offset[index], index, dst, scratch);
     return err ? (size_t)-(ptrdiff_t)err : (size_t)raw;
 }
+
+size_t ggz_reader_decode_pair(const ggz_reader * r, uint32_t index, void * const dst[2], size_t dstCapacity,
+                              void * const scratch[2], int64_t * bad_chunk)
+{
+    if (bad_chunk) *bad_chunk = -1;
+    if (!r || !dst || !scratch || index >= r->h.n_chunks || r->h.n_chunks - index < 2) return GGZ_ERROR(PARAM);
+    const uint32_t j[2] = { index, index + 1 };
+    const uint8_t * in[2];
+    uint8_t * out[2], * sc[2];
+    uint64_t raw = 0;
+    for (unsigned i = 0; i < 2; i++) {
+        const uint64_t len = chunk_raw_len(&r->h, j[i]);
+        if (!dst[i] || dstCapacity < len) return GGZ_ERROR(DST_TOO_SMALL);
+        if (!scratch[i]) return GGZ_ERROR(PARAM);
+        in[i] = r->src + r->offset[j[i]];
+        out[i] = dst[i];
+        sc[i] = scratch[i];
+        raw += len;
+    }
+    int err[2];
+    ggz_chunk_decode2(&r->h, &r->d, in, j, out, sc, err);
+    for (unsigned i = 0; i < 2; i++)
+        if (err[i]) {
+            if (bad_chunk) *bad_chunk = j[i];
+            return (size_t)-(ptrdiff_t)err[i];
+        }
+    return (size_t)raw;
+}

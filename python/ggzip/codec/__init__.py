@@ -183,6 +183,18 @@ class Reader:
                                                out.nbytes, self._scratch), "decode chunk", index)
         return out[:r]
 
+    def pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Chunks index and index + 1, decoded side by side (ggz_reader_decode_pair)."""
+        if not 0 <= index < self.info.n_chunks - 1:
+            raise IndexError(f"chunk pair {index} out of range (frame has {self.info.n_chunks} chunks)")
+        outs = [np.empty(self.info.chunk_raw_size, dtype=np.uint8) for _ in range(2)]
+        scratch = [self._scratch, ffi.new("uint8_t[]", len(self._scratch))]
+        bad = ffi.new("int64_t *")
+        r = _check(lib.ggz_reader_decode_pair(self._r, index, [ffi.from_buffer(o, require_writable=True) for o in outs],
+                                              outs[0].nbytes, scratch, bad), "decode chunk pair", bad[0])
+        first = min(self.info.chunk_raw_size, r)
+        return outs[0][:first], outs[1][:r - first]
+
 
 def verify(frame) -> int:
     """Check every CRC and decode every chunk into scratch; returns raw_size."""

@@ -11,7 +11,7 @@ import cffi
 from ..errors import GGZipError
 
 # The version this binding was written for: ggz_version_number() must match.
-EXPECTED_VERSION = (0, 6, 0)
+EXPECTED_VERSION = (0, 7, 0)
 
 CDEF = """
 typedef struct { int layout; size_t row_size; size_t chunk_size; int n_threads; int trellis; } ggz_params;
@@ -47,6 +47,8 @@ void ggz_reader_info(const ggz_reader * r, ggz_frame_info * info);
 size_t ggz_reader_check(const ggz_reader * r, int64_t * bad_chunk);
 size_t ggz_reader_scratch_size(const ggz_reader * r);
 size_t ggz_reader_decode_chunk(const ggz_reader * r, uint32_t index, void * dst, size_t dstCapacity, void * scratch);
+size_t ggz_reader_decode_pair(const ggz_reader * r, uint32_t index, void * const dst[2], size_t dstCapacity,
+                              void * const scratch[2], int64_t * bad_chunk);
 const char * ggz_sparse_kernel_name(void);
 size_t ggz_sparse_set_kernel(const char * name);
 size_t ggz_sparse_qx_size(int64_t n);
