@@ -127,10 +127,26 @@ def test_decode_chunk_alone(dec):
     frame = codec.encode(data, chunk_size=CHUNK)
     codec.set_kernel(dec)
     fi = codec.info(frame)
-    assert fi.n_chunks == 11
+    assert fi.n_chunks == 11 and fi.chunk_raw_size == -(-data.nbytes // 11)    # as many chunks, of equal size
     for j in range(fi.n_chunks):
         part = codec.decode_chunk(frame, j)
-        assert np.array_equal(part, data[j * CHUNK:(j + 1) * CHUNK])
+        assert np.array_equal(part, data[j * fi.chunk_raw_size:(j + 1) * fi.chunk_raw_size])
+
+
+@pytest.mark.parametrize("rows,row,chunk", [(576, 612, 0), (1536, 612, 0), (49152, 612, 0), (7, 612, 0),
+                                            (1000, 34, 34 * 64), (173, 340, 340 * 40), (5, 1, 2)])
+def test_chunks_are_even(rows, row, chunk):
+    """The encoder cuts a tensor into as many chunks as chunk_size asks for, of equal
+    rows to within one (a short last chunk would idle a thread), and
+    codec.rows_per_chunk (what the trellis quantizer restarts its lanes on) says so."""
+    data = np.zeros(rows * row, np.uint8)
+    frame = codec.encode(data, row_size=row, chunk_size=chunk)
+    fi = codec.info(frame)
+    rpc = max(1, (chunk or 256 * 1024) // row)
+    assert fi.n_chunks == -(-rows // min(rpc, rows))
+    assert fi.rows_per_chunk == codec.rows_per_chunk(rows * row, row, chunk)
+    last = rows - (fi.n_chunks - 1) * fi.rows_per_chunk
+    assert 0 < last <= fi.rows_per_chunk and fi.rows_per_chunk - last < fi.n_chunks
 
 
 @pytest.mark.parametrize("dec", DECODERS)

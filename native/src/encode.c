@@ -8,8 +8,9 @@
 
 /* ---- planning ---------------------------------------------------------- */
 
-/* The chunk plan of raw_size bytes: whole rows per chunk, near chunk_size and
- * below 1 GiB, and the chunk count.  @return 0 or an error code */
+/* The chunk plan of raw_size bytes: whole rows per chunk, at most chunk_size
+ * (one row at least) and below 1 GiB, as even as whole rows allow, and the
+ * chunk count.  @return 0 or an error code */
 static size_t plan(frame_hdr * h, size_t raw_size, const ggz_params * p)
 {
     memset(h, 0, sizeof(*h));
@@ -39,6 +40,9 @@ static size_t plan(frame_hdr * h, size_t raw_size, const ggz_params * p)
     const uint64_t rows = raw_size / row;
     if (rows > UINT32_MAX) return GGZ_ERROR(PARAM);
     if (rows && rpc > rows) rpc = (size_t)rows;   /* a small tensor is one chunk of its own size */
+    /* as many chunks, of equal rows: a short last chunk would leave threads (and
+     * the two streams a kernel decodes side by side) waiting on the long ones */
+    if (rows) rpc = (size_t)div_ceil(rows, div_ceil(rows, rpc));
     h->raw_size = raw_size;
     h->row_size = (uint32_t)row;
     h->rows_per_chunk = (uint32_t)rpc;

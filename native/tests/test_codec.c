@@ -278,7 +278,8 @@ static int tcq_on_path(const int8_t * q, size_t rows, size_t cols, size_t rpc)
 
 static void test_trellis(void)
 {
-    const size_t rows = 300, cols = 256, nb = cols / 32, rpc = 64;
+    /* chunks of at most 64 rows: the encoder cuts 300 rows into five of 60 */
+    const size_t rows = 300, cols = 256, nb = cols / 32, rpc = 60, chunk_rows = 64;
     float * w = malloc(rows * cols * sizeof(float)), * steps = malloc(rows * nb * sizeof(float));
     int8_t * q = malloc(rows * cols);
     uint64_t counts[2 * 256];
@@ -316,9 +317,9 @@ static void test_trellis(void)
         memcpy(raw + b * 34 + 2, q + b * 32, 32);
     }
     size_t plain_size = 0, tcq_size = 0;
-    uint8_t * fp = encode(raw, n, GGZ_LAYOUT_Q8_0, row, rpc * row, &plain_size);
+    uint8_t * fp = encode(raw, n, GGZ_LAYOUT_Q8_0, row, chunk_rows * row, &plain_size);
     enc_trellis = 1;
-    uint8_t * ft = encode(raw, n, GGZ_LAYOUT_Q8_0, row, rpc * row, &tcq_size);
+    uint8_t * ft = encode(raw, n, GGZ_LAYOUT_Q8_0, row, chunk_rows * row, &tcq_size);
     enc_trellis = 0;
     char ctx[96];
     snprintf(ctx, sizeof ctx, "plain %zu bytes, trellis %zu", plain_size, tcq_size);
@@ -327,7 +328,7 @@ static void test_trellis(void)
     free(fp);
     free(ft);
     enc_trellis = 1;
-    roundtrip("q8_0 trellis-quantized", raw, n, GGZ_LAYOUT_Q8_0, row, rpc * row);
+    roundtrip("q8_0 trellis-quantized", raw, n, GGZ_LAYOUT_Q8_0, row, chunk_rows * row);
     enc_trellis = 0;
     free(raw);
     free(w);

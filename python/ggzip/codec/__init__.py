@@ -262,7 +262,11 @@ def rows_per_chunk(raw_size: int, row_size: int, chunk_size: int = 0) -> int:
     rpc = max(1, (chunk_size or C.DEFAULT_CHUNK) // row_size)
     rpc = min(rpc, max(1, (1 << 30) // row_size))
     rows = raw_size // row_size
-    return min(rpc, rows) if rows else rpc
+    if not rows:
+        return rpc
+    rpc = min(rpc, rows)
+    n = -(-rows // rpc)
+    return -(-rows // n)          # as many chunks, of equal rows (encode.c plan)
 
 
 def tcq_quantize(w: np.ndarray, steps: np.ndarray, rows_per_chunk: int, mu: float = 0.0,
