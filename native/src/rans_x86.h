@@ -4,7 +4,9 @@
  * the renormalising words into place with a permutation from a table indexed
  * by the lane mask, AVX-512 with vpexpandd under an opmask; VBMI also packs the
  * symbols with two byte permutes.  Same bytes as rans_scalar.c; only the hot
- * loop lives here.
+ * loop lives here.  Two streams (two chunks of a frame) can also go side by
+ * side, eight groups a step phase by phase (loop32x2, ggz_decode2_fn): one
+ * stream's four groups are a latency chain, two keep the core busier.
  *
  * Why ymm and not zmm for AVX-512: measured on Zen 5 (EPYC VM, one pinned
  * core, median of 11 runs, SmolLM2's Q8_0 token_embd), this loop decodes
