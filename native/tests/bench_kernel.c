@@ -233,8 +233,8 @@ GGZ_INLINE int run(bstream * s, const unsigned ns, const unsigned G, const int c
 {
     const unsigned lanes = 8 * G;
     __m256i x[16];
-    const uint8_t * p[2], * q[2], * end[2];
-    uint64_t c[2];
+    const uint8_t * p[4], * q[4], * end[4];
+    uint64_t c[4];
     size_t steps = (size_t)-1;
     _Pragma("GCC unroll 16")
     for (unsigned i = 0; i < ns; i++) {
@@ -327,6 +327,8 @@ static const variant variants[] = {
     { "pair: two 32-lane chunks side by side",       2, 4, 1, LK_EXTRACT, RN_LUT,    1 },
     { "pair phased",                                 2, 4, 1, LK_EXTRACT, RN_PHASED, 1 },
     { "pair of v64 phased (128 lanes)",              2, 8, 1, LK_EXTRACT, RN_PHASED, 1 },
+    { "three 32-lane chunks phased",                 3, 4, 1, LK_EXTRACT, RN_PHASED, 1 },
+    { "four 32-lane chunks phased",                  4, 4, 1, LK_EXTRACT, RN_PHASED, 1 },
 };
 #define V_COUNT ((int)(sizeof variants / sizeof variants[0]) + 2)  /* + the library's kernel, whole frame */
 
@@ -334,17 +336,17 @@ static const variant variants[] = {
 #define VARIANT_FN(i) static int var##i(bstream * s, const uint32_t * tab) { \
     return run(s, variants[i].ns, variants[i].G, variants[i].crc, variants[i].lk, variants[i].renorm, tab); }
 VARIANT_FN(0) VARIANT_FN(1) VARIANT_FN(2) VARIANT_FN(3) VARIANT_FN(4) VARIANT_FN(5) VARIANT_FN(6) VARIANT_FN(7)
-VARIANT_FN(8) VARIANT_FN(9) VARIANT_FN(10) VARIANT_FN(11) VARIANT_FN(12) VARIANT_FN(13) VARIANT_FN(14) VARIANT_FN(15) VARIANT_FN(16) VARIANT_FN(17) VARIANT_FN(18) VARIANT_FN(19)
+VARIANT_FN(8) VARIANT_FN(9) VARIANT_FN(10) VARIANT_FN(11) VARIANT_FN(12) VARIANT_FN(13) VARIANT_FN(14) VARIANT_FN(15) VARIANT_FN(16) VARIANT_FN(17) VARIANT_FN(18) VARIANT_FN(19) VARIANT_FN(20) VARIANT_FN(21)
 #define V_SINGLE32 0   /* what decodes the chunks left over by the pairs */
 #define V_SINGLE64 12
 static int (* const var_fn[])(bstream *, const uint32_t *) = { var0, var1, var2, var3, var4, var5, var6, var7, var8, var9, var10,
-                                                              var11, var12, var13, var14, var15, var16, var17, var18, var19 };
+                                                              var11, var12, var13, var14, var15, var16, var17, var18, var19, var20, var21 };
 
 static int scratch; /* every chunk into the same buffer */
 
 static const char * vname(int v)
 {
-    return v == V_COUNT - 1 ? "library kernel in use, symbols only"
+    return v == V_COUNT - 1 ? "library kernel in use, symbols only (pairs)"
          : v == V_COUNT - 2 ? (scratch ? "ggz_reader_decode_chunk, whole chunks" : "ggz_decode_tensor, 1 thread")
          : variants[v].name;
 }
@@ -449,7 +451,20 @@ int main(int argc, char ** argv)
                 /* the whole frame (scales too, CRCs, one thread): MB/s against the symbols' bytes, like the rest */
                 bad |= ggz_is_error(ggz_decode_tensor(out, rsize, frame, fsize, 1, NULL));
             } else if (v == V_COUNT - 1) {
-                for (uint32_t j = 0; j < nc; j++) {
+                /* in pairs where the kernel decodes two streams side by side, as the library does */
+                uint32_t j = 0;
+                if (ggz_decoder()->decode2)
+                    for (; j + 2 <= nc; j += 2) {
+                        ggz_stream st[2];
+                        uint32_t crc[2] = { 0, 0 };
+                        int err[2];
+                        for (int i = 0; i < 2; i++)
+                            st[i] = (ggz_stream){ s32[j + i].src, s32[j + i].size, s32[j + i].dst, s32[j + i].n,
+                                                  Q8_0_BLOCK, d.dt[0], 1 };
+                        ggz_decoder()->decode2(st, crc, err);
+                        bad |= err[0] | err[1];
+                    }
+                for (; j < nc; j++) {
                     uint32_t crc = 0;
                     bad |= ggz_decoder()->decode(s32[j].src, s32[j].size, s32[j].dst, s32[j].n, Q8_0_BLOCK, d.dt[0], 1, &crc);
                 }
