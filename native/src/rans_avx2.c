@@ -17,10 +17,10 @@ int ggz_decode_tcq_avx2(const uint8_t * src, size_t src_size, uint8_t * dst, siz
 
 void ggz_decode2_avx2(const ggz_stream * s, uint32_t * crc, int * err)
 {
-    decode2_x86(s, crc, err);
+    decode2_x86(s, crc, err, 0);
 }
 
 void ggz_decode2_tcq_avx2(const ggz_stream * s, uint32_t * crc, int * err)
 {
-    decode2_x86_tcq(s, crc, err);
+    decode2_x86(s, crc, err, 1);
 }

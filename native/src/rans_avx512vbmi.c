@@ -18,10 +18,10 @@ int ggz_decode_tcq_avx512vbmi(const uint8_t * src, size_t src_size, uint8_t * ds
 
 void ggz_decode2_avx512vbmi(const ggz_stream * s, uint32_t * crc, int * err)
 {
-    decode2_x86(s, crc, err);
+    decode2_x86(s, crc, err, 0);
 }
 
 void ggz_decode2_tcq_avx512vbmi(const ggz_stream * s, uint32_t * crc, int * err)
 {
-    decode2_x86_tcq(s, crc, err);
+    decode2_x86(s, crc, err, 1);
 }

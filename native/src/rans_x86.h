@@ -224,95 +224,6 @@ GGZ_INLINE int decode_x86(const uint8_t * src, size_t src_size, uint8_t * dst, s
                            dst_stride, tabs, period, crc);
 }
 
-/* The renormalisation of a pair step (loop32x2): the lanes' test in the
- * products' phase, then the words by a permutation from a table (as AVX2 does
- * for one stream).  Here that beats the opmask expansion of the one-stream
- * AVX-512 loop: SmolLM2's token_embd decoded whole on one Zen 4 core, 2290 MB/s
- * against 2060 with the expansion and 2100 for one stream at a time. */
-GGZ_INLINE void renorm8x8(__m256i * x, const __m256i * e, const uint8_t ** p, const int prob_bits)
-{
-    __m256i low[8];
-    unsigned m[8];
-    _Pragma("GCC unroll 8")
-    for (unsigned g = 0; g < 8; g++) {
-        x[g] = advance8(x[g], e[g], prob_bits);
-        low[g] = _mm256_cmpeq_epi32(_mm256_srli_epi32(x[g], 16), _mm256_setzero_si256());
-        m[g] = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(low[g]));
-    }
-    _Pragma("GCC unroll 8")
-    for (unsigned g = 0; g < 8; g++) {
-        const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p[g >> 2]));
-        const __m256i wl = _mm256_permutevar8x32_epi32(w, _mm256_loadu_si256((const __m256i *)expand_lut[m[g]]));
-        x[g] = _mm256_blendv_epi8(x[g], _mm256_or_si256(_mm256_slli_epi32(x[g], 16), wl), low[g]);
-        p[g >> 2] += 2 * (size_t)_mm_popcnt_u32(m[g]);
-    }
-}
-
-/* Two streams of one table (the Q8_0 symbols of two chunks of a frame) side
- * by side, each step phase by phase over their eight groups: all lookups,
- * then all products, then the renormalisations.  One stream's four groups are
- * a latency chain the out-of-order window cannot overlap further; written
- * this way the window holds both streams' lookups at once (native/tests/
- * bench_kernel.c, "pair phased": +22% over one stream on Zen 4, the same
- * bytes).  Steps run while both streams have 64 bytes left; then each goes
- * on alone. */
-GGZ_INLINE size_t loop32x2(__m256i * x, const uint32_t * tab, uint8_t * const * dst, size_t dst_stride,
-                           size_t steps, const uint8_t ** p, const uint8_t * const * end, const uint8_t ** q,
-                           uint64_t * c)
-{
-    /* the states and pointers in locals for the loop: the symbol stores (bytes)
-     * may alias whatever the caller's arrays are, which kept them in memory (-4%) */
-    __m256i xl[8];
-    _Pragma("GCC unroll 8")
-    for (unsigned g = 0; g < 8; g++) xl[g] = x[g];
-    const uint8_t * pl[2] = { p[0], p[1] }, * ql[2] = { q[0], q[1] };
-    const uint8_t * const end0 = end[0], * const end1 = end[1];
-    uint8_t * const dst0 = dst[0], * const dst1 = dst[1];
-    uint64_t cl[2] = { c[0], c[1] };
-    const __m256i mask = _mm256_set1_epi32(GGZ_PROB_MASK);
-    size_t k = 0;
-    for (; k < steps && end0 - pl[0] >= 2 * GGZ_LANES && end1 - pl[1] >= 2 * GGZ_LANES; k++) {
-        ggz_crc_step32(&cl[0], &ql[0], end0);
-        ggz_crc_step32(&cl[1], &ql[1], end1);
-        __m256i e[8];
-        _Pragma("GCC unroll 8")
-        for (unsigned g = 0; g < 8; g++) e[g] = lookup8(tab, _mm256_and_si256(xl[g], mask));
-        renorm8x8(xl, e, pl, GGZ_PROB_BITS);
-        _mm256_storeu_si256((__m256i *)(dst0 + k * dst_stride), symbols32(e[0], e[1], e[2], e[3]));
-        _mm256_storeu_si256((__m256i *)(dst1 + k * dst_stride), symbols32(e[4], e[5], e[6], e[7]));
-    }
-    _Pragma("GCC unroll 8")
-    for (unsigned g = 0; g < 8; g++) x[g] = xl[g];
-    p[0] = pl[0]; p[1] = pl[1]; q[0] = ql[0]; q[1] = ql[1]; c[0] = cl[0]; c[1] = cl[1];
-    return k;
-}
-
-/* ggz_decode2_fn: streams s[0] and s[1], both of period 1 and one table */
-GGZ_INLINE void decode2_x86(const ggz_stream * s, uint32_t * crc, int * err)
-{
-    uint32_t xs[2][GGZ_LANES];
-    if (!s[0].n || !s[1].n || ggz_read_states(xs[0], s[0].src, s[0].size) || ggz_read_states(xs[1], s[1].src, s[1].size)) {
-        for (unsigned i = 0; i < 2; i++)   /* no pair to make: one at a time, errors as they come */
-            err[i] = decode_x86(s[i].src, s[i].size, s[i].dst, s[i].n, s[i].stride, s[i].tabs, 1, &crc[i]);
-        return;
-    }
-    pthread_once(&lut_once, lut_init);
-    __m256i x[8];
-    const uint8_t * p[2], * q[2], * end[2];
-    uint8_t * dst[2];
-    uint64_t c[2];
-    for (unsigned i = 0; i < 2; i++) {
-        for (unsigned g = 0; g < 4; g++) x[4 * i + g] = _mm256_loadu_si256((const __m256i *)(xs[i] + 8 * g));
-        p[i] = s[i].src + GGZ_STATE_BYTES; q[i] = s[i].src; end[i] = s[i].src + s[i].size;
-        c[i] = (uint32_t)~crc[i]; dst[i] = s[i].dst;
-    }
-    const size_t n = s[0].n < s[1].n ? s[0].n : s[1].n;
-    const size_t k = loop32x2(x, s[0].tabs->slot[0], dst, s[0].stride, n / GGZ_LANES, p, end, q, c);
-    for (unsigned i = 0; i < 2; i++)
-        err[i] = decode_x86_from(x[4 * i], x[4 * i + 1], x[4 * i + 2], x[4 * i + 3], p[i], end[i], q[i], c[i],
-                                 s[i].dst + k * s[i].stride, s[i].n - k * GGZ_LANES, s[i].stride, s[i].tabs, 1, &crc[i]);
-}
-
 /* The next states of the trellis in S's form (step8_tcq) */
 GGZ_INLINE __m256i tcq_tnext(void)
 {
@@ -376,48 +287,88 @@ GGZ_INLINE int decode_x86_tcq(const uint8_t * src, size_t src_size, uint8_t * ds
                                dst_stride, tabs, crc);
 }
 
-/* Two trellis-coded streams side by side (loop32x2), their lanes' trellis states in S */
-GGZ_INLINE size_t loop32x2_tcq(__m256i * x, __m256i * S, const uint32_t * tab, uint8_t * const * dst,
-                               size_t dst_stride, size_t steps, const uint8_t ** p, const uint8_t * const * end,
-                               const uint8_t ** q, uint64_t * c)
+/* The renormalisation of a pair step (loop32x2): the lanes' test in the
+ * products' phase, then the words by a permutation from a table (as AVX2 does
+ * for one stream).  Here that beats the opmask expansion of the one-stream
+ * AVX-512 loop: SmolLM2's token_embd decoded whole on one Zen 4 core, 2290 MB/s
+ * against 2060 with the expansion and 2100 for one stream at a time. */
+GGZ_INLINE void renorm8x8(__m256i * x, const __m256i * e, const uint8_t ** p, const int prob_bits)
 {
-    __m256i xl[8], Sl[8];     /* in locals, as loop32x2 */
+    __m256i low[8];
+    unsigned m[8];
     _Pragma("GCC unroll 8")
-    for (unsigned g = 0; g < 8; g++) { xl[g] = x[g]; Sl[g] = S[g]; }
+    for (unsigned g = 0; g < 8; g++) {
+        x[g] = advance8(x[g], e[g], prob_bits);
+        low[g] = _mm256_cmpeq_epi32(_mm256_srli_epi32(x[g], 16), _mm256_setzero_si256());
+        m[g] = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(low[g]));
+    }
+    _Pragma("GCC unroll 8")
+    for (unsigned g = 0; g < 8; g++) {
+        const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p[g >> 2]));
+        const __m256i wl = _mm256_permutevar8x32_epi32(w, _mm256_loadu_si256((const __m256i *)expand_lut[m[g]]));
+        x[g] = _mm256_blendv_epi8(x[g], _mm256_or_si256(_mm256_slli_epi32(x[g], 16), wl), low[g]);
+        p[g >> 2] += 2 * (size_t)_mm_popcnt_u32(m[g]);
+    }
+}
+
+/* Two streams of one table (stream 0 of two chunks of a frame) side by side,
+ * each step over their eight groups phase by phase: all lookups, then all
+ * products, then the renormalisations (renorm8x8); trellis-coded streams
+ * (tcq, their lanes' states in S) take each group on to its end after the
+ * lookups.  One stream's four groups are a latency chain the out-of-order
+ * window cannot overlap further; written this way the window holds both
+ * streams' lookups at once (native/tests/bench_kernel.c, "pair phased": +22%
+ * over one stream on Zen 4, the same bytes).  Steps run while both streams
+ * have 64 bytes left; then each goes on alone. */
+GGZ_INLINE size_t loop32x2(__m256i * x, __m256i * S, const uint32_t * tab, uint8_t * const * dst,
+                           size_t dst_stride, size_t steps, const uint8_t ** p, const uint8_t * const * end,
+                           const uint8_t ** q, uint64_t * c, const int tcq)
+{
+    /* the states and pointers in locals for the loop: the symbol stores (bytes)
+     * may alias the caller's arrays, which kept them in memory (-4%) */
+    __m256i xl[8], Sl[8];
+    _Pragma("GCC unroll 8")
+    for (unsigned g = 0; g < 8; g++) { xl[g] = x[g]; Sl[g] = tcq ? S[g] : _mm256_setzero_si256(); }
     const uint8_t * pl[2] = { p[0], p[1] }, * ql[2] = { q[0], q[1] };
     const uint8_t * const end0 = end[0], * const end1 = end[1];
     uint8_t * const dst0 = dst[0], * const dst1 = dst[1];
     uint64_t cl[2] = { c[0], c[1] };
-    const __m256i tnext = tcq_tnext();
+    const __m256i mask = _mm256_set1_epi32(GGZ_PROB_MASK), tnext = tcq_tnext();
     size_t k = 0;
     for (; k < steps && end0 - pl[0] >= 2 * GGZ_LANES && end1 - pl[1] >= 2 * GGZ_LANES; k++) {
         ggz_crc_step32(&cl[0], &ql[0], end0);
         ggz_crc_step32(&cl[1], &ql[1], end1);
         __m256i e[8];
         _Pragma("GCC unroll 8")
-        for (unsigned g = 0; g < 8; g++) e[g] = lookup8_tcq(xl[g], &Sl[g], tnext, tab);   /* all lookups first */
-        /* then each group on to its end: with the trellis states in registers
-         * too, the products' phase of renorm8x8 measured 8% slower (SmolLM2 at
-         * 4.5 bpw, AVX-512 and AVX2 alike) */
-        _Pragma("GCC unroll 8")
-        for (unsigned g = 0; g < 8; g++) xl[g] = update8(xl[g], e[g], &pl[g >> 2], GGZ_TCQ_PROB_BITS);
+        for (unsigned g = 0; g < 8; g++)
+            e[g] = tcq ? lookup8_tcq(xl[g], &Sl[g], tnext, tab) : lookup8(tab, _mm256_and_si256(xl[g], mask));
+        if (tcq) {
+            /* with the trellis states in registers too, the products' phase
+             * measured 5-15% slower (SmolLM2 at 4.5 bpw, AVX-512 and AVX2) */
+            _Pragma("GCC unroll 8")
+            for (unsigned g = 0; g < 8; g++) xl[g] = update8(xl[g], e[g], &pl[g >> 2], GGZ_TCQ_PROB_BITS);
+        } else {
+            renorm8x8(xl, e, pl, GGZ_PROB_BITS);
+        }
         _mm256_storeu_si256((__m256i *)(dst0 + k * dst_stride), symbols32(e[0], e[1], e[2], e[3]));
         _mm256_storeu_si256((__m256i *)(dst1 + k * dst_stride), symbols32(e[4], e[5], e[6], e[7]));
     }
     _Pragma("GCC unroll 8")
-    for (unsigned g = 0; g < 8; g++) { x[g] = xl[g]; S[g] = Sl[g]; }
+    for (unsigned g = 0; g < 8; g++) { x[g] = xl[g]; if (tcq) S[g] = Sl[g]; }
     p[0] = pl[0]; p[1] = pl[1]; q[0] = ql[0]; q[1] = ql[1]; c[0] = cl[0]; c[1] = cl[1];
     return k;
 }
 
-/* ggz_decode2_fn of trellis-coded streams */
-GGZ_INLINE void decode2_x86_tcq(const ggz_stream * s, uint32_t * crc, int * err)
+/* ggz_decode2_fn: streams s[0] and s[1] of period 1 and one table, or
+ * trellis-coded (tcq) */
+GGZ_INLINE void decode2_x86(const ggz_stream * s, uint32_t * crc, int * err, const int tcq)
 {
     uint32_t xs[2][GGZ_LANES];
-    if (!s[0].n || !s[1].n || s[0].n % GGZ_LANES || s[1].n % GGZ_LANES ||
+    if (!s[0].n || !s[1].n || (tcq && (s[0].n % GGZ_LANES || s[1].n % GGZ_LANES)) ||
         ggz_read_states(xs[0], s[0].src, s[0].size) || ggz_read_states(xs[1], s[1].src, s[1].size)) {
         for (unsigned i = 0; i < 2; i++)   /* no pair to make: one at a time, errors as they come */
-            err[i] = decode_x86_tcq(s[i].src, s[i].size, s[i].dst, s[i].n, s[i].stride, s[i].tabs, &crc[i]);
+            err[i] = tcq ? decode_x86_tcq(s[i].src, s[i].size, s[i].dst, s[i].n, s[i].stride, s[i].tabs, &crc[i])
+                         : decode_x86(s[i].src, s[i].size, s[i].dst, s[i].n, s[i].stride, s[i].tabs, 1, &crc[i]);
         return;
     }
     pthread_once(&lut_once, lut_init);
@@ -434,11 +385,16 @@ GGZ_INLINE void decode2_x86_tcq(const ggz_stream * s, uint32_t * crc, int * err)
         c[i] = (uint32_t)~crc[i]; dst[i] = s[i].dst;
     }
     const size_t n = s[0].n < s[1].n ? s[0].n : s[1].n;
-    const size_t k = loop32x2_tcq(x, S, s[0].tabs->slot[0], dst, s[0].stride, n / GGZ_LANES, p, end, q, c);
-    for (unsigned i = 0; i < 2; i++)
-        err[i] = decode_x86_tcq_from(x[4 * i], x[4 * i + 1], x[4 * i + 2], x[4 * i + 3], S[4 * i], S[4 * i + 1],
-                                     S[4 * i + 2], S[4 * i + 3], p[i], end[i], q[i], c[i], s[i].dst + k * s[i].stride,
-                                     s[i].n - k * GGZ_LANES, s[i].stride, s[i].tabs, &crc[i]);
+    const size_t k = loop32x2(x, S, s[0].tabs->slot[0], dst, s[0].stride, n / GGZ_LANES, p, end, q, c, tcq);
+    for (unsigned i = 0; i < 2; i++) {
+        const __m256i * xi = x + 4 * i, * Si = S + 4 * i;
+        uint8_t * const out = s[i].dst + k * s[i].stride;
+        const size_t left = s[i].n - k * GGZ_LANES;
+        err[i] = tcq ? decode_x86_tcq_from(xi[0], xi[1], xi[2], xi[3], Si[0], Si[1], Si[2], Si[3], p[i], end[i], q[i],
+                                           c[i], out, left, s[i].stride, s[i].tabs, &crc[i])
+                     : decode_x86_from(xi[0], xi[1], xi[2], xi[3], p[i], end[i], q[i], c[i], out, left, s[i].stride,
+                                       s[i].tabs, 1, &crc[i]);
+    }
 }
 
 #endif /* GGZIP_RANS_X86_H */
