@@ -123,6 +123,10 @@ typedef struct {
 /*! ggz_frame_bound() : @return the largest frame ggz_encode_tensor() can produce
  *  for `raw_size` bytes with these params (use it to size dst) */
 size_t ggz_frame_bound(size_t raw_size, const ggz_params * params);
+/*! ggz_rows_per_chunk() : the rows per chunk ggz_encode_tensor() gives
+ *  `raw_size` bytes with these params (a trellis quantizer restarts its lanes
+ *  on them).  @return the rows, or an error code */
+size_t ggz_rows_per_chunk(size_t raw_size, const ggz_params * params);
 
 /*! ggz_encode_tensor() : code `src` (raw_size bytes) into one frame in dst.
  *  raw_size must be a multiple of row_size, row_size a multiple of the layout's

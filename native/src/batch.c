@@ -111,7 +111,7 @@ static void * batch_worker(void * arg)
      * rows_per_chunk alone (a header may claim 1 GiB chunks for a 100-byte tensor) */
     uint8_t * scratch = NULL;
     size_t scratch_per = 0;
-    const int pairs = ggz_decoder()->decode2 != NULL;   /* x86: with decode2_tcq */
+    const int pairs = ggz_decoder()->decode2 != NULL;
     for (;;) {
         /* claim the next chunk, and the one after it where the kernel decodes
          * two side by side and enough are left for the other threads;

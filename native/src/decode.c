@@ -119,9 +119,9 @@ int ggz_chunk_decode(const frame_hdr * h, const dtabs * d, const uint8_t * in,
 void ggz_chunk_decode2(const frame_hdr * h, const dtabs * d, const uint8_t * const * in, const uint32_t * j,
                        uint8_t * const * out, uint8_t * const * scratch, int * err)
 {
-    const ggz_kernel * k = ggz_decoder();
-    const ggz_decode2_fn fn = (h->flags & FLAG_TRELLIS) ? k->decode2_tcq : k->decode2;
-    if (!fn || h->mode[0] != MODE_RANS || (!(h->flags & FLAG_TRELLIS) && h->period[0] != 1)) {
+    const ggz_decode2_fn fn = ggz_decoder()->decode2;
+    const int tcq = (h->flags & FLAG_TRELLIS) != 0;
+    if (!fn || h->mode[0] != MODE_RANS || (!tcq && h->period[0] != 1)) {
         for (unsigned i = 0; i < 2; i++) err[i] = ggz_chunk_decode(h, d, in[i], j[i], out[i], scratch[i]);
         return;
     }
@@ -131,7 +131,7 @@ void ggz_chunk_decode2(const frame_hdr * h, const dtabs * d, const uint8_t * con
     for (unsigned i = 0; i < 2; i++)
         st[i] = stream_desc(h, d, 0, in[i], ggz_rd32(h->index + (size_t)j[i] * h->index_entry),
                             chunk_raw_len(h, j[i]), out[i], scratch[i]);
-    fn(st, crc, e);
+    fn(st, crc, e, tcq);
     for (unsigned i = 0; i < 2; i++)
         err[i] = e[i] ? chunk_fail(h, in[i], j[i], e[i])
                       : chunk_decode_from(h, d, in[i], j[i], out[i], scratch[i], 1, crc[i], st[i].size);

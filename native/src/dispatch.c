@@ -68,14 +68,14 @@ int ggz_cpu_has_avx512_sparse(void) { return has_avx512() && ggz_cpu_has_avx2_fm
 static int always(void) { return 1; }
 
 static const ggz_kernel kernels[] = {
-    { "scalar", always, ggz_decode_scalar, ggz_decode_tcq_scalar, NULL, NULL },
+    { "scalar", always, ggz_decode_scalar, ggz_decode_tcq_scalar, NULL },
 #if defined(GGZ_HAVE_X86)
-    { "avx2",   has_avx2,   ggz_decode_avx2, ggz_decode_tcq_avx2, ggz_decode2_avx2, ggz_decode2_tcq_avx2 },
-    { "avx512", has_avx512, ggz_decode_avx512, ggz_decode_tcq_avx512, ggz_decode2_avx512, ggz_decode2_tcq_avx512 },
-    { "avx512vbmi", has_avx512vbmi, ggz_decode_avx512vbmi, ggz_decode_tcq_avx512vbmi, ggz_decode2_avx512vbmi, ggz_decode2_tcq_avx512vbmi },
+    { "avx2",   has_avx2,   ggz_decode_avx2, ggz_decode_tcq_avx2, ggz_decode2_avx2 },
+    { "avx512", has_avx512, ggz_decode_avx512, ggz_decode_tcq_avx512, ggz_decode2_avx512 },
+    { "avx512vbmi", has_avx512vbmi, ggz_decode_avx512vbmi, ggz_decode_tcq_avx512vbmi, ggz_decode2_avx512vbmi },
 #endif
 #if defined(GGZ_HAVE_NEON)
-    { "neon",   always,     ggz_decode_neon, ggz_decode_tcq_neon, NULL, NULL },
+    { "neon",   always,     ggz_decode_neon, ggz_decode_tcq_neon, NULL },
 #endif
 };
 #define N_KERNELS ((int)(sizeof(kernels) / sizeof(kernels[0])))

@@ -59,6 +59,13 @@ static uint64_t header_size_max(const frame_hdr * h)
     return n + (uint64_t)h->n_chunks * h->index_entry;
 }
 
+size_t ggz_rows_per_chunk(size_t raw_size, const ggz_params * params)
+{
+    frame_hdr h;
+    const size_t r = plan(&h, raw_size, params);
+    return ggz_is_error(r) ? r : h.rows_per_chunk;
+}
+
 size_t ggz_frame_bound(size_t raw_size, const ggz_params * params)
 {
     frame_hdr h;

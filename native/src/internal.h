@@ -18,10 +18,12 @@
 #  define GGZ_LIKELY(x)   __builtin_expect(!!(x), 1)
 #  define GGZ_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #  define GGZ_INLINE      static inline __attribute__((always_inline))
+#  define GGZ_NOINLINE    static __attribute__((noinline))
 #else
 #  define GGZ_LIKELY(x)   (x)
 #  define GGZ_UNLIKELY(x) (x)
 #  define GGZ_INLINE      static inline
+#  define GGZ_NOINLINE    static
 #endif
 
 /* Little-endian loads and stores; memcpy keeps them legal on any alignment and
@@ -111,11 +113,11 @@ typedef struct {
     unsigned         period;
 } ggz_stream;
 
-/* Decode two streams of period 1 with the same table (stream 0 of two chunks
- * of one frame) side by side: the same bytes as ggz_decode_fn on each, faster
- * where one stream cannot keep the core busy.  err[i] and crc[i] as the
- * return value and *crc of ggz_decode_fn on s[i]. */
-typedef void (*ggz_decode2_fn)(const ggz_stream * s, uint32_t * crc, int * err);
+/* Decode two streams with the same table (stream 0 of two chunks of one
+ * frame: period 1, or trellis-coded when tcq) side by side: the same bytes as
+ * ggz_decode_fn on each, faster where one stream cannot keep the core busy.
+ * err[i] and crc[i] as the return value and *crc of ggz_decode_fn on s[i]. */
+typedef void (*ggz_decode2_fn)(const ggz_stream * s, uint32_t * crc, int * err, int tcq);
 
 static inline size_t ggz_stream_bound(size_t n) { return n ? GGZ_STATE_BYTES + 2 * n + 2 : 0; }
 
@@ -125,7 +127,6 @@ typedef struct {
     ggz_decode_fn decode;
     ggz_decode_fn decode_tcq;   /* trellis-coded Q8_0 symbols; NULL: the scalar one */
     ggz_decode2_fn decode2;     /* two streams side by side; NULL: one after the other */
-    ggz_decode2_fn decode2_tcq; /* two trellis-coded streams; NULL: one after the other */
 } ggz_kernel;
 
 int    ggz_decode_scalar(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned, uint32_t *);
@@ -139,16 +140,13 @@ int    ggz_decode_tcq_lanes(uint32_t * x, uint8_t * st, const uint8_t ** pp, con
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 int    ggz_decode_avx2(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned, uint32_t *);
 int    ggz_decode_tcq_avx2(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned, uint32_t *);
-void   ggz_decode2_avx2(const ggz_stream *, uint32_t *, int *);
-void   ggz_decode2_tcq_avx2(const ggz_stream *, uint32_t *, int *);
+void   ggz_decode2_avx2(const ggz_stream *, uint32_t *, int *, int);
 int    ggz_decode_avx512(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned, uint32_t *);
 int    ggz_decode_tcq_avx512(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned, uint32_t *);
-void   ggz_decode2_avx512(const ggz_stream *, uint32_t *, int *);
-void   ggz_decode2_tcq_avx512(const ggz_stream *, uint32_t *, int *);
+void   ggz_decode2_avx512(const ggz_stream *, uint32_t *, int *, int);
 int    ggz_decode_avx512vbmi(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned, uint32_t *);
 int    ggz_decode_tcq_avx512vbmi(const uint8_t *, size_t, uint8_t *, size_t, size_t, const ggz_dtab *, unsigned, uint32_t *);
-void   ggz_decode2_avx512vbmi(const ggz_stream *, uint32_t *, int *);
-void   ggz_decode2_tcq_avx512vbmi(const ggz_stream *, uint32_t *, int *);
+void   ggz_decode2_avx512vbmi(const ggz_stream *, uint32_t *, int *, int);
 #define GGZ_HAVE_X86 1
 #endif
 #if defined(__aarch64__) || defined(_M_ARM64)

@@ -16,12 +16,8 @@ int ggz_decode_tcq_avx512(const uint8_t * src, size_t src_size, uint8_t * dst, s
     return decode_x86_tcq(src, src_size, dst, n, dst_stride, tabs, crc);
 }
 
-void ggz_decode2_avx512(const ggz_stream * s, uint32_t * crc, int * err)
+void ggz_decode2_avx512(const ggz_stream * s, uint32_t * crc, int * err, int tcq)
 {
-    decode2_x86(s, crc, err, 0);
-}
-
-void ggz_decode2_tcq_avx512(const ggz_stream * s, uint32_t * crc, int * err)
-{
-    decode2_x86(s, crc, err, 1);
+    if (tcq) decode2_x86_trellis(s, crc, err);
+    else     decode2_x86_plain(s, crc, err);
 }

@@ -259,14 +259,8 @@ def forced_kernel_error() -> Optional[str]:
 def rows_per_chunk(raw_size: int, row_size: int, chunk_size: int = 0) -> int:
     """The rows per chunk encode() gives a tensor of raw_size bytes in rows of
     row_size bytes (what a trellis quantizer must restart its lanes on)."""
-    rpc = max(1, (chunk_size or C.DEFAULT_CHUNK) // row_size)
-    rpc = min(rpc, max(1, (1 << 30) // row_size))
-    rows = raw_size // row_size
-    if not rows:
-        return rpc
-    rpc = min(rpc, rows)
-    n = -(-rows // rpc)
-    return -(-rows // n)          # as many chunks, of equal rows (encode.c plan)
+    return _check(lib.ggz_rows_per_chunk(raw_size, _params("bytes", row_size, chunk_size, 1, False)),
+                  "rows per chunk")
 
 
 def tcq_quantize(w: np.ndarray, steps: np.ndarray, rows_per_chunk: int, mu: float = 0.0,

@@ -31,6 +31,7 @@ const char * ggz_kernel_info(int i, int * available, int * has_encoder);
 size_t ggz_set_kernel(const char * name);
 const char * ggz_kernel_forced_error(void);
 size_t ggz_frame_bound(size_t raw_size, const ggz_params * params);
+size_t ggz_rows_per_chunk(size_t raw_size, const ggz_params * params);
 size_t ggz_encode_tensor(void * dst, size_t dstCapacity, const void * src, size_t raw_size, const ggz_params * params);
 size_t ggz_frame_info_get(const void * src, size_t srcSize, ggz_frame_info * info);
 size_t ggz_decode_tensor(void * dst, size_t dstCapacity, const void * src, size_t srcSize, int n_threads, int64_t * bad_chunk);
