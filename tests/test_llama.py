@@ -371,13 +371,15 @@ KEEP_SPECS = ["all", "token_embd.weight", "blk.[0-9].ffn_*,blk.1*.attn_q*,blk.2?
 @pytest.mark.parametrize("keep", KEEP_SPECS)
 def test_kept_logits_bit_identical(ggz, keep):
     """Kept tensors run the same Q8_0 kernels on the same bytes as the decoded model:
-    one token at a time (ggml's vec_dot, as in generation) and in a batch (the tinyBLAS
-    kernel ggml's MUL_MAT takes for a prompt), logits equal bit for bit."""
+    one token at a time (ggml's vec_dot, as in generation) and in batches (the tinyBLAS
+    kernel ggml's MUL_MAT takes for a prompt; from 16 tokens the chunks that would
+    leave a thread idle are shared by rows, and GET_ROWS decodes each chunk once for
+    all the tokens in it), logits equal bit for bit."""
     llama_cpp = _llama_cpp()
     llm = llama_cpp.Llama(str(ggz), n_ctx=64, verbose=False, vocab_only=True)
     tokens = llm.tokenize(TEXT.read_text()[:400].encode())[:72]
     llm.close()
-    for n_batch, n in ((1, 12), (64, len(tokens))):
+    for n_batch, n in ((1, 12), (8, 24), (64, len(tokens))):
         _, plain = _logits(llama_cpp, ggz, tokens[:n], None, n_batch)
         _, kept = _logits(llama_cpp, ggz, tokens[:n], keep, n_batch)
         assert plain.shape == kept.shape and np.isfinite(plain).all()

@@ -347,7 +347,7 @@ static int scratch; /* every chunk into the same buffer */
 static const char * vname(int v)
 {
     return v == V_COUNT - 1 ? "library kernel in use, symbols only (pairs)"
-         : v == V_COUNT - 2 ? (scratch ? "ggz_reader_decode_chunk, whole chunks" : "ggz_decode_tensor, 1 thread")
+         : v == V_COUNT - 2 ? (scratch ? "ggz_reader_decode_pair, whole chunks" : "ggz_decode_tensor, 1 thread")
          : variants[v].name;
 }
 
@@ -436,7 +436,7 @@ int main(int argc, char ** argv)
 
     ggz_reader * rd = NULL;
     if (ggz_is_error(ggz_reader_open(&rd, frame, fsize))) { fprintf(stderr, "%s: ggz_reader_open failed\n", argv[1]); return 1; }
-    void * rscratch = malloc(ggz_reader_scratch_size(rd));
+    void * rscratch = malloc(2 * ggz_reader_scratch_size(rd));
     double * t = calloc((size_t)runs * V_COUNT, sizeof *t);
     for (int r = 0; r < runs; r++) {
         for (int v = 0; v < V_COUNT; v++) {
@@ -445,8 +445,14 @@ int main(int argc, char ** argv)
             int bad = 0;
             const double t0 = now();
             if (v == V_COUNT - 2 && scratch) {
-                /* one chunk at a time into the scratch, as the kept tensors are decoded */
-                for (uint32_t j = 0; j < nc; j++) bad |= ggz_is_error(ggz_reader_decode_chunk(rd, j, out, rsize, rscratch));
+                /* pairs of chunks into the scratch, as the kept tensors are decoded (patch 0008) */
+                uint32_t j = 0;
+                for (; j + 2 <= nc; j += 2) {
+                    void * dst[2] = { out, out + rsize / 2 };
+                    void * scr[2] = { rscratch, (uint8_t *)rscratch + ggz_reader_scratch_size(rd) };
+                    bad |= ggz_is_error(ggz_reader_decode_pair(rd, j, dst, rsize / 2, scr, NULL));
+                }
+                for (; j < nc; j++) bad |= ggz_is_error(ggz_reader_decode_chunk(rd, j, out, rsize, rscratch));
             } else if (v == V_COUNT - 2) {
                 /* the whole frame (scales too, CRCs, one thread): MB/s against the symbols' bytes, like the rest */
                 bad |= ggz_is_error(ggz_decode_tensor(out, rsize, frame, fsize, 1, NULL));
@@ -461,7 +467,7 @@ int main(int argc, char ** argv)
                         for (int i = 0; i < 2; i++)
                             st[i] = (ggz_stream){ s32[j + i].src, s32[j + i].size, s32[j + i].dst, s32[j + i].n,
                                                   Q8_0_BLOCK, d.dt[0], 1 };
-                        ggz_decoder()->decode2(st, crc, err);
+                        ggz_decoder()->decode2(st, crc, err, 0);
                         bad |= err[0] | err[1];
                     }
                 for (; j < nc; j++) {
