@@ -8,7 +8,8 @@
 #
 # Steps:
 #   native        C tests (native/tests/test_codec.c) on every kernel the host runs, and
-#                 nm: ggzip_decode_static holds no encoder and is complete
+#                 nm: ggzip_decode_static holds no encoder and is complete; on x86 it
+#                 also builds native/tests/bench_kernel.c (not run)
 #   sanitize      the same under ASan + UBSan (clang, GGZIP_SANITIZE=address)
 #   tsan          the same under ThreadSanitizer (clang, GGZIP_SANITIZE=thread): the
 #                 thread pool, batch API and threaded encoder, failing frames included
@@ -95,7 +96,9 @@ check_decode_lib() {
 
 step_native() {
     need cmake cc || return
-    build build/native-test ggzip_test ggzip_decode_static -- || return 1
+    local extra=()
+    case "$(uname -m)" in x86_64|amd64) extra=(ggzip_bench_kernel) ;; esac   # built, not run
+    build build/native-test ggzip_test ggzip_decode_static "${extra[@]}" -- || return 1
     check_decode_lib build/native-test/libggzip_decode_static.a || return 1
     build/native-test/ggzip_test
 }

@@ -4,15 +4,14 @@
  * hits them alike.  Time is the thread's CPU time; MB/s are of Q8_0 bytes (34
  * per 32 symbols); every exact variant's output and CRC are checked.
  *
- *   cmake -S native -B /tmp/kb/build -DCMAKE_BUILD_TYPE=Release && cmake --build /tmp/kb/build --target ggzip_static
- *   cc -O3 -mavx2 -mbmi2 -mpopcnt -msse4.2 -Inative/include -Inative/src \
- *      native/tests/bench_kernel.c /tmp/kb/build/libggzip_static.a -lpthread -lm -o /tmp/kb/bench
- *   taskset -c 1 /tmp/kb/bench FRAME RAW [runs] [scratch]
+ *   cmake -S native -B /tmp/kb/build -DCMAKE_BUILD_TYPE=Release -DGGZIP_BUILD_TESTS=ON
+ *   cmake --build /tmp/kb/build --target ggzip_bench_kernel
+ *   taskset -c 1 /tmp/kb/build/ggzip_bench_kernel FRAME RAW [runs] [scratch]
  *
  * FRAME: a Q8_0 frame, e.g. ggzip.codec.encode(raw, layout="q8_0", row_size=...)
  * of SmolLM2's token_embd.weight; RAW: the tensor's bytes.  "scratch" decodes
  * every chunk into one buffer, as a thread decoding kept tensors does; the
- * library row is then ggz_reader_decode_chunk (symbols, scales, CRC), else
+ * library row is then ggz_reader_decode_pair (symbols, scales, CRC; pairs of chunks), else
  * ggz_decode_tensor on one thread.  The 64-lane streams are the same symbols
  * re-encoded here by a 64-lane copy of the encoder (+0.04% bytes).
  *
