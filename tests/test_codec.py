@@ -136,14 +136,24 @@ def test_decode_chunk_alone(dec):
 @pytest.mark.parametrize("rows,row,chunk", [(576, 612, 0), (1536, 612, 0), (49152, 612, 0), (7, 612, 0),
                                             (1000, 34, 34 * 64), (173, 340, 340 * 40), (5, 1, 2)])
 def test_chunks_are_even(rows, row, chunk):
-    """The encoder cuts a tensor into as many chunks as chunk_size asks for, of equal
-    rows to within one (a short last chunk would idle a thread), and
-    codec.rows_per_chunk (what the trellis quantizer restarts its lanes on) says so."""
+    """The encoder cuts a tensor into as many chunks as chunk_size asks for, their
+    count rounded up to a multiple of 4 (else 2) where chunks stay at least 32 KiB
+    (an odd count idles a thread decoding a kept tensor), of equal rows to within one
+    (so does a short last chunk), and codec.rows_per_chunk (what the trellis
+    quantizer restarts its lanes on) says so."""
     data = np.zeros(rows * row, np.uint8)
     frame = codec.encode(data, row_size=row, chunk_size=chunk)
     fi = codec.info(frame)
     rpc = max(1, (chunk or 256 * 1024) // row)
-    assert fi.n_chunks == -(-rows // min(rpc, rows))
+    n = -(-rows // min(rpc, rows))
+    for m in (4, 2):
+        nm = -(-n // m) * m
+        if nm <= rows and rows * row // nm >= 32 * 1024:
+            n = nm
+            break
+    assert fi.n_chunks == -(-rows // -(-rows // n))
+    if rows * row >= 4 * 32 * 1024:
+        assert fi.n_chunks % 4 == 0
     assert fi.rows_per_chunk == codec.rows_per_chunk(rows * row, row, chunk)
     last = rows - (fi.n_chunks - 1) * fi.rows_per_chunk
     assert 0 < last <= fi.rows_per_chunk and fi.rows_per_chunk - last < fi.n_chunks

@@ -8,9 +8,12 @@
 
 /* ---- planning ---------------------------------------------------------- */
 
+/* no chunk count is rounded up below this many raw bytes a chunk (plan) */
+#define GGZ_SPLIT_MIN (32u * 1024u)
+
 /* The chunk plan of raw_size bytes: whole rows per chunk, at most chunk_size
- * (one row at least) and below 1 GiB, as even as whole rows allow, and the
- * chunk count.  @return 0 or an error code */
+ * (one row at least) and below 1 GiB, as even as whole rows allow, their count
+ * a multiple of 4 or 2 where chunks stay large enough.  @return 0 or an error code */
 static size_t plan(frame_hdr * h, size_t raw_size, const ggz_params * p)
 {
     memset(h, 0, sizeof(*h));
@@ -41,8 +44,19 @@ static size_t plan(frame_hdr * h, size_t raw_size, const ggz_params * p)
     if (rows > UINT32_MAX) return GGZ_ERROR(PARAM);
     if (rows && rpc > rows) rpc = (size_t)rows;   /* a small tensor is one chunk of its own size */
     /* as many chunks, of equal rows: a short last chunk would leave threads (and
-     * the two streams a kernel decodes side by side) waiting on the long ones */
-    if (rows) rpc = (size_t)div_ceil(rows, div_ceil(rows, rpc));
+     * the two streams a kernel decodes side by side) waiting on the long ones.
+     * Their count rounded up to a multiple of 4, else 2, where chunks stay at
+     * least GGZ_SPLIT_MIN: a tensor kept compressed in RAM is decoded chunk by
+     * chunk by every thread of a token, and an odd count idles one (Gemma-3's
+     * one-chunk attn_k, three-chunk attn_q); about 270 bytes a chunk */
+    if (rows) {
+        uint64_t n = div_ceil(rows, rpc);
+        for (uint64_t m = 4; m >= 2; m /= 2) {
+            const uint64_t nm = div_ceil(n, m) * m;
+            if (nm <= rows && raw_size / nm >= GGZ_SPLIT_MIN) { n = nm; break; }
+        }
+        rpc = (size_t)div_ceil(rows, n);
+    }
     h->raw_size = raw_size;
     h->row_size = (uint32_t)row;
     h->rows_per_chunk = (uint32_t)rpc;

@@ -4,6 +4,11 @@ from __future__ import annotations
 import json
 import sys
 
+# --chunk-kib of compress and convert
+CHUNK_KIB_HELP = ("raw KiB per rANS chunk at most (default 256; the count is rounded up to a multiple of 4, "
+                  "else 2, where chunks stay at least 32 KiB): smaller chunks share a tensor kept compressed "
+                  "in RAM (GGZIP_KEEP) among more threads, for about 270 bytes each")
+
 
 def _progress(args) -> bool:
     return not getattr(args, "quiet", False)
@@ -66,8 +71,7 @@ def register(sub) -> None:
     p.add_argument("output", help="ggzip GGUF to write")
     p.add_argument("-t", "--threads", type=int, default=None, metavar="N", help="encoder threads (default: all cores)")
     p.add_argument("--chunk-kib", type=int, default=0, metavar="KIB",
-                   help="raw KiB per rANS chunk (default 256): smaller chunks share a tensor kept "
-                        "compressed in RAM (GGZIP_KEEP) among more threads, for about 256 bytes each")
+                   help=CHUNK_KIB_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_compress)
 

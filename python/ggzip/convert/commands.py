@@ -6,6 +6,8 @@ import json
 import re
 import sys
 
+from ..container.commands import CHUNK_KIB_HELP
+
 
 def _run(args) -> int:
     from .convert import DEFAULT_STEP, convert
@@ -168,8 +170,7 @@ def register(sub) -> None:
     p.add_argument("-t", "--threads", type=int, default=None, metavar="N",
                    help="rANS encoder and llama-imatrix threads (default: all cores)")
     p.add_argument("--chunk-kib", type=int, default=0, metavar="KIB",
-                   help="raw KiB per rANS chunk (default 256): smaller chunks share a tensor kept "
-                        "compressed in RAM (GGZIP_KEEP) among more threads, for about 256 bytes each")
+                   help=CHUNK_KIB_HELP)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_defaults)
