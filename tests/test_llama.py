@@ -156,10 +156,11 @@ def _llama_cpp():
         pytest.skip(str(e))
 
 
-def _logits(llama_cpp, model: Path, tokens=None, keep=None, n_batch: int = 512):
+def _logits(llama_cpp, model: Path, tokens=None, keep=None, n_batch: int = 512, n_threads: int = 2):
     """Logits of every token; keep: the ggzip.keep override (None: none given)."""
     kv = {"ggzip.keep": keep} if keep is not None else None
-    llm = llama_cpp.Llama(str(model), n_ctx=256, n_batch=n_batch, n_ubatch=n_batch, n_threads=2, logits_all=True,
+    llm = llama_cpp.Llama(str(model), n_ctx=256, n_batch=n_batch, n_ubatch=n_batch, n_threads=n_threads,
+                          n_threads_batch=n_threads, logits_all=True,
                           verbose=False, seed=0, kv_overrides=kv)
     if tokens is None:
         tokens = llm.tokenize(TEXT.read_text()[:600].encode())
@@ -374,16 +375,17 @@ def test_kept_logits_bit_identical(ggz, keep):
     one token at a time (ggml's vec_dot, as in generation) and in batches (the tinyBLAS
     kernel ggml's MUL_MAT takes for a prompt; from 16 tokens the chunks that would
     leave a thread idle are shared by rows, and GET_ROWS decodes each chunk once for
-    all the tokens in it), logits equal bit for bit."""
+    all the tokens in it), on 2 and 3 threads, logits equal bit for bit."""
     llama_cpp = _llama_cpp()
     llm = llama_cpp.Llama(str(ggz), n_ctx=64, verbose=False, vocab_only=True)
     tokens = llm.tokenize(TEXT.read_text()[:400].encode())[:72]
     llm.close()
-    for n_batch, n in ((1, 12), (8, 24), (64, len(tokens))):
-        _, plain = _logits(llama_cpp, ggz, tokens[:n], None, n_batch)
-        _, kept = _logits(llama_cpp, ggz, tokens[:n], keep, n_batch)
+    # 3 threads: the chunk counts (multiples of 4 or 2) leave chunks over for the rounds
+    for n_batch, n, threads in ((1, 12, 2), (8, 24, 2), (64, len(tokens), 2), (64, len(tokens), 3)):
+        _, plain = _logits(llama_cpp, ggz, tokens[:n], None, n_batch, threads)
+        _, kept = _logits(llama_cpp, ggz, tokens[:n], keep, n_batch, threads)
         assert plain.shape == kept.shape and np.isfinite(plain).all()
-        assert np.array_equal(plain.view(np.uint32), kept.view(np.uint32)), (keep, n_batch)
+        assert np.array_equal(plain.view(np.uint32), kept.view(np.uint32)), (keep, n_batch, threads)
 
 
 def test_keep_from_environment_and_override(ggz, q8_0):
