@@ -469,7 +469,9 @@ def test_python_constants_match_header(tmp_path):
     from ggzip.codec._native import EXPECTED_VERSION
     C = codec_constants
     want = {"GGZ_FRAME_MAGIC": C.FRAME_MAGIC, "GGZ_FORMAT_VERSION": C.FORMAT_VERSION,
-            "GGZ_FORMAT_VERSION_TRELLIS": C.FORMAT_VERSION_TRELLIS, "GGZ_LANES": C.LANES,
+            "GGZ_FORMAT_VERSION_TRELLIS": C.FORMAT_VERSION_TRELLIS,
+            "GGZ_FORMAT_VERSION_ROWS": C.FORMAT_VERSION_ROWS, "GGZ_FLAG_TRELLIS": C.FLAG_TRELLIS,
+            "GGZ_FLAG_SCALE_DELTA": C.FLAG_SCALE_DELTA, "GGZ_LANES": C.LANES,
             "GGZ_TCQ_STATES": C.TCQ_STATES, "GGZ_TCQ_PROB_BITS": C.TCQ_PROB_BITS,
             "GGZ_PROB_BITS": C.PROB_BITS, "GGZ_RANS_L": C.RANS_L, "GGZ_FRAME_HEADER_SIZE": C.FRAME_HEADER_SIZE,
             "GGZ_DEFAULT_CHUNK": C.DEFAULT_CHUNK, "GGZ_MAX_STREAMS": C.MAX_STREAMS,
@@ -495,8 +497,8 @@ def test_layout_units_match_library():
 def test_trellis_frames_round_trip_and_cost_less():
     """codec.tcq_quantize gives levels on the trellis path (class = parity, the
     lanes' states replayed here from GGZ_TCQ_NEXT); their trellis frame decodes
-    to the same bytes, is version 2 and smaller than the same bytes coded plain
-    by most of a bit per symbol."""
+    to the same bytes and is smaller than the same bytes coded plain by most of
+    a bit per symbol; with scales that differ per block, it is version 2."""
     rng = np.random.default_rng(3)
     rows, cols = 400, 256
     w = rng.standard_normal((rows, cols)).astype(np.float32)
@@ -521,14 +523,48 @@ def test_trellis_frames_round_trip_and_cost_less():
     row = cols // 32 * 34
     ft = codec.encode(raw, "q8_0", row, chunk_size=64 * 34 * 8, trellis=True)
     fp = codec.encode(raw, "q8_0", row, chunk_size=64 * 34 * 8)
-    assert codec.info(ft).version == 2 and codec.info(fp).version == 1
+    # one scale everywhere: coded plain (version 1 or 2) or by row steps (3)
+    assert codec.info(ft).trellis and not codec.info(fp).trellis
+    assert codec.info(ft).version != 1 and codec.info(fp).version != 2
     assert codec.info(ft).rows_per_chunk == rpc
     assert codec.decode(ft).tobytes() == raw
     assert len(ft) < len(fp) - 0.8 * q.size / 8
+    blocks[:, :, :2] = rng.integers(0x2000, 0x2400, (rows, cols // 32), np.uint16)[..., None].view(np.uint8)
+    ft = codec.encode(blocks.tobytes(), "q8_0", row, chunk_size=64 * 34 * 8, trellis=True)
+    assert codec.info(ft).version == codec_constants.FORMAT_VERSION_TRELLIS
+    assert codec.decode(ft).tobytes() == blocks.tobytes()
     with pytest.raises(ValueError, match="q8_0 layout only"):
         codec.encode(raw, "bytes", trellis=True)
     with pytest.raises(ValueError, match="steps of shape"):
         codec.tcq_quantize(w, steps[:, :2], rpc)
+
+
+def test_row_step_scales_are_version_3():
+    """Scales as convert writes them (one step a row, a few blocks with their
+    own larger step) are coded by row steps (version 3): the frame decodes to
+    the same bytes, through the reader's chunks and pairs too.  Scales that
+    differ block by block (stock Q8_0's) stay version 1."""
+    rng = np.random.default_rng(5)
+    rows, bpr = 3000, 20
+    blocks = np.empty((rows, bpr, 34), np.uint8)
+    blocks[:, :, 2:] = np.clip(np.round(rng.laplace(0, 3, (rows, bpr, 32))), -127, 127).astype(np.int8).view(np.uint8)
+    step = rng.integers(0x1800, 0x1C00, rows).astype(np.uint16)
+    scales = np.repeat(step[:, None], bpr, 1)
+    own = rng.random((rows, bpr)) < 0.01
+    scales[own] = (scales[own] + rng.integers(1, 0x300, own.sum())).astype(np.uint16)
+    blocks[:, :, :2] = scales[..., None].view(np.uint8)
+    raw = blocks.tobytes()
+    f = codec.encode(raw, "q8_0", bpr * 34, chunk_size=64 * 1024)
+    inf = codec.info(f)
+    assert inf.version == codec_constants.FORMAT_VERSION_ROWS and inf.n_chunks >= 4
+    assert codec.decode(f).tobytes() == raw
+    r = codec.Reader(f)
+    a, b = r.pair(0)
+    assert np.concatenate([a, b, r.chunk(2)]).tobytes() == raw[:3 * inf.chunk_raw_size]
+    blocks[:, :, :2] = rng.integers(0x1800, 0x1C00, (rows, bpr), np.uint16)[..., None].view(np.uint8)
+    g = codec.encode(blocks.tobytes(), "q8_0", bpr * 34, chunk_size=64 * 1024)
+    assert codec.info(g).version == codec_constants.FORMAT_VERSION
+    assert codec.decode(g).tobytes() == blocks.tobytes()
 
 
 def test_trellis_with_feedback_cuts_the_output_error():

@@ -26,7 +26,7 @@ extern "C" {
 #endif
 
 #define GGZ_VERSION_MAJOR 0
-#define GGZ_VERSION_MINOR 7
+#define GGZ_VERSION_MINOR 8
 #define GGZ_VERSION_PATCH 0
 #define GGZ_VERSION_NUMBER (GGZ_VERSION_MAJOR * 10000 + GGZ_VERSION_MINOR * 100 + GGZ_VERSION_PATCH)
 
@@ -34,6 +34,9 @@ extern "C" {
 #define GGZ_FRAME_MAGIC      0x315A4747u /* "GGZ1" little endian */
 #define GGZ_FORMAT_VERSION   1
 #define GGZ_FORMAT_VERSION_TRELLIS 2  /* frames with trellis-coded Q8_0 symbols; readers take both */
+#define GGZ_FORMAT_VERSION_ROWS 3     /* Q8_0 frames whose scales are one step a row (either symbols) */
+#define GGZ_FLAG_SCALE_DELTA 1u       /* header flags: Q8_0 scales coded as row differences */
+#define GGZ_FLAG_TRELLIS     2u       /* Q8_0 symbols coded by trellis state (version 2 or 3) */
 #define GGZ_LANES            32          /* interleaved rANS states, part of the format */
 #define GGZ_PROB_BITS        12          /* frequencies sum to 1 << GGZ_PROB_BITS */
 #define GGZ_RANS_L           (1u << 16)  /* lower bound of a state; renormalise by 16 bits */
@@ -146,6 +149,7 @@ typedef struct {
     uint32_t n_chunks;
     uint32_t n_streams;
     uint64_t chunk_raw_size;  /* raw bytes of every chunk but the last */
+    uint32_t flags;           /* GGZ_FLAG_* */
 } ggz_frame_info;
 
 /*! ggz_frame_info_get() : parse and check header, tables and index (header CRC).

@@ -20,11 +20,69 @@ static void q8_scales_scatter(uint8_t * raw, const uint8_t * in, size_t nb,
     }
 }
 
+/* A LEB128 number of at most 5 bytes from in[*pos, len) into *v; @return 0,
+ * or -1 if it runs past len or longer */
+static int leb128(const uint8_t * in, size_t len, size_t * pos, uint32_t * v)
+{
+    *v = 0;
+    for (unsigned shift = 0; shift < 35; shift += 7) {
+        if (*pos >= len) return -1;
+        const uint8_t c = in[(*pos)++];
+        *v |= (uint32_t)(c & 0x7F) << shift;
+        if (!(c & 0x80)) return 0;
+    }
+    return -1;
+}
+
+/* The head of a MODE_ROWS stream (FORMAT.md: the count of listed blocks,
+ * each one's gap to the one before and its scale less its row's step, both
+ * LEB128, a pad to an even length) at in[0, len), for a chunk of rows of bpr
+ * blocks, checked; with out, the listed blocks' scales written into them
+ * (the rows' steps at steps).  @return the head's bytes, or 0 if it is damaged */
+static size_t q8_rows_list(const uint8_t * in, size_t len, size_t rows, size_t bpr, const uint8_t * steps,
+                           uint8_t * out)
+{
+    const uint32_t count = ggz_rd32(in);   /* the parser checked len >= 4 */
+    const size_t nb = rows * bpr;
+    if (count > nb) return 0;
+    size_t pos = 4, next = 0;
+    for (uint32_t e = 0; e < count; e++) {
+        uint32_t gap, d;
+        if (leb128(in, len, &pos, &gap) || gap >= nb - next || leb128(in, len, &pos, &d) || d > 0xFFFF) return 0;
+        next += gap;
+        if (out) ggz_wr16(out + next * Q8_0_BLOCK, (uint16_t)(ggz_rd16(steps + 2 * (next / bpr)) + d));
+        next++;
+    }
+    pos += pos & 1;
+    return pos <= len ? pos : 0;
+}
+
+/* A MODE_ROWS scale stream of a chunk of `raw` bytes: its head checked, the
+ * rANS stream of the rows' steps decoded through scratch, every row's blocks
+ * given its step, then the listed blocks their own scale. */
+static int q8_rows_decode(const frame_hdr * h, const dtabs * d, const uint8_t * in, size_t len, uint64_t raw,
+                          uint8_t * out, uint8_t * scratch, uint32_t * crc)
+{
+    const size_t bpr = h->row_size / Q8_0_BLOCK, rows = (size_t)(raw / h->row_size);
+    const size_t head = q8_rows_list(in, len, rows, bpr, NULL, NULL);
+    if (!head) return GGZ_ERR_CORRUPT;
+    *crc = ggz_crc32c(*crc, in, head);
+    const int err = ggz_decoder()->decode(in + head, len - head, scratch, 2 * rows, GGZ_LANES, d->dt[1], 2, crc);
+    if (err) return err;
+    for (size_t r = 0; r < rows; r++) {
+        const uint16_t step = ggz_rd16(scratch + 2 * r);
+        uint8_t * o = out + r * h->row_size;
+        for (size_t b = 0; b < bpr; b++) ggz_wr16(o + b * Q8_0_BLOCK, step);
+    }
+    q8_rows_list(in, len, rows, bpr, scratch, out);
+    return GGZ_OK;
+}
+
 int ggz_dtabs_build(dtabs * d, const frame_hdr * h)
 {
     d->dt[0] = d->dt[1] = NULL;
     for (unsigned s = 0; s < h->n_streams; s++) {
-        if (h->mode[s] != MODE_RANS) continue;
+        if (h->mode[s] == MODE_RAW) continue;
         /* only the period's tables (16 KiB each; Q8_0 streams have one): a
          * reader lives as long as llama.cpp keeps its tensor compressed */
         /* trellis symbols: both 11-bit tables in slot[0], class c at c << 11 */
@@ -95,6 +153,12 @@ static int chunk_decode_from(const frame_hdr * h, const dtabs * d, const uint8_t
     const uint64_t raw = chunk_raw_len(h, j);
     for (; s < h->n_streams; s++) {
         const size_t len = ggz_rd32(e + 4 * s);
+        if (h->mode[s] == MODE_ROWS) {
+            const int err = q8_rows_decode(h, d, in + total, len, raw, out, scratch, &crc);
+            total += len;
+            if (err) return chunk_fail(h, in, j, err);
+            continue;
+        }
         const ggz_stream st = stream_desc(h, d, s, in + total, len, raw, out, scratch);
         const int err = decode_stream(h, s, &st, &crc);
         total += len;

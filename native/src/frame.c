@@ -13,7 +13,7 @@ size_t ggz_frame_parse(frame_hdr * h, const uint8_t * src, size_t size)
     if (!src || size < GGZ_FRAME_HEADER_SIZE) return GGZ_ERROR(SRC_TRUNCATED);
     if (ggz_rd32(src) != GGZ_FRAME_MAGIC) return GGZ_ERROR(BAD_MAGIC);
     const unsigned version = src[4];
-    if (version != GGZ_FORMAT_VERSION && version != GGZ_FORMAT_VERSION_TRELLIS) return GGZ_ERROR(VERSION);
+    if (version < GGZ_FORMAT_VERSION || version > GGZ_FORMAT_VERSION_ROWS) return GGZ_ERROR(VERSION);
     h->layout = src[5];
     h->flags = src[6];
     h->n_streams = src[7];
@@ -23,9 +23,13 @@ size_t ggz_frame_parse(frame_hdr * h, const uint8_t * src, size_t size)
     h->n_chunks = ggz_rd32(src + 24);
     if (h->layout >= GGZ_LAYOUT_COUNT || h->n_streams != ggz_layout_streams[h->layout]) return GGZ_ERROR(HEADER);
     if (h->flags & ~(FLAG_SCALE_DELTA | FLAG_TRELLIS)) return GGZ_ERROR(HEADER);
-    /* version 2 is exactly the frames with trellis-coded Q8_0 symbols */
-    if (((h->flags & FLAG_TRELLIS) != 0) != (version == GGZ_FORMAT_VERSION_TRELLIS) ||
-        ((h->flags & FLAG_TRELLIS) && h->layout != GGZ_LAYOUT_Q8_0)) return GGZ_ERROR(HEADER);
+    /* version 2 is exactly the frames with trellis-coded Q8_0 symbols and
+     * version 3 the Q8_0 frames with row-step scales (MODE_ROWS, below), with
+     * or without the trellis */
+    if ((h->flags & FLAG_TRELLIS) && (version == GGZ_FORMAT_VERSION || h->layout != GGZ_LAYOUT_Q8_0))
+        return GGZ_ERROR(HEADER);
+    if ((version == GGZ_FORMAT_VERSION_TRELLIS && !(h->flags & FLAG_TRELLIS)) ||
+        (version == GGZ_FORMAT_VERSION_ROWS && h->layout != GGZ_LAYOUT_Q8_0)) return GGZ_ERROR(HEADER);
     h->version = version;
     if (!h->row_size || h->row_size % ggz_layout_unit[h->layout] || h->raw_size % h->row_size) return GGZ_ERROR(HEADER);
     if (!h->rows_per_chunk || (uint64_t)h->rows_per_chunk * h->row_size > (1u << 30)) return GGZ_ERROR(HEADER);
@@ -45,8 +49,12 @@ size_t ggz_frame_parse(frame_hdr * h, const uint8_t * src, size_t size)
         h->prob_bits[s] = tcq ? GGZ_TCQ_PROB_BITS : GGZ_PROB_BITS;
         if (pos >= size) return GGZ_ERROR(SRC_TRUNCATED);
         h->mode[s] = src[pos++];
-        if (h->mode[s] > MODE_RANS) return GGZ_ERROR(HEADER);
-        if (h->mode[s] != MODE_RANS) continue;
+        if (h->mode[s] > MODE_ROWS) return GGZ_ERROR(HEADER);
+        /* row steps: the scales of a version-3 Q8_0 frame, never row deltas */
+        if ((h->mode[s] == MODE_ROWS) != (version == GGZ_FORMAT_VERSION_ROWS && s == 1) ||
+            (h->mode[s] == MODE_ROWS && (h->layout != GGZ_LAYOUT_Q8_0 || (h->flags & FLAG_SCALE_DELTA))))
+            return GGZ_ERROR(HEADER);
+        if (h->mode[s] == MODE_RAW) continue;
         for (unsigned t = 0; t < h->period[s]; t++) {
             const size_t r = ggz_table_read(src + pos, size - pos, &h->freqs[s][t], h->prob_bits[s]);
             if (ggz_is_error(r)) return r;
@@ -69,7 +77,11 @@ size_t ggz_frame_parse(frame_hdr * h, const uint8_t * src, size_t size)
         const uint64_t raw = chunk_raw_len(h, j);
         for (unsigned s = 0; s < h->n_streams; s++) {
             const uint64_t n = stream_symbols(h->layout, s, raw), len = ggz_rd32(e + 4 * s);
-            if (h->mode[s] == MODE_RAW ? len != n : (n ? (len < GGZ_STATE_BYTES || len > ggz_stream_bound(n)) : len != 0))
+            /* row steps: a u32 count of listed blocks first (their sizes are
+             * checked as the chunk decodes), their rANS stream as long as the
+             * blocks' would be at most */
+            const uint64_t least = GGZ_STATE_BYTES + (h->mode[s] == MODE_ROWS ? 4 : 0);
+            if (h->mode[s] == MODE_RAW ? len != n : (n ? (len < least || len > ggz_stream_bound(n)) : len != 0))
                 return GGZ_ERROR(HEADER);
             total += len;
         }
@@ -95,6 +107,7 @@ size_t ggz_frame_info_get(const void * src, size_t srcSize, ggz_frame_info * inf
         info->n_chunks = h.n_chunks;
         info->n_streams = h.n_streams;
         info->chunk_raw_size = h.chunk_raw;
+        info->flags = h.flags;
     }
     return r;
 }

@@ -6,9 +6,11 @@
 
 #include "internal.h"
 
-enum { MODE_RAW = 0, MODE_RANS = 1 };   /* how a stream is stored */
-#define FLAG_SCALE_DELTA 1u             /* Q8_0 scales coded as row differences */
-#define FLAG_TRELLIS     2u             /* Q8_0 symbols coded by trellis state (version 2) */
+/* how a stream is stored; MODE_ROWS only for the scales of Q8_0 (version 3):
+ * one step per row, rANS-coded, after a list of the blocks that differ */
+enum { MODE_RAW = 0, MODE_RANS = 1, MODE_ROWS = 2 };
+#define FLAG_SCALE_DELTA GGZ_FLAG_SCALE_DELTA
+#define FLAG_TRELLIS     GGZ_FLAG_TRELLIS
 #define Q8_0_BLOCK 34
 #define Q8_0_QK    32
 

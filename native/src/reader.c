@@ -57,6 +57,7 @@ void ggz_reader_info(const ggz_reader * r, ggz_frame_info * info)
     info->n_chunks = h->n_chunks;
     info->n_streams = h->n_streams;
     info->chunk_raw_size = h->chunk_raw;
+    info->flags = h->flags;
 }
 
 size_t ggz_reader_check(const ggz_reader * r, int64_t * bad_chunk)

@@ -14,7 +14,7 @@ static void fu_wr32(uint8_t * p, uint32_t v) { memcpy(p, &v, 4); }
 
 typedef struct {
     unsigned n_streams;
-    unsigned mode[GGZ_MAX_STREAMS];  /* 0 raw, 1 rANS */
+    unsigned mode[GGZ_MAX_STREAMS];  /* 0 raw, 1 rANS, 2 row steps */
     uint32_t n_chunks;
     size_t   index;                  /* offset of the chunk index */
     size_t   entry;                  /* bytes per index entry */
@@ -34,7 +34,7 @@ static int fu_walk(const uint8_t * f, size_t size, fu_frame * fr)
     for (unsigned s = 0; s < fr->n_streams; s++) {
         if (pos >= size) return -1;
         fr->mode[s] = f[pos++];
-        if (fr->mode[s] != 1) continue;
+        if (fr->mode[s] == 0) continue;   /* rANS (1) and row steps (2) have tables */
         /* flag bit 1 (trellis): two tables for the Q8_0 symbols */
         const unsigned np = (s == 0 && (f[6] & 2)) ? 2 : period[f[5]][s];
         for (unsigned t = 0; t < np; t++) {

@@ -58,7 +58,7 @@ static uint8_t bell8(void)
     return (uint8_t)(((int)(r & 0xFF) + (int)(r >> 8 & 0xFF) + (int)(r >> 16 & 0xFF) + (int)(rnd() & 0xFF) - 510) / 16);
 }
 
-enum { D_BELL, D_UNIFORM, D_SINGLE, D_Q8_CONST, D_Q8_RANDOM, D_PLANE16, D_PLANE32 };
+enum { D_BELL, D_UNIFORM, D_SINGLE, D_Q8_CONST, D_Q8_RANDOM, D_Q8_STEPS, D_PLANE16, D_PLANE32 };
 
 static void fill(uint8_t * p, size_t n, int dist, size_t row)
 {
@@ -66,12 +66,14 @@ static void fill(uint8_t * p, size_t n, int dist, size_t row)
     case D_BELL:    for (size_t i = 0; i < n; i++) p[i] = bell8(); break;
     case D_UNIFORM: for (size_t i = 0; i < n; i++) p[i] = (uint8_t)rnd(); break;
     case D_SINGLE:  memset(p, 0x5A, n); break;
-    case D_Q8_CONST: case D_Q8_RANDOM: {
+    case D_Q8_CONST: case D_Q8_RANDOM: case D_Q8_STEPS: {
         uint16_t d = 0;
         for (size_t b = 0; b < n / 34; b++) {
             /* f16 scales around 1e-3..1e-2: exponent 0x14..0x20 */
             if (dist == D_Q8_RANDOM || (b * 34) % row == 0) d = (uint16_t)(0x1400 + rnd() % 0x0C00);
-            memcpy(p + b * 34, &d, 2);
+            /* row steps, about one block in 64 with a scale of its own (convert's escapes) */
+            const uint16_t own = dist == D_Q8_STEPS && rnd() % 64 == 0 ? (uint16_t)(0x2000 + rnd() % 0x0400) : d;
+            memcpy(p + b * 34, &own, 2);
             for (int i = 0; i < 32; i++) p[b * 34 + 2 + i] = bell8();
         }
         break;
@@ -128,6 +130,7 @@ static void use(const char * k)
 /* ---- frames ------------------------------------------------------------- */
 
 static int enc_trellis;   /* encode() makes trellis frames (Q8_0) */
+static int expect_rows;   /* roundtrip(): 1 the scales must be coded by row steps, 0 never, -1 either */
 
 static uint8_t * encode(const uint8_t * raw, size_t n, int layout, size_t row, size_t chunk, size_t * size)
 {
@@ -186,8 +189,10 @@ static void roundtrip(const char * name, const uint8_t * raw, size_t n, int layo
 
     ggz_frame_info fi;
     check(ggz_frame_info_get(frame, size, &fi) == size && fi.raw_size == n && fi.layout == layout &&
-          fi.frame_size == size && fi.version == (enc_trellis ? GGZ_FORMAT_VERSION_TRELLIS : GGZ_FORMAT_VERSION),
-          "frame info", ctx);
+          fi.frame_size == size, "frame info", ctx);
+    const int rows_coded = fi.version == GGZ_FORMAT_VERSION_ROWS;
+    check(fi.version == (rows_coded ? GGZ_FORMAT_VERSION_ROWS : enc_trellis ? GGZ_FORMAT_VERSION_TRELLIS : GGZ_FORMAT_VERSION) &&
+          (expect_rows < 0 || rows_coded == expect_rows), "frame version (row steps as expected)", ctx);
 
     for (int k = 0; k < n_avail; k++) {
         use(avail[k]);
@@ -219,16 +224,19 @@ static void roundtrip(const char * name, const uint8_t * raw, size_t n, int layo
     free(frame);
 }
 
-typedef struct { const char * name; int layout, dist; size_t row; int trellis; } layout_case;
+/* rows: the scales coded by row steps (version 3), at least in the largest frame */
+typedef struct { const char * name; int layout, dist; size_t row; int trellis, rows; } layout_case;
 
 static const layout_case layouts[] = {
     { "bytes bell",        GGZ_LAYOUT_BYTES,   D_BELL,      1 },
     { "bytes uniform",     GGZ_LAYOUT_BYTES,   D_UNIFORM,   1 },
     { "bytes one symbol",  GGZ_LAYOUT_BYTES,   D_SINGLE,    1 },
-    { "q8_0 row scales",   GGZ_LAYOUT_Q8_0,    D_Q8_CONST,  4 * 34 },
+    { "q8_0 row scales",   GGZ_LAYOUT_Q8_0,    D_Q8_CONST,  4 * 34, 0, 1 },
+    { "q8_0 row steps, some blocks their own", GGZ_LAYOUT_Q8_0, D_Q8_STEPS, 16 * 34, 0, 1 },
     { "q8_0 random scales",GGZ_LAYOUT_Q8_0,    D_Q8_RANDOM, 4 * 34 },
     /* any symbols make a valid trellis frame (the states follow the data) */
-    { "q8_0 trellis",      GGZ_LAYOUT_Q8_0,    D_Q8_CONST,  4 * 34, 1 },
+    { "q8_0 trellis",      GGZ_LAYOUT_Q8_0,    D_Q8_CONST,  4 * 34, 1, 1 },
+    { "q8_0 trellis row steps", GGZ_LAYOUT_Q8_0, D_Q8_STEPS, 16 * 34, 1, 1 },
     { "q8_0 trellis random scales", GGZ_LAYOUT_Q8_0, D_Q8_RANDOM, 4 * 34, 1 },
     { "plane16",           GGZ_LAYOUT_PLANE16, D_PLANE16,   2 },
     { "plane32",           GGZ_LAYOUT_PLANE32, D_PLANE32,   4 },
@@ -246,6 +254,8 @@ static void test_roundtrips(void)
             uint8_t * raw = malloc(n + 1);
             fill(raw, n, L->dist, L->row);
             enc_trellis = L->trellis;
+            /* small frames may store their few scales raw, cheaper than any tables */
+            expect_rows = i + 1 == sizeof(rows) / sizeof(rows[0]) ? L->rows : L->rows ? -1 : 0;
             roundtrip(L->name, raw, n, L->layout, L->row, CHUNK);
             if (i + 1 == sizeof(rows) / sizeof(rows[0]))  /* and once with the default chunk */
                 roundtrip(L->name, raw, n, L->layout, L->row, 0);
@@ -337,7 +347,8 @@ static void test_trellis(void)
 }
 
 /* Damage inside rANS streams behind valid CRCs reaches the decoders: each
- * must reject it with the scalar decoder's error.  Flips in the states, the
+ * kernel must fail as the scalar decoder does, which rejects nearly all of it
+ * by the final states.  Flips in the states, the
  * first words (fast path) and the last words (checked tail). */
 static void test_kernels_agree_on_damaged_streams(void)
 {
@@ -363,7 +374,7 @@ static void test_kernels_agree_on_damaged_streams(void)
             char ctx[96];
             snprintf(ctx, sizeof(ctx), "byte %zu of chunk 1 bit %d", i, bit);
             trials++;
-            rejected += check(ggz_error_code(want) == GGZ_ERR_CORRUPT, "scalar rejects a damaged rANS stream", ctx);
+            rejected += ggz_error_code(want) == GGZ_ERR_CORRUPT;
             for (int k = 1; k < n_avail; k++) {
                 use(avail[k]);
                 snprintf(ctx, sizeof(ctx), "byte %zu of chunk 1 bit %d kernel %s", i, bit, avail[k]);
@@ -372,11 +383,59 @@ static void test_kernels_agree_on_damaged_streams(void)
             free(f);
         }
     }
+    /* the final states catch nearly every flip, not all: one in a few hundred
+     * can land on a stream that ends right (CRCs are what catch those) */
+    char ctx[64];
+    snprintf(ctx, sizeof(ctx), "%d of %d", rejected, trials);
+    check(rejected >= trials - trials / 100, "scalar rejects >= 99% of damaged rANS streams", ctx);
     printf("damaged rANS streams behind valid CRCs: %d of %d rejected\n", rejected, trials);
     use("scalar");
     free(out);
     free(ref);
     free(raw);
+}
+
+/* Row-step scales (MODE_ROWS) whose list of blocks is damaged behind valid
+ * CRCs: a count past the chunk's blocks, a gap past them, a gap of more than
+ * five LEB128 bytes each fail as CORRUPT; behind the original CRCs, as
+ * CHECKSUM. */
+static void test_rows_list_damage(void)
+{
+    const size_t row = 16 * 34, n = 200 * row, nb = 64 * 16;
+    uint8_t * raw = malloc(n), * out = malloc(n);
+    fill(raw, n, D_Q8_STEPS, row);
+    size_t size;
+    uint8_t * ref = encode(raw, n, GGZ_LAYOUT_Q8_0, row, 64 * row, &size);
+    fu_frame fr;
+    size_t off = 0, len = 0;
+    if (!check(ref && !fu_walk(ref, size, &fr) && fr.mode[1] == 2 && !fu_stream(ref, size, &fr, 1, 1, &off, &len) &&
+               fu_rd32(ref + off) >= 2, "rows damage: a row-step frame listing blocks", "")) {
+        free(raw); free(out); free(ref); return;
+    }
+    static const struct { const char * what; unsigned at, n; uint8_t b[6]; } cases[] = {
+        { "count past the blocks", 0, 4, { (uint8_t)(nb + 1), (uint8_t)((nb + 1) >> 8) } },
+        { "gap past the blocks", 4, 2, { 0x80 | (nb & 0x7F), (uint8_t)(nb >> 7) } },
+        { "gap of six LEB128 bytes", 4, 6, { 0x80, 0x80, 0x80, 0x80, 0x80, 0x80 } },
+    };
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        for (int fix = 0; fix < 2; fix++) {
+            uint8_t * f = dup_exact(ref, size);
+            memcpy(f + off + cases[c].at, cases[c].b, cases[c].n);
+            if (fix) fu_fix_crcs(f, size);
+            for (int k = 0; k < n_avail; k++) {
+                use(avail[k]);
+                char ctx[96];
+                snprintf(ctx, sizeof(ctx), "%s, kernel %s", cases[c].what, avail[k]);
+                check(ggz_error_code(ggz_decode_tensor(out, n, f, size, 1, NULL)) == (fix ? GGZ_ERR_CORRUPT : GGZ_ERR_CHECKSUM),
+                      fix ? "rows damage behind valid CRCs: CORRUPT" : "rows damage: CHECKSUM", ctx);
+            }
+            free(f);
+        }
+    }
+    use("scalar");
+    free(raw);
+    free(out);
+    free(ref);
 }
 
 /* A damaged chunk that still decodes cleanly: only its CRC can catch it, and
@@ -1006,6 +1065,7 @@ int main(int argc, char ** argv)
     test_params();
     test_roundtrips();
     test_kernels_agree_on_damaged_streams();
+    test_rows_list_damage();
     test_clean_damage_caught_by_crc();
     test_damaged_frames();
     test_oversized_headers();

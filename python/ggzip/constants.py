@@ -6,6 +6,9 @@ agree.  Values are never renumbered."""
 FRAME_MAGIC = 0x315A4747          # b"GGZ1"
 FORMAT_VERSION = 1
 FORMAT_VERSION_TRELLIS = 2   # frames with trellis-coded Q8_0 symbols (ggz_params.trellis)
+FORMAT_VERSION_ROWS = 3      # Q8_0 frames whose scales are one step a row (either symbols)
+FLAG_SCALE_DELTA = 1         # frame header flags
+FLAG_TRELLIS = 2
 LANES = 32                        # interleaved rANS states
 PROB_BITS = 12                    # frequencies sum to 1 << PROB_BITS
 RANS_L = 1 << 16                  # lower bound of a state

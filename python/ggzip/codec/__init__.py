@@ -117,7 +117,12 @@ class FrameInfo:
     n_chunks: int
     n_streams: int
     chunk_raw_size: int
-    version: int = 1          # 2: trellis-coded Q8_0 symbols
+    version: int = 1          # 2: trellis-coded Q8_0 symbols; 3: Q8_0 scales by row steps
+    flags: int = 0            # FLAG_TRELLIS, FLAG_SCALE_DELTA
+
+    @property
+    def trellis(self) -> bool:
+        return bool(self.flags & C.FLAG_TRELLIS)
 
 
 def info(frame) -> FrameInfo:
@@ -126,7 +131,7 @@ def info(frame) -> FrameInfo:
     i = ffi.new("ggz_frame_info *")
     _check(lib.ggz_frame_info_get(src, len(src), i), "frame header")
     return FrameInfo(C.LAYOUT_NAMES[i.layout], i.raw_size, i.frame_size, i.row_size,
-                     i.rows_per_chunk, i.n_chunks, i.n_streams, i.chunk_raw_size, i.version)
+                     i.rows_per_chunk, i.n_chunks, i.n_streams, i.chunk_raw_size, i.version, i.flags)
 
 
 def decode(frame, out: Optional[np.ndarray] = None, threads: int = 0) -> np.ndarray:

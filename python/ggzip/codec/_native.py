@@ -11,14 +11,14 @@ import cffi
 from ..errors import GGZipError
 
 # The version this binding was written for: ggz_version_number() must match.
-EXPECTED_VERSION = (0, 7, 0)
+EXPECTED_VERSION = (0, 8, 0)
 
 CDEF = """
 typedef struct { int layout; size_t row_size; size_t chunk_size; int n_threads; int trellis; } ggz_params;
 typedef struct {
     int version; int layout; uint64_t raw_size; uint64_t frame_size;
     uint32_t row_size; uint32_t rows_per_chunk; uint32_t n_chunks; uint32_t n_streams;
-    uint64_t chunk_raw_size;
+    uint64_t chunk_raw_size; uint32_t flags;
 } ggz_frame_info;
 int ggz_is_error(size_t code);
 int ggz_error_code(size_t code);

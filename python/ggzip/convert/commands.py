@@ -162,8 +162,8 @@ def register(sub) -> None:
                         "--rdo or --plain; with --feedback the rows are decided lane after lane): "
                         "a path search per rANS lane picks levels on a grid twice as "
                         "fine as their code pays for, about 25%% lower KL divergence at the same "
-                        "size; format-version-2 frames (ggzip >= 0.5 loads them). --no-trellis: "
-                        "plain rounding, version-1 frames")
+                        "size; format-version-2 frames, or 3 with row-step scales (codec library >= "
+                        "0.8 loads those). --no-trellis: plain rounding, version-1 (or 3) frames")
     p.add_argument("--plain", action="store_true",
                    help="write an ordinary Q8_0 GGUF (stock llama.cpp loads it) instead of "
                         "rANS-coding the tensors (ggzip compress can code it later)")
