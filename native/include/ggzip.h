@@ -347,8 +347,9 @@ uint32_t ggz_crc32c(uint32_t crc, const void * buf, size_t size);
  *  under `layout` with rows of `row_size` bytes (as ggz_params.row_size, 0 =
  *  the layout's unit): the sum over the layout's streams and tables of n * H0.
  *  For Q8_0: the int8 symbols, and the low and high bytes of the scales, each
- *  with its own histogram, the scales taken as stored or as differences along
- *  each row, whichever is cheaper (the encoder's choice).  No frame of src is
+ *  with its own histogram, the scales taken as stored, as differences along
+ *  each row, or as row steps (theirs, plus the list of blocks that differ as
+ *  stored), whichever is cheapest (the encoder's choice).  No frame of src is
  *  smaller.  @return the bound, or -1 if raw_size or row_size does not fit the
  *  layout */
 double ggz_entropy_bound(const void * src, size_t raw_size, int layout, size_t row_size);

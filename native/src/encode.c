@@ -108,67 +108,16 @@ static void q8_scales_gather(uint8_t * out, const uint8_t * raw, size_t b0, size
     }
 }
 
-/* The step of a row of bpr Q8_0 blocks (MODE_ROWS): the scale most of its
- * blocks share (a majority vote, then checked), else its first block's. */
-static uint16_t q8_row_step(const uint8_t * row, size_t bpr)
-{
-    uint16_t step = 0;
-    size_t votes = 0, same = 0;
-    for (size_t b = 0; b < bpr; b++) {
-        const uint16_t d = ggz_rd16(row + b * Q8_0_BLOCK);
-        if (!votes) step = d;
-        votes = d == step ? votes + 1 : votes - 1;
-    }
-    for (size_t b = 0; b < bpr; b++) same += ggz_rd16(row + b * Q8_0_BLOCK) == step;
-    return 2 * same > bpr ? step : ggz_rd16(row);
-}
-
-/* v as LEB128 at out + pos (out may be NULL); @return the position after it */
-static size_t leb128(uint8_t * out, size_t pos, size_t v)
-{
-    for (;; v >>= 7) {
-        if (out) out[pos] = (uint8_t)((v & 0x7F) | (v > 0x7F ? 0x80 : 0));
-        pos++;
-        if (v <= 0x7F) return pos;
-    }
-}
-
-/* The rows' steps of a chunk (`raw` bytes at in) into steps (2 bytes a row)
- * and the head of its MODE_ROWS stream into head (FORMAT.md: the count of
- * listed blocks, each one's gap to the one before and its scale less its
- * row's step (mod 2^16), both LEB128, then a pad to an even length); either
- * may be NULL.  @return the head's bytes */
-static size_t q8_rows_head(const frame_hdr * h, const uint8_t * in, uint64_t raw, uint8_t * steps, uint8_t * head)
-{
-    const size_t bpr = h->row_size / Q8_0_BLOCK, rows = (size_t)(raw / h->row_size);
-    size_t pos = 4, count = 0, next = 0;
-    for (size_t r = 0; r < rows; r++) {
-        const uint16_t step = q8_row_step(in + r * h->row_size, bpr);
-        if (steps) ggz_wr16(steps + 2 * r, step);
-        for (size_t b = r * bpr; b < (r + 1) * bpr; b++) {
-            const uint16_t d = ggz_rd16(in + b * Q8_0_BLOCK);
-            if (d == step) continue;
-            pos = leb128(head, pos, b - next);
-            pos = leb128(head, pos, (uint16_t)(d - step));
-            next = b + 1;
-            count++;
-        }
-    }
-    if (head) ggz_wr32(head, (uint32_t)count);
-    if (pos & 1) { if (head) head[pos] = 0; pos++; }
-    return pos;
-}
-
 /* The MODE_ROWS scale stream of a chunk into out (capacity cap): its head,
  * then the rows' steps rANS-coded.  @return its size or an error code */
 static size_t q8_rows_encode(const frame_hdr * h, const uint8_t * in, uint64_t raw, const ggz_etab * et,
                              uint8_t * out, size_t cap)
 {
     const size_t rows = (size_t)(raw / h->row_size);
-    if (q8_rows_head(h, in, raw, NULL, NULL) > cap) return GGZ_ERROR(DST_TOO_SMALL);   /* count_rows keeps it within */
+    if (ggz_q8_rows_head(in, raw, h->row_size, NULL, NULL) > cap) return GGZ_ERROR(DST_TOO_SMALL);   /* count_rows keeps it within */
     uint8_t * steps = malloc(2 * rows + 1);
     if (!steps) return GGZ_ERROR(ALLOC);
-    const size_t head = q8_rows_head(h, in, raw, steps, out);
+    const size_t head = ggz_q8_rows_head(in, raw, h->row_size, steps, out);
     const size_t n = ggz_encode_scalar(steps, 2 * rows, GGZ_LANES, et, 2, NULL, out + head, cap - head);
     free(steps);
     return ggz_is_error(n) ? n : head + n;
@@ -291,9 +240,9 @@ static void count_rows(const frame_hdr * h, const uint8_t * src, hist_t hist, ro
     for (uint32_t j = 0; j < h->n_chunks; j++) {
         const uint64_t raw = chunk_raw_len(h, j), rows = raw / h->row_size;
         const uint8_t * in = src + (uint64_t)j * h->chunk_raw;
-        const size_t head = q8_rows_head(h, in, raw, NULL, NULL);
+        const size_t head = ggz_q8_rows_head(in, raw, h->row_size, NULL, NULL);
         for (uint64_t r = 0; r < rows; r++) {
-            const uint16_t step = q8_row_step(in + r * h->row_size, h->row_size / Q8_0_BLOCK);
+            const uint16_t step = ggz_q8_row_step(in + r * h->row_size, h->row_size / Q8_0_BLOCK);
             hist[0][step & 0xFF]++;
             hist[1][step >> 8]++;
         }

@@ -93,6 +93,12 @@ void   ggz_q8_histograms(hist_t * h, const uint8_t * src, size_t nb, size_t bpr)
 /* the trellis classes of the symbols of nb Q8_0 blocks (32 per block, lanes
  * restarting every bpc blocks) into cls, or counted by class into h[cls] */
 void   ggz_q8_tcq_classes(const uint8_t * src, size_t nb, size_t bpc, uint8_t * cls, hist_t h);
+/* MODE_ROWS (encoder side): the step of a row of bpr Q8_0 blocks, the scale
+ * most of them share, else the first block's; and a chunk's (`raw` bytes)
+ * rows' steps into steps (2 bytes a row) and the head of its stream into head
+ * (either may be NULL), returning the head's bytes */
+uint16_t ggz_q8_row_step(const uint8_t * row, size_t bpr);
+size_t ggz_q8_rows_head(const uint8_t * in, uint64_t raw, size_t row_size, uint8_t * steps, uint8_t * head);
 /* order-0 bits of a scale stream: its low and high bytes, a table each */
 double ggz_scale_bits(hist_t h);
 

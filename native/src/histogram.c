@@ -65,6 +65,54 @@ void ggz_q8_tcq_classes(const uint8_t * src, size_t nb, size_t bpc, uint8_t * cl
     }
 }
 
+/* a majority vote, then checked */
+uint16_t ggz_q8_row_step(const uint8_t * row, size_t bpr)
+{
+    uint16_t step = 0;
+    size_t votes = 0, same = 0;
+    for (size_t b = 0; b < bpr; b++) {
+        const uint16_t d = ggz_rd16(row + b * Q8_0_BLOCK);
+        if (!votes) step = d;
+        votes = d == step ? votes + 1 : votes - 1;
+    }
+    for (size_t b = 0; b < bpr; b++) same += ggz_rd16(row + b * Q8_0_BLOCK) == step;
+    return 2 * same > bpr ? step : ggz_rd16(row);
+}
+
+/* v as LEB128 at out + pos (out may be NULL); @return the position after it */
+static size_t leb128(uint8_t * out, size_t pos, size_t v)
+{
+    for (;; v >>= 7) {
+        if (out) out[pos] = (uint8_t)((v & 0x7F) | (v > 0x7F ? 0x80 : 0));
+        pos++;
+        if (v <= 0x7F) return pos;
+    }
+}
+
+/* the head (FORMAT.md): the count of listed blocks, each one's gap to the one
+ * before and its scale less its row's step (mod 2^16), both LEB128, then a
+ * pad to an even length */
+size_t ggz_q8_rows_head(const uint8_t * in, uint64_t raw, size_t row_size, uint8_t * steps, uint8_t * head)
+{
+    const size_t bpr = row_size / Q8_0_BLOCK, rows = (size_t)(raw / row_size);
+    size_t pos = 4, count = 0, next = 0;
+    for (size_t r = 0; r < rows; r++) {
+        const uint16_t step = ggz_q8_row_step(in + r * row_size, bpr);
+        if (steps) ggz_wr16(steps + 2 * r, step);
+        for (size_t b = r * bpr; b < (r + 1) * bpr; b++) {
+            const uint16_t d = ggz_rd16(in + b * Q8_0_BLOCK);
+            if (d == step) continue;
+            pos = leb128(head, pos, b - next);
+            pos = leb128(head, pos, (uint16_t)(d - step));
+            next = b + 1;
+            count++;
+        }
+    }
+    if (head) ggz_wr32(head, (uint32_t)count);
+    if (pos & 1) { if (head) head[pos] = 0; pos++; }
+    return pos;
+}
+
 /* order-0 bits of a scale stream: its low and high bytes, a table each */
 double ggz_scale_bits(hist_t h) { return ggz_entropy_bits(h[0]) + ggz_entropy_bits(h[1]); }
 
@@ -81,7 +129,16 @@ double ggz_entropy_bound(const void * src_, size_t raw_size, int layout, size_t 
         /* the scales as the encoder codes them: plain or row deltas, the cheaper */
         ggz_q8_histograms(hist, src, raw_size / Q8_0_BLOCK, row / Q8_0_BLOCK);
         const double plain = ggz_scale_bits(hist[1]), delta = ggz_scale_bits(hist[2]);
-        bits = ggz_entropy_bits(hist[0][0]) + (delta < plain ? delta : plain);
+        /* or by row steps: theirs, and the list of blocks that differ as stored */
+        memset(hist[1], 0, sizeof(hist_t));
+        for (size_t r = 0; r < raw_size / row; r++) {
+            const uint16_t step = ggz_q8_row_step(src + r * row, row / Q8_0_BLOCK);
+            hist[1][0][step & 0xFF]++;
+            hist[1][1][step >> 8]++;
+        }
+        const double rows = ggz_scale_bits(hist[1]) + 8.0 * (double)ggz_q8_rows_head(src, raw_size, row, NULL, NULL);
+        const double least = delta < plain ? delta : plain;
+        bits = ggz_entropy_bits(hist[0][0]) + (rows < least ? rows : least);
     } else {
         ggz_hist_bytes(hist[0], src, raw_size, ggz_layout_period[layout][0]);
         for (int t = 0; t < GGZ_MAX_PERIOD; t++) bits += ggz_entropy_bits(hist[0][t]);
