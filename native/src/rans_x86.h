@@ -329,37 +329,34 @@ GGZ_INLINE size_t loop32x2(__m256i * x, __m256i * S, const uint32_t * tab, uint8
                            const uint8_t ** q, uint64_t * c, const int tcq)
 {
     /* the states and pointers in locals for the loop: the symbol stores (bytes)
-     * may alias the caller's arrays, which kept them in memory (-4%) */
-    __m256i xl[8], Sl[8];
-    _Pragma("GCC unroll 8")
-    for (unsigned g = 0; g < 8; g++) { xl[g] = x[g]; Sl[g] = tcq ? S[g] : _mm256_setzero_si256(); }
+     * may alias the caller's arrays, which kept them in memory (-4%).
+     * Trellis states as two vectors a group: each lane's class (state >> 1)
+     * as C = class << 11, the offset of its table, and P the same of the
+     * previous symbol's class (state & 1).  GGZ_TCQ_NEXT is class' = (state &
+     * 1) ^ b, (state' & 1) = class, so C' = P ^ b << 11 and P' = C, without
+     * the table permute of lookup8_tcq.  Every trellis frame of SmolLM2 at
+     * 4.5 bpw on one Zen 4 core: +6-10% with AVX-512, +1-6% with VBMI, and
+     * +6% with AVX2, whose 16 registers cannot hold P: there it lives in
+     * memory on purpose (volatile; left to the compiler, its spills made the
+     * loop 3-4% slower than the permute's, and 5-25% slower than this). */
+    __m256i xl[8], C[8];
 #if defined(__AVX512VL__)
-    /* trellis states with AVX-512: each lane's class (state >> 1) as C =
-     * class << 11, the offset of its table, and P the same of the previous
-     * symbol's class (state & 1).  GGZ_TCQ_NEXT is class' = (state & 1) ^ b,
-     * (state' & 1) = class, so C' = P ^ b << 11 and P' = C: two ternary ops
-     * and a shift, no table permute (SmolLM2 at 4.5 bpw, every trellis frame
-     * on one Zen 4 core: +3-4% with AVX-512, +2.5% with VBMI).  With AVX2's
-     * 16 registers the extra vector per group spilled: 3-4% slower, so AVX2
-     * keeps S and the permute. */
-    __m256i Cl[8], Pl[8];
-    const __m256i cbit = _mm256_set1_epi32(TCQ_MASK + 1);
+    __m256i P[8];
+#else
+    volatile __m256i P[8];
+#endif
+    const __m256i cbit = _mm256_set1_epi32(TCQ_MASK + 1), tmask = _mm256_set1_epi32(TCQ_MASK);
     _Pragma("GCC unroll 8")
     for (unsigned g = 0; g < 8; g++) {
-        Cl[g] = _mm256_and_si256(Sl[g], cbit);
-        Pl[g] = _mm256_and_si256(_mm256_slli_epi32(Sl[g], 10), cbit);
+        xl[g] = x[g];
+        C[g] = tcq ? _mm256_and_si256(S[g], cbit) : _mm256_setzero_si256();
+        P[g] = tcq ? _mm256_and_si256(_mm256_slli_epi32(S[g], 10), cbit) : _mm256_setzero_si256();
     }
-#endif
     const uint8_t * pl[2] = { p[0], p[1] }, * ql[2] = { q[0], q[1] };
     const uint8_t * const end0 = end[0], * const end1 = end[1];
     uint8_t * const dst0 = dst[0], * const dst1 = dst[1];
     uint64_t cl[2] = { c[0], c[1] };
     const __m256i mask = _mm256_set1_epi32(GGZ_PROB_MASK);
-#if defined(__AVX512VL__)
-    const __m256i tmask = _mm256_set1_epi32(TCQ_MASK);
-#else
-    const __m256i tnext = tcq_tnext();
-#endif
     size_t k = 0;
     for (; k < steps && end0 - pl[0] >= 2 * GGZ_LANES && end1 - pl[1] >= 2 * GGZ_LANES; k++) {
         ggz_crc_step32(&cl[0], &ql[0], end0);
@@ -368,14 +365,15 @@ GGZ_INLINE size_t loop32x2(__m256i * x, __m256i * S, const uint32_t * tab, uint8
         _Pragma("GCC unroll 8")
         for (unsigned g = 0; g < 8; g++) {
             if (!tcq) { e[g] = lookup8(tab, _mm256_and_si256(xl[g], mask)); continue; }
-#if defined(__AVX512VL__)
-            e[g] = lookup8(tab, _mm256_ternarylogic_epi32(tmask, xl[g], Cl[g], 0xCA));   /* slot bits from x */
-            const __m256i c = Cl[g];   /* P ^ (b at bit 11) */
-            Cl[g] = _mm256_ternarylogic_epi32(Pl[g], _mm256_slli_epi32(e[g], 10), cbit, 0x78);
-            Pl[g] = c;
+            const __m256i cls = C[g];
+#if defined(__AVX512VL__)   /* slot bits from x, then P ^ (b at bit 11) */
+            e[g] = lookup8(tab, _mm256_ternarylogic_epi32(tmask, xl[g], cls, 0xCA));
+            C[g] = _mm256_ternarylogic_epi32(P[g], _mm256_slli_epi32(e[g], 10), cbit, 0x78);
 #else
-            e[g] = lookup8_tcq(xl[g], &Sl[g], tnext, tab);
+            e[g] = lookup8(tab, _mm256_or_si256(_mm256_and_si256(xl[g], tmask), cls));
+            C[g] = _mm256_xor_si256(P[g], _mm256_and_si256(_mm256_slli_epi32(e[g], 10), cbit));
 #endif
+            P[g] = cls;
         }
         if (tcq) {
             /* with the trellis states in registers too, the products' phase
@@ -389,12 +387,9 @@ GGZ_INLINE size_t loop32x2(__m256i * x, __m256i * S, const uint32_t * tab, uint8
         _mm256_storeu_si256((__m256i *)(dst1 + k * dst_stride), symbols32(e[4], e[5], e[6], e[7]));
     }
     _Pragma("GCC unroll 8")
-    for (unsigned g = 0; g < 8; g++) {
+    for (unsigned g = 0; g < 8; g++) {   /* S: 2 (2 class + prev) | class << 11 */
         x[g] = xl[g];
-#if defined(__AVX512VL__)   /* back to S: 2 (2 class + prev) | class << 11 */
-        Sl[g] = _mm256_or_si256(_mm256_or_si256(_mm256_srli_epi32(Cl[g], 9), _mm256_srli_epi32(Pl[g], 10)), Cl[g]);
-#endif
-        if (tcq) S[g] = Sl[g];
+        if (tcq) S[g] = _mm256_or_si256(_mm256_or_si256(_mm256_srli_epi32(C[g], 9), _mm256_srli_epi32(P[g], 10)), C[g]);
     }
     p[0] = pl[0]; p[1] = pl[1]; q[0] = ql[0]; q[1] = ql[1]; c[0] = cl[0]; c[1] = cl[1];
     return k;
