@@ -95,23 +95,29 @@ int ggz_decode_tcq_scalar(const uint8_t * src, size_t src_size,
     if (!n) return src_size ? GGZ_ERR_CORRUPT : GGZ_OK;
     if (n % GGZ_LANES) return GGZ_ERR_CORRUPT;
     uint32_t x[GGZ_LANES];
-    uint8_t st[GGZ_LANES] = { 0 };
     int err = ggz_read_states(x, src, src_size);
     if (err) return err;
     const uint8_t * p = src + GGZ_STATE_BYTES;
     const uint8_t * const end = src + src_size;
     const size_t steps = n / GGZ_LANES;
     const uint32_t * const tab = tabs->slot[0];
+    /* each lane's state as its class's table offset C (class << 11) and the
+     * previous symbol's class P, as in the x86 pair loop: C' = P ^ b << 11,
+     * P' = C (GGZ_TCQ_NEXT), no next-state table */
+    uint32_t C[GGZ_LANES] = { 0 }, P[GGZ_LANES] = { 0 };
     size_t k = 0;
     for (; k < steps && end - p >= 2 * GGZ_LANES; k++) {     /* as ggz_decode_scalar's fast path */
         uint8_t * out = dst + k * dst_stride;
         for (unsigned l = 0; l < GGZ_LANES; l++) {
-            const uint32_t e = tab[(uint32_t)(st[l] >> 1) << GGZ_TCQ_PROB_BITS | (x[l] & ((1u << GGZ_TCQ_PROB_BITS) - 1))];
+            const uint32_t c = C[l], e = tab[c | (x[l] & ((1u << GGZ_TCQ_PROB_BITS) - 1))];
             out[l] = (uint8_t)e;
-            st[l] = ggz_tcq_next[st[l]][(e >> 1) & 1];
+            C[l] = P[l] ^ (e & 2) << (GGZ_TCQ_PROB_BITS - 1);
+            P[l] = c;
             x[l] = renorm_fast((e >> 20) * (x[l] >> GGZ_TCQ_PROB_BITS) + ((e >> 8) & GGZ_PROB_MASK), &p);
         }
     }
+    uint8_t st[GGZ_LANES];   /* state = 2 class + previous class */
+    for (unsigned l = 0; l < GGZ_LANES; l++) st[l] = (uint8_t)(2 * (C[l] >> GGZ_TCQ_PROB_BITS) + (P[l] >> GGZ_TCQ_PROB_BITS));
     if (ggz_decode_tcq_lanes(x, st, &p, end, dst + k * dst_stride, steps - k, dst_stride, tabs)) return GGZ_ERR_CORRUPT;
     return ggz_decode_finish(x, p, end, dst, 0, tabs, 2);
 }
