@@ -20,14 +20,15 @@ static void q8_scales_scatter(uint8_t * raw, const uint8_t * in, size_t nb,
     }
 }
 
-/* A LEB128 number of at most 5 bytes from in[*pos, len) into *v; @return 0,
- * or -1 if it runs past len or longer */
+/* A LEB128 number below 2^32 (5 bytes at most) from in[*pos, len) into *v;
+ * @return 0, or -1 if it runs past len, is longer or larger */
 static int leb128(const uint8_t * in, size_t len, size_t * pos, uint32_t * v)
 {
     *v = 0;
     for (unsigned shift = 0; shift < 35; shift += 7) {
         if (*pos >= len) return -1;
         const uint8_t c = in[(*pos)++];
+        if (shift == 28 && (c & 0x70)) return -1;
         *v |= (uint32_t)(c & 0x7F) << shift;
         if (!(c & 0x80)) return 0;
     }

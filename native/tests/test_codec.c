@@ -397,7 +397,7 @@ static void test_kernels_agree_on_damaged_streams(void)
 
 /* Row-step scales (MODE_ROWS) whose list of blocks is damaged behind valid
  * CRCs: a count past the chunk's blocks, a gap past them, a gap of more than
- * five LEB128 bytes each fail as CORRUPT; behind the original CRCs, as
+ * five LEB128 bytes or of 2^32 each fail as CORRUPT; behind the original CRCs, as
  * CHECKSUM. */
 static void test_rows_list_damage(void)
 {
@@ -416,6 +416,7 @@ static void test_rows_list_damage(void)
         { "count past the blocks", 0, 4, { (uint8_t)(nb + 1), (uint8_t)((nb + 1) >> 8) } },
         { "gap past the blocks", 4, 2, { 0x80 | (nb & 0x7F), (uint8_t)(nb >> 7) } },
         { "gap of six LEB128 bytes", 4, 6, { 0x80, 0x80, 0x80, 0x80, 0x80, 0x80 } },
+        { "gap of 2^32 in five LEB128 bytes", 4, 5, { 0x80, 0x80, 0x80, 0x80, 0x10 } },
     };
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
         for (int fix = 0; fix < 2; fix++) {
