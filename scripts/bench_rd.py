@@ -134,9 +134,9 @@ VARIANTS = {
     "rdo2": {"rdo": 2.0},
     "all": {"feedback": True, "rdo": 2.0, "calib_text": CALIB_TEXT},   # rdo 2: best with feedback at 3.9 bpw
     "alpha0": {"alpha": 0.0},        # the imatrix without the rescaling
-    # convert's default is trellis-coded quantization (format version 2), with
+    # convert's default is trellis-coded quantization (the trellis frame flag), with
     # feedback too (lane after lane); this is plain rounding to the same grid's
-    # step, version-1 frames (rdo rounds too, so "all" does)
+    # step, frames without the flag (rdo rounds too, so "all" does)
     "rounding": {"trellis": False},
 }
 # the variants EmbeddingGemma gets too (uniform rates, as its target asks)

@@ -676,7 +676,7 @@ def test_feedback_needs_calibration_text(smol_path, tmp_path):
 
 
 def test_trellis_lowers_output_error_at_the_same_size(smol_path, calib, tmp_path):
-    """convert --trellis (the default): format-version-2 frames of levels on the trellis path,
+    """convert --trellis (the default): trellis-coded frames of levels on the trellis path,
     which the patched llama.cpp decodes to exactly the bytes `ggzip decompress`
     gives (the same logits), at about the size of plain rounding's file and
     closer to the float model (KL divergence, through llama.cpp)."""

@@ -87,8 +87,9 @@ def encode(data, layout="bytes", row_size: int = 0, chunk_size: int = 0, threads
     "plane16" (F16/BF16), "plane32" (F32); row_size: bytes per row, chunks hold
     whole rows (0: any boundary); chunk_size: target raw bytes per chunk
     (0: 256 KiB); threads: 0 = all cores.  trellis (q8_0 only): code the
-    symbols by trellis state, a format-version-2 frame (for the levels of
-    tcq_quantize, which then cost about a bit less each)."""
+    symbols by trellis state (FrameInfo.trellis; format version 2, or 3 where
+    the scales are coded by row steps) for the levels of tcq_quantize, which
+    then cost about a bit less each."""
     src = _buf(data)
     n = len(src)
     if trellis and _layout_id(layout) != C.LAYOUT_IDS["q8_0"]:

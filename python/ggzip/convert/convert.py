@@ -109,7 +109,7 @@ class TensorReport:
     out_type: str
     stats: QuantStats | None = None
     step: float = 0.0
-    trellis: bool = False      # trellis-coded levels (a version-2 frame)
+    trellis: bool = False      # trellis-coded levels (FrameInfo.trellis)
 
 
 @dataclass
@@ -423,7 +423,7 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
     tokens drawn at random from the vocabulary (data-free; 0: none, the
     weight-only proxy).
     trellis: trellis-coded quantization (q8.quantize_trellis) of the Q8_0
-    weights, in format-version-2 frames, with feedback decided lane after lane
+    weights (frames with the trellis flag), with feedback decided lane after lane
     (codec.tcq_feedback); None (default): on with target_bpw, unless rdo,
     plain or keep_float ask for plain rounding; True with any of those, or
     without target_bpw, is an error.
