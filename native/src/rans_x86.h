@@ -338,7 +338,11 @@ GGZ_INLINE size_t loop32x2(__m256i * x, __m256i * S, const uint32_t * tab, uint8
      * 4.5 bpw on one Zen 4 core: +6-10% with AVX-512, +1-6% with VBMI, and
      * +6% with AVX2, whose 16 registers cannot hold P: there it lives in
      * memory on purpose (volatile; left to the compiler, its spills made the
-     * loop 3-4% slower than the permute's, and 5-25% slower than this). */
+     * loop 3-4% slower than the permute's, and 5-25% slower than this).
+     * A state the entries carry (4 tables of 2048 by class and previous
+     * class, the next state in spare entry bits: one and a step, no P) was
+     * 1-5% slower on Zen 5 with every ISA, though the scalar loop gained 13%:
+     * the lookups bind, and the tables double to 32 KiB. */
     __m256i xl[8], C[8];
 #if defined(__AVX512VL__)
     __m256i P[8];
