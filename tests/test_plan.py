@@ -111,6 +111,23 @@ def _calibration(items, gen_ms_per_mib: dict, peak_none: int) -> Calibration:
                        gen_ms_per_mib, {k: 0.0 for k in gen_ms_per_mib})
 
 
+def test_kind_costs_add_up_to_the_keep_all_run():
+    from ggzip.plan.plan import kind_costs
+    mib = {"attn": 10.0, "ffn": 30.0, "embd": 20.0}
+    # SmolLM2's prompt calibration of one session: every kind alone slower than all
+    c = kind_costs({"attn": 21.0, "ffn": 26.5, "embd": 26.0}, mib, 12.8)
+    assert sum(c[k] * mib[k] for k in mib) == pytest.approx(12.8)
+    assert c["attn"] / c["ffn"] == pytest.approx((21.0 / 10) / (26.5 / 30))   # relative costs kept
+    # a kind within noise (negative delta) costs nothing, the others carry the total
+    c = kind_costs({"attn": -0.1, "ffn": 12.7, "embd": 24.7}, mib, 39.1)
+    assert c["attn"] == 0.0 and sum(c[k] * mib[k] for k in mib) == pytest.approx(39.1)
+    # no kind above noise but keep-all is: the same cost per MiB for all
+    c = kind_costs({"attn": -1.6, "ffn": -10.4, "embd": -15.2}, mib, 24.1)
+    assert len(set(c.values())) == 1 and sum(c[k] * mib[k] for k in mib) == pytest.approx(24.1)
+    # keep-all within noise: nothing costs
+    assert set(kind_costs({"attn": 3.0, "ffn": 1.0, "embd": 2.0}, mib, -0.5).values()) == {0.0}
+
+
 def test_choose_fits_the_budget_and_prefers_the_cheap_kind(tiny_ggzip):
     items = eligible_items(tiny_ggzip)
     assert items and all(i.frame <= i.decoded for i in items)

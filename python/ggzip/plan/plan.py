@@ -8,7 +8,11 @@ Calibration, measured on this device for this file (cached: a second plan is ins
       kind present among the eligible tensors (attn: blk.N.attn_*, ffn: blk.N.ffn_*,
       embd: token_embd, output: output.weight, other).  A kind's cost per decoded byte,
       in generation and in prompt processing, is (its run - keep none) / its decoded
-      bytes (clamped at 0: a kind within noise costs nothing).
+      bytes (clamped at 0: a kind within noise costs nothing), then all kinds scaled
+      by one factor so that keeping every kind costs what the keep-all run measured
+      (kind_costs): a burst of load on one kind's run (a 128-token prompt takes about
+      0.15 s) once made SmolLM2's three kinds sum to 5.8x the keep-all delta, and the
+      predicted prompt speed 25% low.
 Model, for a kept set K:
   time per generated token(K) = T_none + sum over K of cost[kind] x decoded bytes,
   prompt time(K) likewise,
@@ -44,7 +48,7 @@ from .spec import SpecTooLong, compress_spec, selected
 
 MiB = 1 << 20
 KINDS = ("attn", "ffn", "embd", "output", "other")
-CALIBRATION_VERSION = 2        # bump when the cached calibration's meaning changes
+CALIBRATION_VERSION = 3        # bump when the cached calibration's meaning changes
 _BLK = re.compile(r"^blk\.(\d+)\.(.+)$")
 _KEEP_LOG = re.compile(r"keeping (\d+) of (\d+) frames")
 
@@ -269,12 +273,12 @@ def calibrate(model_path, threads: Optional[int] = None, ctx: int = DEFAULT_CTX,
     none = runs["none"]
     saving_all = sum(i.saving for i in items)
     cal.keep_overhead = max(0, (runs["all"].peak_rss - (none.peak_rss - saving_all)) // len(items))
-    for kind in specs:
-        if kind in ("none", "all"):
-            continue
-        mib = sum(i.decoded for i in items if i.kind == kind) / MiB
-        cal.gen_ms_per_mib[kind] = max(0.0, (runs[kind].gen_ms - none.gen_ms) / mib)
-        cal.prompt_ms_per_mib[kind] = max(0.0, (runs[kind].prompt_s - none.prompt_s) * 1e3 / mib)
+    kinds = [k for k in specs if k not in ("none", "all")]
+    mib = {k: sum(i.decoded for i in items if i.kind == k) / MiB for k in kinds}
+    cal.gen_ms_per_mib = kind_costs({k: runs[k].gen_ms - none.gen_ms for k in kinds}, mib,
+                                    runs["all"].gen_ms - none.gen_ms)
+    cal.prompt_ms_per_mib = kind_costs({k: (runs[k].prompt_s - none.prompt_s) * 1e3 for k in kinds}, mib,
+                                       (runs["all"].prompt_s - none.prompt_s) * 1e3)
     cal.seconds = time.perf_counter() - t_start
     cache.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=cache.name, suffix=".tmp")
@@ -283,6 +287,21 @@ def calibrate(model_path, threads: Optional[int] = None, ctx: int = DEFAULT_CTX,
     os.replace(tmp, cache)
     _say(progress, f"calibrated in {cal.seconds:.0f} s")
     return cal
+
+
+def kind_costs(delta_ms: dict, mib: dict, all_ms: float) -> dict:
+    """Cost per decoded MiB of each kind (ms) from its run's delta over keep none
+    (delta_ms[kind], its decoded MiB in mib[kind]) and the keep-all run's delta
+    all_ms: each kind's own delta / MiB, clamped at 0, then all scaled so that
+    together they give all_ms (the same per MiB for every kind where no kind's own
+    run rose above keep none's)."""
+    own = {k: max(0.0, delta_ms[k]) / mib[k] for k in delta_ms if mib.get(k)}
+    total = sum(own[k] * mib[k] for k in own)
+    if all_ms <= 0 or not own:
+        return {k: 0.0 for k in own}
+    if total <= 0:
+        return {k: all_ms / sum(mib[j] for j in own) for k in own}
+    return {k: v * all_ms / total for k, v in own.items()}
 
 
 # ---- the plan ------------------------------------------------------------------------
