@@ -342,7 +342,10 @@ GGZ_INLINE size_t loop32x2(__m256i * x, __m256i * S, const uint32_t * tab, uint8
      * A state the entries carry (4 tables of 2048 by class and previous
      * class, the next state in spare entry bits: one and a step, no P) was
      * 1-5% slower on Zen 5 with every ISA, though the scalar loop gained 13%:
-     * the lookups bind, and the tables double to 32 KiB. */
+     * the lookups bind, and the tables double to 32 KiB.  Nor is the AVX2 gap
+     * the update's ops: the branch bit kept at entry bit 19 (one op less) gave
+     * 0.99-1.00x, C and P both in memory with the phased products 1.00x, and
+     * one stream at a time 0.73-0.82x. */
     __m256i xl[8], C[8];
 #if defined(__AVX512VL__)
     __m256i P[8];
