@@ -6,8 +6,9 @@
 Converts the model (ggzip fetch) at --bpw with an imatrix from the calibration
 text twice: with convert's default, trellis-coded quantization (11-bit tables
 by trellis class: format version 2, or 3 where the scales are coded by row
-steps), and with --no-trellis (rounding: version 1, or 3).  Then decodes every Q8_0 frame of both files on one thread
-with each decode kernel the CPU runs, the two files interleaved run by run
+steps), and with --no-trellis (rounding: version 1, or 3).  Then decodes
+every Q8_0 frame of both files on one thread with each decode kernel the CPU
+runs, the two files interleaved run by run
 (the machine is shared: a ratio from one run is worth more than two runs'
 speeds), into buffers allocated and faulted in once, each decode checked (off
 the clock) against the bytes the library decoded first.  Reports MB/s

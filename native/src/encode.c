@@ -114,11 +114,12 @@ static size_t q8_rows_encode(const frame_hdr * h, const uint8_t * in, uint64_t r
                              uint8_t * out, size_t cap)
 {
     const size_t rows = (size_t)(raw / h->row_size);
-    if (ggz_q8_rows_head(in, raw, h->row_size, NULL, NULL) > cap) return GGZ_ERROR(DST_TOO_SMALL);   /* count_rows keeps it within */
     uint8_t * steps = malloc(2 * rows + 1);
     if (!steps) return GGZ_ERROR(ALLOC);
-    const size_t head = ggz_q8_rows_head(in, raw, h->row_size, steps, out);
-    const size_t n = ggz_encode_scalar(steps, 2 * rows, GGZ_LANES, et, 2, NULL, out + head, cap - head);
+    const size_t head = ggz_q8_rows_head(in, raw, h->row_size, steps, NULL, out, cap);
+    /* count_rows keeps the head within cap */
+    const size_t n = head > cap ? GGZ_ERROR(DST_TOO_SMALL)
+                                : ggz_encode_scalar(steps, 2 * rows, GGZ_LANES, et, 2, NULL, out + head, cap - head);
     free(steps);
     return ggz_is_error(n) ? n : head + n;
 }
@@ -240,12 +241,7 @@ static void count_rows(const frame_hdr * h, const uint8_t * src, hist_t hist, ro
     for (uint32_t j = 0; j < h->n_chunks; j++) {
         const uint64_t raw = chunk_raw_len(h, j), rows = raw / h->row_size;
         const uint8_t * in = src + (uint64_t)j * h->chunk_raw;
-        const size_t head = ggz_q8_rows_head(in, raw, h->row_size, NULL, NULL);
-        for (uint64_t r = 0; r < rows; r++) {
-            const uint16_t step = ggz_q8_row_step(in + r * h->row_size, h->row_size / Q8_0_BLOCK);
-            hist[0][step & 0xFF]++;
-            hist[1][step >> 8]++;
-        }
+        const size_t head = ggz_q8_rows_head(in, raw, h->row_size, NULL, hist, NULL, 0);
         rc->head += head;
         if (head + ggz_stream_bound(2 * rows) > ggz_stream_bound(stream_symbols(h->layout, 1, raw))) rc->fits = 0;
     }

@@ -93,12 +93,13 @@ void   ggz_q8_histograms(hist_t * h, const uint8_t * src, size_t nb, size_t bpr)
 /* the trellis classes of the symbols of nb Q8_0 blocks (32 per block, lanes
  * restarting every bpc blocks) into cls, or counted by class into h[cls] */
 void   ggz_q8_tcq_classes(const uint8_t * src, size_t nb, size_t bpc, uint8_t * cls, hist_t h);
-/* MODE_ROWS (encoder side): the step of a row of bpr Q8_0 blocks, the scale
- * most of them share, else the first block's; and a chunk's (`raw` bytes)
- * rows' steps into steps (2 bytes a row) and the head of its stream into head
- * (either may be NULL), returning the head's bytes */
-uint16_t ggz_q8_row_step(const uint8_t * row, size_t bpr);
-size_t ggz_q8_rows_head(const uint8_t * in, uint64_t raw, size_t row_size, uint8_t * steps, uint8_t * head);
+/* MODE_ROWS (encoder side), one pass over a chunk's (`raw` bytes) rows: each
+ * row's step (the scale most of its blocks share, else its first block's)
+ * into steps (2 bytes a row) and counted into counts (low, high byte), the
+ * head of its stream into head[0, cap); any of them may be NULL.  @return the
+ * head's bytes (beyond cap: head holds only what fitted) */
+size_t ggz_q8_rows_head(const uint8_t * in, uint64_t raw, size_t row_size, uint8_t * steps, hist_t counts,
+                        uint8_t * head, size_t cap);
 /* order-0 bits of a scale stream: its low and high bytes, a table each */
 double ggz_scale_bits(hist_t h);
 

@@ -65,8 +65,8 @@ void ggz_q8_tcq_classes(const uint8_t * src, size_t nb, size_t bpc, uint8_t * cl
     }
 }
 
-/* a majority vote, then checked */
-uint16_t ggz_q8_row_step(const uint8_t * row, size_t bpr)
+/* the step of a row of bpr blocks: a majority vote, then checked */
+static uint16_t q8_row_step(const uint8_t * row, size_t bpr)
 {
     uint16_t step = 0;
     size_t votes = 0, same = 0;
@@ -79,11 +79,12 @@ uint16_t ggz_q8_row_step(const uint8_t * row, size_t bpr)
     return 2 * same > bpr ? step : ggz_rd16(row);
 }
 
-/* v as LEB128 at out + pos (out may be NULL); @return the position after it */
-static size_t leb128(uint8_t * out, size_t pos, size_t v)
+/* v as LEB128 at out + pos, the bytes below cap (out may be NULL); @return
+ * the position after it */
+static size_t leb128(uint8_t * out, size_t cap, size_t pos, size_t v)
 {
     for (;; v >>= 7) {
-        if (out) out[pos] = (uint8_t)((v & 0x7F) | (v > 0x7F ? 0x80 : 0));
+        if (out && pos < cap) out[pos] = (uint8_t)((v & 0x7F) | (v > 0x7F ? 0x80 : 0));
         pos++;
         if (v <= 0x7F) return pos;
     }
@@ -92,24 +93,26 @@ static size_t leb128(uint8_t * out, size_t pos, size_t v)
 /* the head (FORMAT.md): the count of listed blocks, each one's gap to the one
  * before and its scale less its row's step (mod 2^16), both LEB128, then a
  * pad to an even length */
-size_t ggz_q8_rows_head(const uint8_t * in, uint64_t raw, size_t row_size, uint8_t * steps, uint8_t * head)
+size_t ggz_q8_rows_head(const uint8_t * in, uint64_t raw, size_t row_size, uint8_t * steps, hist_t counts,
+                        uint8_t * head, size_t cap)
 {
     const size_t bpr = row_size / Q8_0_BLOCK, rows = (size_t)(raw / row_size);
     size_t pos = 4, count = 0, next = 0;
     for (size_t r = 0; r < rows; r++) {
-        const uint16_t step = ggz_q8_row_step(in + r * row_size, bpr);
+        const uint16_t step = q8_row_step(in + r * row_size, bpr);
         if (steps) ggz_wr16(steps + 2 * r, step);
+        if (counts) { counts[0][step & 0xFF]++; counts[1][step >> 8]++; }
         for (size_t b = r * bpr; b < (r + 1) * bpr; b++) {
             const uint16_t d = ggz_rd16(in + b * Q8_0_BLOCK);
             if (d == step) continue;
-            pos = leb128(head, pos, b - next);
-            pos = leb128(head, pos, (uint16_t)(d - step));
+            pos = leb128(head, cap, pos, b - next);
+            pos = leb128(head, cap, pos, (uint16_t)(d - step));
             next = b + 1;
             count++;
         }
     }
-    if (head) ggz_wr32(head, (uint32_t)count);
-    if (pos & 1) { if (head) head[pos] = 0; pos++; }
+    if (head && cap >= 4) ggz_wr32(head, (uint32_t)count);
+    if (pos & 1) { if (head && pos < cap) head[pos] = 0; pos++; }
     return pos;
 }
 
@@ -131,12 +134,8 @@ double ggz_entropy_bound(const void * src_, size_t raw_size, int layout, size_t 
         const double plain = ggz_scale_bits(hist[1]), delta = ggz_scale_bits(hist[2]);
         /* or by row steps: theirs, and the list of blocks that differ as stored */
         memset(hist[1], 0, sizeof(hist_t));
-        for (size_t r = 0; r < raw_size / row; r++) {
-            const uint16_t step = ggz_q8_row_step(src + r * row, row / Q8_0_BLOCK);
-            hist[1][0][step & 0xFF]++;
-            hist[1][1][step >> 8]++;
-        }
-        const double rows = ggz_scale_bits(hist[1]) + 8.0 * (double)ggz_q8_rows_head(src, raw_size, row, NULL, NULL);
+        const size_t head = ggz_q8_rows_head(src, raw_size, row, NULL, hist[1], NULL, 0);
+        const double rows = ggz_scale_bits(hist[1]) + 8.0 * (double)head;
         const double least = delta < plain ? delta : plain;
         bits = ggz_entropy_bits(hist[0][0]) + (rows < least ? rows : least);
     } else {
