@@ -298,7 +298,10 @@ def plan_for(path: Path, budget: int, args):
                  rounds=args.rounds)
     except GGZipError as e:
         m = re.search(r"below the smallest feasible size, ([0-9.]+ MiB)", str(e))
-        return None, f"infeasible: the smallest is {m.group(1)}" if m else str(e).splitlines()[0][:200]
+        f = re.search(r"([0-9.]+ MiB) of it are the kept frames", str(e))
+        return None, (f"infeasible: the smallest is {m.group(1)}" +
+                      (f" ({f.group(1)} of it the kept frames)" if f else "")
+                      if m else str(e).splitlines()[0][:200])
     kept_names = {i.name for i in p.kept}
     # the codec's speed on this file's frames now, just before the run (the
     # calibration's may be older, taken on a busier machine)

@@ -149,8 +149,12 @@ def test_choose_names_the_smallest_feasible_size(tiny_ggzip):
     items = eligible_items(tiny_ggzip)
     cal = _calibration(items, {i.kind: 1.0 for i in items}, 100 * MiB)
     smallest = predict(cal, items)[0]
-    with pytest.raises(GGZipError, match=rf"smallest feasible size.*\({smallest} bytes\)"):
+    with pytest.raises(GGZipError, match=rf"smallest feasible size.*\({smallest} bytes\)") as e:
         choose(items, cal, smallest - 1)
+    # the part keeping more cannot shrink, beside the frames
+    frames = sum(i.frame for i in items)
+    assert f"{frames / MiB:.1f} MiB of it are the kept frames, {(smallest - frames) / MiB:.1f} MiB the rest" \
+        in str(e.value)
 
 
 def test_plain_gguf_has_nothing_to_keep(tmp_path):

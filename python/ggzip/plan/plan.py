@@ -348,9 +348,15 @@ def choose(items: list, cal: Calibration, budget: int) -> tuple:
     pool = [i for i in items if i.saving > cal.keep_overhead]
     smallest = predict(cal, pool)[0]
     if budget < smallest:
+        # what the user cannot shrink by keeping more: said, so that a budget below
+        # the frames alone reads as such
+        frames = sum(i.frame for i in pool)
         raise GGZipError(f"{cal.model}: {fmt_mib(budget)} is below the smallest feasible size, "
                          f"{fmt_mib(smallest)} ({smallest} bytes) with every eligible tensor kept compressed "
-                         f"(threads {cal.threads}, ctx {cal.ctx}): give --memory {smallest // MiB + 1}M or more")
+                         f"(threads {cal.threads}, ctx {cal.ctx}): {fmt_mib(frames)} of it are the kept "
+                         f"frames, {fmt_mib(smallest - frames)} the rest (tensors decoded at load, "
+                         f"llama.cpp with its KV cache and compute buffers, the process itself); "
+                         f"give --memory {smallest // MiB + 1}M or more")
     need = cal.runs["none"].peak_rss - budget
     if need <= 0:
         return [], "none"

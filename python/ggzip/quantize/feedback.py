@@ -28,7 +28,10 @@ DAMP = 0.01      # added to H's diagonal, times its mean: keeps H^-1 finite and 
 # text (8.5k tokens of Alice) relative to plain rounding, geometric mean over 29
 # weights at 4 bpw: damping 0.01 -> 0.82, 0.3 -> 0.60, 0.6 -> 0.59, 1 -> 0.60,
 # 2 -> 0.62 (shrinking H toward its diagonal instead: 0.65 at best).  So the
-# damping grows with size / tokens: 0.5 cols / n, within [DAMP, 1].
+# damping grows with size / tokens: 0.5 cols / n, within [DAMP, 1].  EmbeddingGemma
+# at 3.9 bpw (mean cosine to F32 on 300 Alice sentences, 0.9848 without feedback),
+# by DAMP_PER_COL: 0.1 -> 0.9848, 0.25 -> 0.9850, 0.5 -> 0.9857, 1 -> 0.9861; more tokens from
+# random_text appended to the calibration text (2k, 8k) did not help (0.9851, 0.9854).
 DAMP_PER_COL = 0.5
 BLOCK = 128      # columns whose updates are applied together
 INNER = 16       # columns updated one by one inside a block
