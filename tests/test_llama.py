@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import llama_tool
+from tinymodels import TINY_ARCHS
 
 pytestmark = [pytest.mark.llama, pytest.mark.slow]
 
@@ -386,6 +387,37 @@ def test_kept_logits_bit_identical(ggz, keep):
         _, kept = _logits(llama_cpp, ggz, tokens[:n], keep, n_batch, threads)
         assert plain.shape == kept.shape and np.isfinite(plain).all()
         assert np.array_equal(plain.view(np.uint32), kept.view(np.uint32)), (keep, n_batch, threads)
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_kept_logits_bit_identical_every_arch(arch, tmp_path, capfd):
+    """The kept path on the other architectures convert knows (tiny random models:
+    qwen2's q/k/v biases, qwen3's and gemma3's per-head q/k norms, gemma3's
+    post-norms, GQA, an untied head): every frame kept, logits equal bit for bit
+    to the decoded model's, one token at a time and in batches."""
+    from ggzip.convert.convert import convert
+    from tinymodels import write_tiny
+    llama_cpp = _llama_cpp()
+    src, out = tmp_path / "f32.gguf", tmp_path / "gz.gguf"
+    write_tiny(arch, src)
+    # small chunks: several per tensor, so rows are taken from more than one
+    convert(src, out, target_bpw=4.5, progress=False, chunk_size=4096, random_tokens=0)
+    n_frames = len(ggzip_tensors(out))
+    for n_batch in (1, 16):
+        logits = []
+        for keep in (None, "all"):
+            kv = {"ggzip.keep": keep} if keep else None
+            llm = llama_cpp.Llama(str(out), n_ctx=128, n_batch=n_batch, n_ubatch=n_batch, n_threads=2,
+                                  n_threads_batch=2, logits_all=True, verbose=keep is not None,
+                                  kv_overrides=kv)
+            tokens = llm.tokenize(TEXT.read_text()[:200].encode())[:40]
+            llm.eval(tokens)
+            logits.append(np.array(llm.scores[:len(tokens)], np.float32))
+            llm.close()
+        m = KEEPING.search(capfd.readouterr().err)
+        assert m and int(m.group(1)) == n_frames > 0, (arch, m and m.group(0))
+        assert np.isfinite(logits[0]).all()
+        assert np.array_equal(logits[0].view(np.uint32), logits[1].view(np.uint32)), (arch, n_batch)
 
 
 def test_keep_from_environment_and_override(ggz, q8_0):
