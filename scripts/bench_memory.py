@@ -51,6 +51,7 @@ from bench_rd import (CALIB_TEXT, CTX, EVAL_TEXT, REGRID_SHARE, atomic, fetch_pa
                       perplexity, run, tool, weight_snr, write_dequantized_f32)
 
 from ggzip.convert import GGUFModel  # noqa: E402
+from ggzip.plan.measure import PROMPT_EVALS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {"smollm2": "SmolLM2-135M", "gemma3-270m": "Gemma-3-270M"}
@@ -246,7 +247,7 @@ def run_row(path: Path, keep, limit, args) -> dict:
     in the work folder and, with --reuse-plain, taken from there."""
     from ggzip.errors import GGZipError
     from ggzip.plan.measure import measure
-    key = f"{path.name}|{keep}|{limit}|{args.threads}|{args.ctx}|{N_PROMPT}|{N_GEN}|{args.repeat}"
+    key = f"{path.name}|{keep}|{limit}|{args.threads}|{args.ctx}|{N_PROMPT}x{PROMPT_EVALS}|{N_GEN}|{args.repeat}"
     store = args.work / "plain-rows.json"
     stored = json.loads(store.read_text()) if store.exists() else {}
     if keep is None and args.reuse_plain and key in stored:
@@ -530,7 +531,7 @@ def main(argv=None):
     ap.add_argument("--chunks", type=int, default=6, help="512-token chunks of the KL divergence")
     ap.add_argument("--timeout", type=float, default=900, help="seconds one measured run may take")
     ap.add_argument("--repeat", type=int, default=2,
-                    help="timed rounds of each measured run (pp: median round, tg: median token; default 2)")
+                    help="timed rounds of each measured run (pp: median prompt evaluation, tg: median token; default 2)")
     ap.add_argument("--rounds", type=int, default=2, help="calibration rounds of ggzip.plan (default 2)")
     ap.add_argument("--reuse-plain", action="store_true",
                     help="take the rows of plain files (a, b, c) measured by an earlier invocation with the "
@@ -567,8 +568,9 @@ def main(argv=None):
               f"{load0:.1f} at the start, {os.getloadavg()[1]:.1f} at the end, on {os.cpu_count()} cores "
               "(the machine is shared: speeds are as noisy as that).", "",
               f"Every run is one `ggzip.plan.measure.measure()` (a fresh llama-cpp-python process: load, "
-              f"an untimed warm-up, then {args.repeat} rounds of a {N_PROMPT}-token prompt as one batch and "
-              f"{N_GEN} greedy tokens; pp from the median round, tg = 1 / median token time), {args.threads} threads, ctx {args.ctx}, mmap on (llama-cpp-python's "
+              f"an untimed warm-up, then {args.repeat} rounds of: a {N_PROMPT}-token prompt as one batch "
+              f"{PROMPT_EVALS} times, then {N_GEN} greedy tokens; pp from the median prompt evaluation, "
+              f"tg = 1 / median token time), {args.threads} threads, ctx {args.ctx}, mmap on (llama-cpp-python's "
               "default), inside a cgroup v1 memory group whose `memory.limit_in_bytes` is the budget (no "
               "limit for (a)); the model file is dropped from the page cache before each run. **Budgets** "
               "are shares of the plain Q8_0 file's size, and the smallest budget `ggzip.plan` finds feasible "

@@ -18,10 +18,11 @@ What the child does, in this order:
           GGZIP_KEEP or the file's key decide, as in every tool).
   warm-up one prompt of n_prompt tokens and one generated token (untimed), so that
           buffers are allocated and pages faulted in before timing, as llama-bench does.
-  timed   `repeat` rounds of: clear the KV cache, evaluate the prompt of n_prompt
-          tokens as one batch, then n_gen single tokens chosen greedily.
+  timed   `repeat` rounds of: PROMPT_EVALS times (clear the KV cache, evaluate the
+          prompt of n_prompt tokens as one batch), then n_gen single tokens chosen
+          greedily after the last.
 Reported:
-  prompt_tps  n_prompt / median prompt time over the rounds.
+  prompt_tps  n_prompt / median prompt time over all the prompt evaluations.
   gen_tps     1 / median of the per-token times of all rounds: the median, not the
               mean, because this machine is shared and one preempted token would move
               the mean; gen_tps_mean = n_gen / mean round time (llama-bench's tg) too.
@@ -48,6 +49,10 @@ from ..errors import GGZipError
 
 DEFAULT_CTX = 2048        # `ggzip run`'s default context, so a plan fits what run loads
 KEEP_LOG = "ggzip: keeping"
+# A prompt is one sample of a fraction of a second where generation gives n_gen: on
+# a shared machine one burst moved a single sample's pp by 20-25% (bench_memory:
+# the plan's pp off by +23% where its tg was +7%), so each round times it this often
+PROMPT_EVALS = 3
 
 
 @dataclass
@@ -60,7 +65,7 @@ class Measurement:
     n_gen: int
     repeat: int
     load_s: float            # seconds to load (Llama() construction)
-    prompt_tps: float        # prompt tokens/s (median round)
+    prompt_tps: float        # prompt tokens/s (median prompt evaluation)
     gen_tps: float           # generated tokens/s (median per-token time)
     gen_tps_mean: float      # generated tokens/s (n_gen / mean round time)
     gen_ms_median: float     # median time of one generated token, ms
@@ -154,11 +159,13 @@ def _child(args) -> dict:
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
         return int(logits.argmax())
 
-    def round_(n_gen: int):
-        llm.reset()
-        t = time.perf_counter()
-        llm.eval(prompt)
-        prompt_s = time.perf_counter() - t
+    def round_(n_gen: int, evals: int = PROMPT_EVALS):
+        prompt_s = []
+        for _ in range(evals):
+            llm.reset()
+            t = time.perf_counter()
+            llm.eval(prompt)
+            prompt_s.append(time.perf_counter() - t)
         per_token = []
         tok = greedy()
         for _ in range(n_gen):
@@ -168,11 +175,11 @@ def _child(args) -> dict:
             per_token.append(time.perf_counter() - t)
         return prompt_s, per_token
 
-    round_(1)  # warm-up
+    round_(1, 1)  # warm-up
     prompt_times, token_times, round_times = [], [], []
     for _ in range(args.repeat):
         p, per_token = round_(args.n_gen)
-        prompt_times.append(p)
+        prompt_times += p
         token_times += per_token
         round_times.append(sum(per_token))
     med_token = statistics.median(token_times)

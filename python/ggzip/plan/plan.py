@@ -48,7 +48,7 @@ from .spec import SpecTooLong, compress_spec, selected
 
 MiB = 1 << 20
 KINDS = ("attn", "ffn", "embd", "output", "other")
-CALIBRATION_VERSION = 3        # bump when the cached calibration's meaning changes
+CALIBRATION_VERSION = 4        # bump when the cached calibration's meaning changes
 _BLK = re.compile(r"^blk\.(\d+)\.(.+)$")
 _KEEP_LOG = re.compile(r"keeping (\d+) of (\d+) frames")
 
