@@ -40,6 +40,7 @@ import hashlib
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -240,14 +241,15 @@ def drop_cached(path: Path) -> None:
         os.close(fd)
 
 
-def run_row(path: Path, keep, limit, args) -> dict:
+def run_row(path: Path, keep, limit, args, nth: int = 0) -> dict:
     """One measure() of path (keep: the SPEC, or None) in a cgroup limited to limit
     bytes (None: no limit); the measurement, or {"error": why} when it failed (a
     process the limit killed, a timeout). A plain file's row (keep None) is stored
-    in the work folder and, with --reuse-plain, taken from there."""
+    in the work folder and, with --reuse-plain, taken from there; nth: which of
+    several runs of the same row."""
     from ggzip.errors import GGZipError
     from ggzip.plan.measure import measure
-    key = f"{path.name}|{keep}|{limit}|{args.threads}|{args.ctx}|{N_PROMPT}x{PROMPT_EVALS}|{N_GEN}|{args.repeat}"
+    key = f"{path.name}|{keep}|{limit}|{args.threads}|{args.ctx}|{N_PROMPT}x{PROMPT_EVALS}|{N_GEN}|{args.repeat}" + (f"|{nth}" if nth else "")
     store = args.work / "plain-rows.json"
     stored = json.loads(store.read_text()) if store.exists() else {}
     if keep is None and args.reuse_plain and key in stored:
@@ -354,9 +356,13 @@ def bench_model(inp: Inputs, args) -> dict:
             notes.append(f"{label}: no plan ({no_plan[label]})")
         else:
             budgets.append((f"smallest for {label} ({size / q8_size:.0%})", size))
-    rows = [dict(budget="none", limit=None, method="Q8_0", file=inp.q8, role="a",
-                 **run_row(inp.q8, None, None, args))]
-    for blabel, limit in budgets:
+    # (a) is the reference of every pp ratio: run at the start, halfway and at the
+    # end, its median, so that one burst on this shared machine does not move them all
+    plain = [run_row(inp.q8, None, None, args)]
+    rows = [dict(budget="none", limit=None, method="Q8_0", file=inp.q8, role="a")]
+    for i, (blabel, limit) in enumerate(budgets):
+        if i == len(budgets) // 2:
+            plain.append(run_row(inp.q8, None, None, args, nth=1))
         say(f"  budget {blabel}: {mib(limit)} MiB")
         for label, path in gz_files.items():
             if blabel.startswith("smallest") and label not in blabel:
@@ -380,6 +386,8 @@ def bench_model(inp: Inputs, args) -> dict:
         else:
             rows.append(dict(budget=blabel, limit=limit, method="-", role="c",
                              error="no llama.cpp quantization's file fits"))
+    plain.append(run_row(inp.q8, None, None, args, nth=2))
+    rows[0].update(median_row(plain))
     for r in rows:
         r["kld"] = inp.kld.get(r["method"], {}).get("kld")
         r["flattered"] = inp.flattered(r["method"])
@@ -389,6 +397,19 @@ def bench_model(inp: Inputs, args) -> dict:
     return {"name": inp.name, "label": MODELS[inp.name], "threads": args.threads, "q8_size": q8_size, "rows": rows,
             "notes": notes, "kld_all": inp.kld, "files": {
                 m: p.stat().st_size for m, p in [("Q8_0", inp.q8), *gz_files.items(), *inp.kq.items()]}}
+
+
+def median_row(runs: list) -> dict:
+    """One row of several runs of it: the median of each measured number (the
+    first failed run's error if any failed), and how many runs it is."""
+    bad = [r for r in runs if "error" in r]
+    if bad:
+        return bad[0]
+    out = dict(runs[0])
+    for k in ("prompt_tps", "gen_tps", "gen_tps_mean", "peak_rss", "rss_load", "load_s", "cg_peak", "seconds"):
+        out[k] = statistics.median(r[k] for r in runs)
+    out["runs"] = len(runs)
+    return out
 
 
 # ---- report ------------------------------------------------------------------------
@@ -415,7 +436,8 @@ def table(res) -> list:
     for r in res["rows"]:
         budget = "no limit" if r["limit"] is None else f"{r['budget']}: {mib(r['limit'])}"
         method = ("(c) the largest llama.cpp type that fits" if r["method"] == "-" else
-                  ROLE[r["role"]].format(r["method"])) + (" (earlier run)" if r.get("reused") else "")
+                  ROLE[r["role"]].format(r["method"])) + (" (earlier run)" if r.get("reused") else "") + \
+            (f" (median of {r['runs']} runs)" if r.get("runs", 1) > 1 else "")
         spec = f"`{r['spec']}`" if r.get("spec") else "-"
         kld = "-" if r.get("kld") is None else f"{r['kld']:.4f}" + (" (flattered)" if r["flattered"] else "")
         size = mib(r["file_size"]) if "file_size" in r else "-"
@@ -572,7 +594,8 @@ def main(argv=None):
               f"{PROMPT_EVALS} times, then {N_GEN} greedy tokens; pp from the median prompt evaluation, "
               f"tg = 1 / median token time), {args.threads} threads, ctx {args.ctx}, mmap on (llama-cpp-python's "
               "default), inside a cgroup v1 memory group whose `memory.limit_in_bytes` is the budget (no "
-              "limit for (a)); the model file is dropped from the page cache before each run. **Budgets** "
+              "limit for (a), which runs three times, at the start, halfway and at the end of a model's runs, and shows "
+              "their median: every pp ratio divides by it); the model file is dropped from the page cache before each run. **Budgets** "
               "are shares of the plain Q8_0 file's size, and the smallest budget `ggzip.plan` finds feasible "
               "for each ggzip file (every eligible tensor kept). **cgroup peak**: `memory.max_usage_in_bytes` "
               "(page cache included); **peak RSS**: the process's VmHWM (interpreter and shared libraries "

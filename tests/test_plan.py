@@ -258,3 +258,17 @@ def test_bench_memory_reads_bench_rd_weight_snr(tmp_path):
     f32 = tmp_path / "tiny.gguf"
     write_tiny("llama", f32)
     assert bench_memory.snr_fields(GGUFModel(f32), f32) == {"snr": SNR_CAP, "lossless": 1.0}
+
+
+def test_bench_memory_reference_row_is_the_median_of_its_runs():
+    """The unlimited Q8_0 row every pp ratio divides by is the median of its runs,
+    so that one slow run (a burst on a shared machine) does not set it; a failed
+    run is not hidden by the others."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import bench_memory
+    keys = ("prompt_tps", "gen_tps", "gen_tps_mean", "peak_rss", "rss_load", "load_s", "cg_peak", "seconds")
+    runs = [{k: v for k in keys} | {"library": "x"} for v in (1000.0, 600.0, 980.0)]
+    row = bench_memory.median_row(runs)
+    assert row["prompt_tps"] == row["gen_tps"] == row["peak_rss"] == 980.0 and row["runs"] == 3
+    assert bench_memory.median_row(runs[:2] + [{"error": "killed"}]) == {"error": "killed"}
