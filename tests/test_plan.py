@@ -157,6 +157,36 @@ def test_choose_names_the_smallest_feasible_size(tiny_ggzip):
         in str(e.value)
 
 
+def test_smallest_feasible_budget_always_has_a_spec():
+    """The pool (tensors whose frame saves more than a kept tensor's overhead) may
+    leave out tensors scattered over the layers, and no SPEC of 127 bytes then names
+    it (bench_memory once hit that at SmolLM2's smallest budget, when a noisy
+    calibration moved the overhead): the smallest feasible size is that of a set a
+    SPEC can name, and every budget from it up gets a plan."""
+    from ggzip.plan.plan import Item
+    rng, items = random.Random(0), []
+    for il in range(30):
+        for k in ("attn_q", "attn_output"):
+            items.append(Item(f"blk.{il}.{k}.weight", "attn", il, 400_000, 200_000))
+        for k in ("attn_k", "attn_v"):     # each saves 60 kB or 40 kB: the latter below the overhead
+            items.append(Item(f"blk.{il}.{k}.weight", "attn", il, 100_000, rng.choice((40_000, 60_000))))
+        for k in ("ffn_up", "ffn_down"):
+            items.append(Item(f"blk.{il}.{k}.weight", "ffn", il, 800_000, 400_000))
+    cal = _calibration(items, {"attn": 1.0, "ffn": 1.0}, 200 * MiB)
+    cal.keep_overhead = 50_000
+    pool = [i for i in items if i.saving > cal.keep_overhead]
+    with pytest.raises(GGZipError):
+        compress_spec({i.name for i in pool}, [i.name for i in items])    # too long
+    with pytest.raises(GGZipError, match=r"smallest feasible size.*\((\d+) bytes\)") as e:
+        choose(items, cal, 1)
+    smallest = int(re.search(r"\((\d+) bytes\)", str(e.value)).group(1))
+    assert smallest == predict(cal, items)[0]     # "all": the pool has no SPEC
+    for budget in (smallest, smallest + 1_000_000, smallest + 20_000_000):
+        kept, spec = choose(items, cal, budget)
+        assert len(spec) <= MAX_SPEC and selected(spec, [i.name for i in items]) == {i.name for i in kept}
+        assert predict(cal, kept)[0] <= budget
+
+
 def test_plain_gguf_has_nothing_to_keep(tmp_path):
     write_tiny("llama", tmp_path / "plain.gguf")
     with pytest.raises(GGZipError, match="not a ggzip GGUF"):

@@ -340,17 +340,30 @@ def predict(cal: Calibration, kept: list) -> tuple:
     return peak, gen, prompt
 
 
+def _expressible(group: list, names: list):
+    """The SPEC that keeps exactly `group`, or None when none fits in 127 bytes."""
+    try:
+        return compress_spec({i.name for i in group}, names)
+    except SpecTooLong:
+        return None
+
+
 def choose(items: list, cal: Calibration, budget: int) -> tuple:
     """(kept Items, SPEC) for a budget in bytes (see the module doc); GGZipError
     naming the smallest feasible size when even keeping everything does not fit."""
     names = [i.name for i in items]
     # a tensor whose frame saves less than a kept tensor's overhead never helps
     pool = [i for i in items if i.saving > cal.keep_overhead]
-    smallest = predict(cal, pool)[0]
+    # the smallest is that of a set a SPEC can name: the pool, or else everything
+    # ("all"; the pool's globs may not fit in 127 bytes when it leaves out tensors
+    # scattered over the layers)
+    floor = min(((predict(cal, g)[0], g, spec) for g in (pool, items)
+                 if (spec := _expressible(g, names)) is not None), key=lambda c: c[0])
+    smallest, floor_group, floor_spec = floor
     if budget < smallest:
         # what the user cannot shrink by keeping more: said, so that a budget below
         # the frames alone reads as such
-        frames = sum(i.frame for i in pool)
+        frames = sum(i.frame for i in floor_group)
         raise GGZipError(f"{cal.model}: {fmt_mib(budget)} is below the smallest feasible size, "
                          f"{fmt_mib(smallest)} ({smallest} bytes) with every eligible tensor kept compressed "
                          f"(threads {cal.threads}, ctx {cal.ctx}): {fmt_mib(frames)} of it are the kept "
@@ -380,20 +393,18 @@ def choose(items: list, cal: Calibration, budget: int) -> tuple:
             break
         kept += unit
         saved += net(unit)
-    try:
-        return kept, compress_spec({i.name for i in kept}, names)
-    except SpecTooLong:
-        pass
-    # round the partial kind up to the whole kind, then add whole kinds in order
+    spec = _expressible(kept, names)
+    if spec is not None:
+        return kept, spec
+    # round the partial kind up to the whole kind, then add whole kinds in order;
+    # each as the pool's tensors of those kinds, or all of them (shorter globs)
     done = {i.kind for i in kept}
     for kind in [None] + kinds:
         done.add(kind)
-        kept = [i for i in pool if i.kind in done]
-        try:
-            return kept, compress_spec({i.name for i in kept}, names)
-        except SpecTooLong:
-            continue
-    raise GGZipError(f"{cal.model}: no SPEC of at most 127 bytes keeps the tensors this budget needs")
+        for group in ([i for i in pool if i.kind in done], [i for i in items if i.kind in done]):
+            if predict(cal, group)[0] <= budget and (spec := _expressible(group, names)) is not None:
+                return group, spec
+    return floor_group, floor_spec      # fits: budget >= smallest
 
 
 def plan(model_path, memory, threads: Optional[int] = None, ctx: int = DEFAULT_CTX, n_prompt: int = 128,
