@@ -365,7 +365,7 @@ def choose(items: list, cal: Calibration, budget: int) -> tuple:
         # the frames alone reads as such
         frames = sum(i.frame for i in floor_group)
         raise GGZipError(f"{cal.model}: {fmt_mib(budget)} is below the smallest feasible size, "
-                         f"{fmt_mib(smallest)} ({smallest} bytes) with every eligible tensor kept compressed "
+                         f"{fmt_mib(smallest)} ({smallest} bytes) with every tensor that saves memory kept compressed "
                          f"(threads {cal.threads}, ctx {cal.ctx}): {fmt_mib(frames)} of it are the kept "
                          f"frames, {fmt_mib(smallest - frames)} the rest (tensors decoded at load, "
                          f"llama.cpp with its KV cache and compute buffers, the process itself); "
