@@ -249,7 +249,8 @@ def run_row(path: Path, keep, limit, args, nth: int = 0) -> dict:
     several runs of the same row."""
     from ggzip.errors import GGZipError
     from ggzip.plan.measure import measure
-    key = f"{path.name}|{keep}|{limit}|{args.threads}|{args.ctx}|{N_PROMPT}x{PROMPT_EVALS}|{N_GEN}|{args.repeat}" + (f"|{nth}" if nth else "")
+    key = (f"{path.name}|{keep}|{limit}|{args.threads}|{args.ctx}|{N_PROMPT}x{PROMPT_EVALS}|{N_GEN}|"
+           f"{args.repeat}" + (f"|{nth}" if nth else ""))
     store = args.work / "plain-rows.json"
     stored = json.loads(store.read_text()) if store.exists() else {}
     if keep is None and args.reuse_plain and key in stored:
@@ -301,9 +302,9 @@ def plan_for(path: Path, budget: int, args):
                  rounds=args.rounds)
     except GGZipError as e:
         m = re.search(r"below the smallest feasible size, ([0-9.]+ MiB)", str(e))
-        f = re.search(r"([0-9.]+ MiB) of it are the kept frames", str(e))
+        fr = re.search(r"([0-9.]+ MiB) of it are the kept frames", str(e))
         return None, (f"infeasible: the smallest is {m.group(1)}" +
-                      (f" ({f.group(1)} of it the kept frames)" if f else "")
+                      (f" ({fr.group(1)} of it the kept frames)" if fr else "")
                       if m else str(e).splitlines()[0][:200])
     kept_names = {i.name for i in p.kept}
     # the codec's speed on this file's frames now, just before the run (the
