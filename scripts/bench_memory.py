@@ -296,16 +296,14 @@ def plan_for(path: Path, budget: int, args):
     """(SPEC, predictions) of ggzip.plan for a budget, or (None, why) when it fails
     (a budget below the smallest feasible one, a library without keep)."""
     from ggzip.errors import GGZipError
-    from ggzip.plan.plan import decode_speed, plan
+    from ggzip.plan.plan import BudgetTooSmall, decode_speed, plan
     try:
         p = plan(path, budget, threads=args.threads, ctx=args.ctx, n_prompt=N_PROMPT, n_gen=N_GEN,
                  rounds=args.rounds)
+    except BudgetTooSmall as e:
+        return None, f"infeasible: the smallest is {mib(e.smallest)} MiB ({mib(e.frames)} MiB of it the kept frames)"
     except GGZipError as e:
-        m = re.search(r"below the smallest feasible size, ([0-9.]+ MiB)", str(e))
-        fr = re.search(r"([0-9.]+ MiB) of it are the kept frames", str(e))
-        return None, (f"infeasible: the smallest is {m.group(1)}" +
-                      (f" ({fr.group(1)} of it the kept frames)" if fr else "")
-                      if m else str(e).splitlines()[0][:200])
+        return None, str(e).splitlines()[0][:200]
     kept_names = {i.name for i in p.kept}
     # the codec's speed on this file's frames now, just before the run (the
     # calibration's may be older, taken on a busier machine)
@@ -331,15 +329,14 @@ def smallest_feasible(path: Path, args):
     a 1-byte budget is always below it, and the plan's error names it. Calibrates
     afresh (every plan of this invocation reuses that calibration)."""
     from ggzip.errors import GGZipError
-    from ggzip.plan.plan import calibrate, plan
+    from ggzip.plan.plan import BudgetTooSmall, calibrate, plan
     try:
         calibrate(path, args.threads, args.ctx, N_PROMPT, N_GEN, recalibrate=True, rounds=args.rounds)
         plan(path, 1, threads=args.threads, ctx=args.ctx, n_prompt=N_PROMPT, n_gen=N_GEN,
              rounds=args.rounds)
+    except BudgetTooSmall as e:
+        return -(-e.smallest // 2**20) * 2**20, ""
     except GGZipError as e:
-        m = re.search(r"smallest feasible size, .*?\((\d+) bytes\)", str(e))
-        if m:
-            return -(-int(m.group(1)) // 2**20) * 2**20, ""
         return None, str(e)
     return None, "the plan accepted a 1-byte budget"
 
@@ -554,7 +551,8 @@ def main(argv=None):
     ap.add_argument("--chunks", type=int, default=6, help="512-token chunks of the KL divergence")
     ap.add_argument("--timeout", type=float, default=900, help="seconds one measured run may take")
     ap.add_argument("--repeat", type=int, default=2,
-                    help="timed rounds of each measured run (pp: median prompt evaluation, tg: median token; default 2)")
+                    help="timed rounds of each measured run (pp: median prompt evaluation, tg: median token; "
+                         "default 2)")
     ap.add_argument("--rounds", type=int, default=2, help="calibration rounds of ggzip.plan (default 2)")
     ap.add_argument("--reuse-plain", action="store_true",
                     help="take the rows of plain files (a, b, c) measured by an earlier invocation with the "
@@ -595,8 +593,9 @@ def main(argv=None):
               f"{PROMPT_EVALS} times, then {N_GEN} greedy tokens; pp from the median prompt evaluation, "
               f"tg = 1 / median token time), {args.threads} threads, ctx {args.ctx}, mmap on (llama-cpp-python's "
               "default), inside a cgroup v1 memory group whose `memory.limit_in_bytes` is the budget (no "
-              "limit for (a), which runs three times, at the start, halfway and at the end of a model's runs, and shows "
-              "their median: every pp ratio divides by it); the model file is dropped from the page cache before each run. **Budgets** "
+              "limit for (a), which runs three times, at the start, halfway and at the end of a model's "
+              "runs, and shows their median: every pp ratio divides by it); the model file is dropped "
+              "from the page cache before each run. **Budgets** "
               "are shares of the plain Q8_0 file's size, and the smallest budget `ggzip.plan` finds feasible "
               "for each ggzip file (every eligible tensor kept). **cgroup peak**: `memory.max_usage_in_bytes` "
               "(page cache included); **peak RSS**: the process's VmHWM (interpreter and shared libraries "

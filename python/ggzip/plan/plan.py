@@ -340,6 +340,21 @@ def predict(cal: Calibration, kept: list) -> tuple:
     return peak, gen, prompt
 
 
+class BudgetTooSmall(GGZipError):
+    """A budget below the smallest feasible size (bytes: .smallest), of which the
+    kept frames are .frames: the rest (llama.cpp, its KV cache and buffers, the
+    process) does not shrink by keeping more, so the message says both."""
+
+    def __init__(self, cal: "Calibration", budget: int, smallest: int, frames: int):
+        self.smallest, self.frames = smallest, frames
+        super().__init__(
+            f"{cal.model}: {fmt_mib(budget)} is below the smallest feasible size, {fmt_mib(smallest)} "
+            f"({smallest} bytes) with every tensor that saves memory kept compressed (threads {cal.threads}, "
+            f"ctx {cal.ctx}): {fmt_mib(frames)} of it are the kept frames, {fmt_mib(smallest - frames)} the "
+            f"rest (tensors decoded at load, llama.cpp with its KV cache and compute buffers, the process "
+            f"itself); give --memory {smallest // MiB + 1}M or more")
+
+
 def _expressible(group: list, names: list):
     """The SPEC that keeps exactly `group`, or None when none fits in 127 bytes."""
     try:
@@ -349,27 +364,19 @@ def _expressible(group: list, names: list):
 
 
 def choose(items: list, cal: Calibration, budget: int) -> tuple:
-    """(kept Items, SPEC) for a budget in bytes (see the module doc); GGZipError
+    """(kept Items, SPEC) for a budget in bytes (see the module doc); BudgetTooSmall
     naming the smallest feasible size when even keeping everything does not fit."""
     names = [i.name for i in items]
     # a tensor whose frame saves less than a kept tensor's overhead never helps
     pool = [i for i in items if i.saving > cal.keep_overhead]
     # the smallest is that of a set a SPEC can name: the pool, or else everything
     # ("all"; the pool's globs may not fit in 127 bytes when it leaves out tensors
-    # scattered over the layers)
-    floor = min(((predict(cal, g)[0], g, spec) for g in (pool, items)
-                 if (spec := _expressible(g, names)) is not None), key=lambda c: c[0])
-    smallest, floor_group, floor_spec = floor
+    # scattered over the layers; the others only add to the peak)
+    floor_spec = _expressible(pool, names)
+    floor_group, floor_spec = (pool, floor_spec) if floor_spec is not None else (items, "all")
+    smallest = predict(cal, floor_group)[0]
     if budget < smallest:
-        # what the user cannot shrink by keeping more: said, so that a budget below
-        # the frames alone reads as such
-        frames = sum(i.frame for i in floor_group)
-        raise GGZipError(f"{cal.model}: {fmt_mib(budget)} is below the smallest feasible size, "
-                         f"{fmt_mib(smallest)} ({smallest} bytes) with every tensor that saves memory kept compressed "
-                         f"(threads {cal.threads}, ctx {cal.ctx}): {fmt_mib(frames)} of it are the kept "
-                         f"frames, {fmt_mib(smallest - frames)} the rest (tensors decoded at load, "
-                         f"llama.cpp with its KV cache and compute buffers, the process itself); "
-                         f"give --memory {smallest // MiB + 1}M or more")
+        raise BudgetTooSmall(cal, budget, smallest, sum(i.frame for i in floor_group))
     need = cal.runs["none"].peak_rss - budget
     if need <= 0:
         return [], "none"
