@@ -63,6 +63,7 @@ class Keys:
     CONVERT_RATE = "ggzip.convert.rate"        # str "target-bpw=B [(split)]" or "step=S"
     CONVERT_STATS = "ggzip.convert.stats"      # str "imatrix:<file>", "weight-proxy ...", ...
     CONVERT_SOURCE = "ggzip.convert.source"    # str "float" or "dequantized from <types>"
+    CONVERT_ROWS = "ggzip.convert.rows"        # str: where the row weights came from (--fisher)
     # folds of 1/s that are exact for the logits only (quantize/fold.py): true when done
     FOLD_OUTPUT_NORM = "ggzip.fold.output_norm"  # bool: final hidden state is h / s
     FOLD_ATTN_V = "ggzip.fold.attn_v"            # bool: V (and its cache) holds V / s

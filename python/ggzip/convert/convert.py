@@ -128,6 +128,7 @@ class ConvertReport:
     plain: bool = False           # written as a plain GGUF (nothing coded)
     sparsity: float = 0.0         # P of the FFN activation-sparsity thresholds (0: none)
     attn_sparsity: float = 0.0    # P of the attn_q / attn_output thresholds (0: none)
+    rows_source: str = ""         # where the row weights came from (--fisher), "" for none
 
     def totals(self) -> dict:
         q = [t for t in self.tensors if t.stats is not None]
@@ -161,7 +162,9 @@ class ConvertReport:
                 f"  rate {t['bpw']:.3f} bits/weight (order-0 entropy of symbols + scales), "
                 f"{t['zero_fraction'] * 100:.1f}% zeros\n"
                 f"  SNR {t['snr_db']:.2f} dB, activation-weighted {t['wsnr_db']:.2f} dB "
-                f"(stats: {self.stats_source}, alpha {self.alpha:g})\n"
+                f"(stats: {self.stats_source}, alpha {self.alpha:g})\n" +
+                (f"  row steps by output sensitivity: {self.rows_source}\n"
+                 if self.rows_source else "") +
                 f"  {src}\n" + self._sparsity_line() +
                 f"  {self.float_bytes / 1e6:.0f} MB of float in {self.seconds:.1f} s = "
                 f"{t['mb_per_s']:.0f} MB/s\n"
@@ -309,17 +312,20 @@ class _Calibration:
     probe: object = None          # quantize.sparsity.SparsityProbe: the thresholds
     cov: dict | None = None       # {weight: E[x x^T] of its input}, for error feedback
     tokens: int = 0               # calibration tokens behind cov
+    rows: dict | None = None      # {weight: g_i per output row} (quantize/fisher.py)
+    rows_source: str = ""
     factors: dict = field(default_factory=dict)   # feedback factors, by shared input
 
 
 def _stats_from_text(src: GGUFModel, text: Path, progress: bool, threads: int | None = None,
                      sparsity: tuple[float, float] = (0.0, 0.0), want_stats: bool = True,
-                     want_cov: bool = False) -> _Calibration:
+                     want_cov: bool = False, want_rows: bool = False) -> _Calibration:
     """Calibration from a text.  Statistics (want_stats): llama-imatrix when it
     is built (llama.cpp's own graph and tokenizer), else ggzip's numpy forward
     pass.  Sparsity thresholds (sparsity = (ffn P, attn P), either > 0) and the
     input covariances of error feedback (want_cov): always the numpy pass,
-    which then also gives the statistics if llama-imatrix does not."""
+    which then also gives the statistics if llama-imatrix does not.  Row
+    weights (want_rows): the numpy backward pass of quantize/fisher.py."""
     try:
         body = text.read_text(encoding="utf-8", errors="replace")
     except OSError as e:
@@ -329,7 +335,7 @@ def _stats_from_text(src: GGUFModel, text: Path, progress: bool, threads: int | 
         with tempfile.TemporaryDirectory(prefix="ggzip-imatrix-") as d:
             im = imatrix_from_text(src.path, text, Path(d) / "imatrix.gguf", threads)
             cal.stats, cal.source = load_imatrix(im), f"llama-imatrix on {text.name}"
-        if not any(sparsity) and not want_cov:
+        if not any(sparsity) and not want_cov and not want_rows:
             return cal
     from ..quantize.calibrate import tokenize
     from ..quantize.sparsity import calibrate
@@ -342,10 +348,19 @@ def _stats_from_text(src: GGUFModel, text: Path, progress: bool, threads: int | 
         bar.total = total
         bar.n = done
         bar.refresh()
+    cal.tokens = len(ids)
+    if want_rows:
+        from ..quantize.fisher import PROBES, row_fisher
+        bar.set_description("output sensitivity (forward + backward)")
+        cal.rows = row_fisher(src, ids, progress=step)
+        cal.rows_source = f"output Fisher on {text.name} ({len(ids)} tokens, {PROBES} probes)"
+        if not (want_stats and cal.stats is None) and not any(sparsity) and not want_cov:
+            bar.close()
+            return cal
+        bar.set_description("sparsity calibration" if any(sparsity) else "calibrate")
     cal.cov = {} if want_cov else None
     numpy_stats, probe = calibrate(src, ids, *sparsity, progress=step, cov=cal.cov)
     cal.probe = probe if any(sparsity) else None
-    cal.tokens = len(ids)
     bar.close()
     if want_stats and cal.stats is None:
         cal.stats = numpy_stats
@@ -398,7 +413,7 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
             embd_share: float | None = None, no_fold=(), chunk_size: int = 0,
             sparsity: float = 0.0, attn_sparsity: float = 0.0,
             feedback: bool = False, rdo: float = 0.0, trellis: bool | None = None,
-            random_tokens: int = RANDOM_TOKENS) -> ConvertReport:
+            random_tokens: int = RANDOM_TOKENS, fisher: bool = False) -> ConvertReport:
     """Convert IN to a ggzip GGUF at OUT (Q8_0 tensors rANS-coded), or with
     plain=True to an ordinary Q8_0 GGUF; see the module docstring.  alpha None:
     ALPHA_IMATRIX with an imatrix, ALPHA_PROXY without.  keep_float: write the
@@ -417,6 +432,10 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
     of attn_q and attn_output (needs calib_text; see the module docstring).
     feedback: quantize with error feedback through the input covariances of
     ggzip's numpy forward pass over calib_text (quantize/feedback.py).
+    fisher: row steps by output sensitivity: each block matrix's rows weighted
+    by the squared output gradients of a numpy backward pass over calib_text
+    (quantize/fisher.py: the sampled Fisher of the next-token distribution, or
+    of the pooled embedding's direction for an encoder).
     rdo: rate-distortion optimised rounding with this weight on the rate (0:
     off, 1: the high-rate trade; feedback.quantize_feedback).
     random_tokens: without imatrix and calib_text, the statistics of this many
@@ -437,6 +456,7 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
         raise GGZipError(f"--random-tokens {random_tokens}: must be in [0, {1 << 20}]")
     _check_sparsity(sparsity, attn_sparsity, calib_text, keep_float)
     _check_feedback(feedback, calib_text, prune, keep_float)
+    _check_fisher(fisher, calib_text, keep_float)
     if not 0.0 <= rdo <= 10.0:
         raise GGZipError(f"--rdo {rdo}: must be in [0, 10]")
     if trellis and rdo:
@@ -451,12 +471,18 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
         trellis = target_bpw is not None and not (rdo or plain or keep_float)
     t0 = time.perf_counter()
     src = GGUFModel(inp)
+    if fisher:
+        from ..quantize.calibrate import CALIB_ARCHS
+        if src.arch not in CALIB_ARCHS:
+            raise GGZipError(f"{inp}: --fisher runs ggzip's numpy graph, which knows "
+                             f"{', '.join(sorted(CALIB_ARCHS))}, not {src.arch!r}")
     shapes = {n: src.shape(n) for n in src.tensors}
     transposed = _sparse_transposed(src, shapes, sparsity, attn_sparsity)
     rates = _choose_rates(src, target_bpw, step, dict(bpw_for or {}), embd_share)
     cal = _activation_stats(src, imatrix, calib_text, progress, threads,
                             (sparsity, attn_sparsity), want_cov=feedback,
-                            random_tokens=0 if keep_float else random_tokens)
+                            random_tokens=0 if keep_float else random_tokens,
+                            want_rows=fisher)
     stats, stats_source, probe = cal.stats, cal.source, cal.probe
     if alpha is None:
         alpha = ALPHA_IMATRIX if stats is not None else ALPHA_PROXY
@@ -465,6 +491,9 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
             ("; alpha 0, so no rescaling)" if alpha == 0 else ")")
     plan = plan_rescale(src.arch, shapes, src.kv, src.float32, stats, alpha, source=str(inp),
                         no_fold=no_fold)
+    if cal.rows:
+        from ..quantize.fisher import row_factors
+        plan.rows = {n: row_factors(g) for n, g in cal.rows.items()}
     thresholds = _threshold_tensors(src, shapes, probe, plan)
     kinds = _output_kinds(src, shapes, keep_float)
 
@@ -473,6 +502,7 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
     report = ConvertReport(inp=inp, out=out, arch=src.arch, stats_source=stats_source,
                            dequantized_from=dequantized, alpha=alpha, plain=plain,
                            sparsity=sparsity, attn_sparsity=attn_sparsity,
+                           rows_source=cal.rows_source,
                            float_bytes=sum(int(np.prod(shapes[n])) * 4 for n in kinds))
 
     import gguf
@@ -537,6 +567,16 @@ def _check_feedback(feedback: bool, calib_text, prune: float, keep_float: bool) 
                          "pruned weights")
     if keep_float:
         raise GGZipError("--feedback cannot go with --keep-float: nothing is quantized")
+
+
+def _check_fisher(fisher: bool, calib_text, keep_float: bool) -> None:
+    if not fisher:
+        return
+    if calib_text is None:
+        raise GGZipError("--fisher needs --calib-text FILE: the row weights are the output "
+                         "gradients of ggzip's numpy pass over that text")
+    if keep_float:
+        raise GGZipError("--fisher cannot go with --keep-float: nothing is quantized")
 
 
 def _feedback_factor(cal: _Calibration, plan, name: str) -> Factors | None:
@@ -670,25 +710,26 @@ def _choose_rates(src: GGUFModel, target_bpw: float | None, step: float | None,
 
 def _activation_stats(src: GGUFModel, imatrix, calib_text, progress: bool, threads: int | None,
                       sparsity: tuple[float, float] = (0.0, 0.0),
-                      want_cov: bool = False, random_tokens: int = 0) -> _Calibration:
+                      want_cov: bool = False, random_tokens: int = 0,
+                      want_rows: bool = False) -> _Calibration:
     """Statistics from an imatrix file or a calibration text, else from
     random_tokens tokens drawn from the vocabulary (0: none).  The thresholds
-    (sparsity > 0) and the covariances (want_cov) always come from the
-    calibration text."""
+    (sparsity > 0), the covariances (want_cov) and the row weights (want_rows)
+    always come from the calibration text."""
     if imatrix is not None:
         stats = load_imatrix(imatrix)
         if not any(n in src.tensors for n in stats):
             raise GGZipError(f"{imatrix}: no imatrix entry names a tensor of {src.path} "
                              "(imatrix of another model?)")
         cal = _Calibration()
-        if any(sparsity) or want_cov:
+        if any(sparsity) or want_cov or want_rows:
             cal = _stats_from_text(src, Path(calib_text), progress, threads, sparsity,
-                                   want_stats=False, want_cov=want_cov)
+                                   want_stats=False, want_cov=want_cov, want_rows=want_rows)
         cal.stats, cal.source = stats, f"imatrix:{Path(imatrix).name}"
         return cal
     if calib_text is not None:
         return _stats_from_text(src, Path(calib_text), progress, threads, sparsity,
-                                want_cov=want_cov)
+                                want_cov=want_cov, want_rows=want_rows)
     if random_tokens > 0:
         return _stats_from_random(src, random_tokens, progress, threads)
     return _Calibration()
@@ -747,6 +788,8 @@ def _write_metadata(w, src: GGUFModel, report: ConvertReport, *, keep_float: boo
     w.add_float32(Keys.CONVERT_PRUNE, float(prune))
     w.add_string(Keys.CONVERT_RATE, rate_note)
     w.add_string(Keys.CONVERT_STATS, report.stats_source)
+    if report.rows_source:
+        w.add_string(Keys.CONVERT_ROWS, report.rows_source)
     w.add_string(Keys.CONVERT_SOURCE, "float" if not report.dequantized_from else
                  "dequantized from " + "/".join(report.dequantized_from))
     for key, done in fold_flags.items():

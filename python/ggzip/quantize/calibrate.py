@@ -229,71 +229,191 @@ def _gemma3_swa_layers(kv: dict, L: int, arch: str = "gemma3") -> list[bool]:
     return [n == 0 or il % n < n - 1 for il in range(L)]
 
 
+class _Graph:
+    """llama.cpp's graph of a CALIB_ARCHS model, one layer at a time: its
+    hyperparameters, rope tables and masks, and layer(), the forward of one block
+    over one chunk (shared by the statistics pass here and the backward pass of
+    quantize/fisher.py)."""
+
+    def __init__(self, model):
+        arch = model.arch
+        if arch not in CALIB_ARCHS:
+            raise GGZipError(f"{model.path}: ggzip computes statistics itself only for "
+                             f"{', '.join(sorted(CALIB_ARCHS))}; for {arch!r} build llama-imatrix "
+                             "(scripts/build_llama.sh) or pass --imatrix")
+        self.model, self.arch, self.mode = model, arch, CALIB_ARCHS[arch]
+        kv = self.kv = model.kv
+        self.gemma = gemma = arch in GEMMA_ARCHS
+        self.causal = arch != "gemma-embedding"
+        hp = self.hp
+        self.L = L = int(hp("block_count"))
+        self.n_head = int(hp("attention.head_count"))
+        self.n_kv = int(hp("attention.head_count_kv", self.n_head))
+        self.eps = float(hp("attention.layer_norm_rms_epsilon"))
+        base = float(hp("rope.freq_base", 10000.0))
+        self.D = D = int(hp("embedding_length"))
+        hd = self.hd = int(kv.get(f"{arch}.attention.key_length", D // self.n_head))
+        n_rot = int(kv.get(f"{arch}.rope.dimension_count", hd))
+        if n_rot != hd:
+            raise GGZipError(f"{model.path}: partial rope ({n_rot} of {hd}) is not supported "
+                             "by ggzip's own calibration; use --imatrix")
+        # linear rope scaling divides positions by the factor (gemma3's sliding-window
+        # layers keep rope_freq_scale_train_swa = 1); other scalings (yarn) are left
+        # out, an approximation for statistics over short chunks
+        self.pos_scale = 1.0 / float(kv.get(f"{arch}.rope.scaling.factor", 1.0) or 1.0) \
+            if kv.get(f"{arch}.rope.scaling.type") == "linear" else 1.0
+        self.swa = _gemma3_swa_layers(kv, L, arch) if gemma else [False] * L
+        self.n_swa = int(kv.get(f"{arch}.attention.sliding_window", 0) or 0) if gemma else 0
+        # llama.cpp: 1/sqrt(head dim), but n_embd / n_head for Gemma-3-27B (62 layers)
+        self.q_scale = np.float32(1.0 / np.sqrt(D / self.n_head if gemma and L == 62 else hd))
+        self.inv_global = self._inv_freq(base)
+        self.inv_swa = self._inv_freq(float(kv.get(f"{arch}.rope.freq_base_swa", GEMMA3_SWA_BASE))) \
+            if gemma else None
+        self.act = _gelu_tanh if gemma else _silu
+        self.head_name = "output.weight" if "output.weight" in model.tensors else "token_embd.weight"
+
+    def hp(self, key, default=None):
+        v = self.kv.get(f"{self.arch}.{key}", default)
+        if v is None:
+            raise GGZipError(f"{self.model.path}: missing metadata {self.arch}.{key}")
+        return v
+
+    def _inv_freq(self, b):
+        inv = b ** (-np.arange(0, self.hd, 2, dtype=np.float64) / self.hd)
+        if "rope_freqs.weight" in self.model.tensors:
+            inv = inv / self.model.float32("rope_freqs.weight").astype(np.float64)
+        return inv
+
+    def embed(self, chunks) -> list[np.ndarray]:
+        """The residual stream entering layer 0, one array per chunk."""
+        embd = self.model.float32("token_embd.weight")
+        xs = [embd[c].astype(np.float32) for c in chunks]
+        del embd
+        if self.gemma:
+            xs = [x * np.float32(np.sqrt(self.D)) for x in xs]
+        return xs
+
+    def weights(self, il: int) -> dict[str, np.ndarray]:
+        p = f"blk.{il}."
+        return {n[len(p):]: self.model.float32(n) for n in self.model.tensors if n.startswith(p)}
+
+    def rms(self, v, g):
+        return (v / np.sqrt(np.mean(v * v, axis=-1, keepdims=True) + self.eps)) * g
+
+    def rope_tables(self, il: int, T: int):
+        """cos, sin (T, 1, hd/2) of layer il's rope."""
+        inv = self.inv_swa if self.swa[il] else self.inv_global
+        ang = np.arange(T)[:, None] * (self.pos_scale if not self.swa[il] else 1.0) * inv[None, :]
+        return np.cos(ang).astype(np.float32)[:, None, :], np.sin(ang).astype(np.float32)[:, None, :]
+
+    def mask(self, il: int, T: int) -> np.ndarray:
+        """(T, T) True where query t may not see key s."""
+        if self.causal:
+            mask = np.triu(np.ones((T, T), bool), 1)
+            if self.swa[il]:     # llama.cpp masks key p0 for query p1 when p1 - p0 >= n_swa
+                mask |= np.tril(np.ones((T, T), bool), -self.n_swa)
+        else:           # symmetric window: masked when |p1 - p0| > n_swa / 2
+            mask = np.zeros((T, T), bool)
+            if self.swa[il]:
+                half = self.n_swa // 2
+                ones = np.ones((T, T), bool)
+                mask = np.triu(ones, half + 1) | np.tril(ones, -half - 1)
+        return mask
+
+    def layer(self, il, W, x, acc=None, see=None, cache=None):
+        """Block il (weights W, from weights()) on one chunk's residual stream x
+        (T, D); returns the stream after it.  acc(names, v): called with the input
+        v shared by the weights names; see(what, v): the probe's activations;
+        cache: None, or a dict that gets every intermediate the backward needs."""
+        p = f"blk.{il}."
+        T = x.shape[0]
+        gqa = self.n_head // self.n_kv
+        cos, sin = self.rope_tables(il, T)
+        rms, mode = self.rms, self.mode
+        acc = acc or (lambda names, v: None)
+        see = see or (lambda what, v: None)
+        h = rms(x, W["attn_norm.weight"])
+        acc([p + n + ".weight" for n in ("attn_q", "attn_k", "attn_v")], h)
+        see("attn_q", h)
+
+        def proj(n, heads):
+            y = h @ W[n + ".weight"].T
+            if n + ".bias" in W:
+                y = y + W[n + ".bias"]
+            y = y.reshape(T, heads, -1)
+            if cache is not None:
+                cache[n] = y
+            if n + "_norm.weight" in W:       # qwen3, gemma3: per-head RMSNorm of Q and K
+                y = rms(y, W[n + "_norm.weight"])
+            return y
+        q = _rope(proj("attn_q", self.n_head), cos, sin, mode)
+        k = _rope(proj("attn_k", self.n_kv), cos, sin, mode)
+        v = proj("attn_v", self.n_kv)
+        k = np.repeat(k, gqa, axis=1)
+        v = np.repeat(v, gqa, axis=1)
+        a = np.einsum("thd,shd->hts", q, k) * self.q_scale
+        a[:, self.mask(il, T)] = -np.inf
+        a = np.exp(a - a.max(axis=-1, keepdims=True))
+        a /= a.sum(axis=-1, keepdims=True)
+        o = np.einsum("hts,shd->thd", a, v).reshape(T, -1)
+        acc([p + "attn_output.weight"], o)
+        see("attn_output", o)
+        oy = o @ W["attn_output.weight"].T
+        o = rms(oy, W["post_attention_norm.weight"]) if self.gemma else oy
+        x1 = x + o
+        h2 = rms(x1, W["ffn_norm.weight"])
+        acc([p + "ffn_gate.weight", p + "ffn_up.weight"], h2)
+        gy = h2 @ W["ffn_gate.weight"].T
+        g = self.act(gy)
+        u = h2 @ W["ffn_up.weight"].T
+        see("ffn_act", g)
+        see("ffn_up", u)
+        m = g * u
+        acc([p + "ffn_down.weight"], m)
+        fy = m @ W["ffn_down.weight"].T
+        f = rms(fy, W["post_ffw_norm.weight"]) if self.gemma else fy
+        if cache is not None:
+            cache.update(x=x, h=h, q=q, k=k, v=v, a=a, oy=oy, x1=x1, h2=h2, gy=gy, g=g, u=u,
+                         fy=fy, cos=cos, sin=sin)
+        return x1 + f
+
+    @property
+    def softcap(self) -> float:
+        return float(self.kv.get(f"{self.arch}.final_logit_softcapping", 0.0) or 0.0) \
+            if self.gemma else 0.0
+
+    def head(self) -> np.ndarray:
+        if getattr(self, "_head", None) is None:
+            self._head = self.model.float32(self.head_name)
+        return self._head
+
+    def logits(self, h: np.ndarray) -> np.ndarray:
+        """Next-token logits of final normed hidden states h, softcapped when the
+        GGUF says so."""
+        out = h @ self.head().T
+        if self.softcap:
+            out = np.tanh(out / self.softcap) * self.softcap
+        return out
+
+    def chunks(self, ids, n_ctx: int) -> list[np.ndarray]:
+        ids = np.asarray(ids, np.int64)
+        chunks = [ids[i:i + n_ctx] for i in range(0, len(ids), n_ctx)]
+        chunks = [c for c in chunks if len(c) >= 8]
+        if not chunks:
+            raise GGZipError(f"{self.model.path}: calibration text too short ({len(ids)} tokens)")
+        return chunks
+
+
 def _run(model, ids, n_ctx, progress, want, probe=None, cov=None):
     """(E[x^2] of every weight's input, the output `want` names: "logits",
     "hidden" or None); see activation_stats."""
-    arch = model.arch
-    if arch not in CALIB_ARCHS:
-        raise GGZipError(f"{model.path}: ggzip computes statistics itself only for "
-                         f"{', '.join(sorted(CALIB_ARCHS))}; for {arch!r} build llama-imatrix "
-                         "(scripts/build_llama.sh) or pass --imatrix")
-    mode = CALIB_ARCHS[arch]
-    kv = model.kv
-    gemma = arch in GEMMA_ARCHS
-    causal = arch != "gemma-embedding"
-    if want == "logits" and not causal:
-        raise GGZipError(f"{model.path}: {arch} is an encoder: no next-token logits")
-
-    def hp(key, default=None):
-        v = kv.get(f"{arch}.{key}", default)
-        if v is None:
-            raise GGZipError(f"{model.path}: missing metadata {arch}.{key}")
-        return v
-
-    L = int(hp("block_count"))
-    n_head = int(hp("attention.head_count"))
-    n_kv = int(hp("attention.head_count_kv", n_head))
-    eps = float(hp("attention.layer_norm_rms_epsilon"))
-    base = float(hp("rope.freq_base", 10000.0))
-    D = int(hp("embedding_length"))
-    hd = int(kv.get(f"{arch}.attention.key_length", D // n_head))
-    n_rot = int(kv.get(f"{arch}.rope.dimension_count", hd))
-    if n_rot != hd:
-        raise GGZipError(f"{model.path}: partial rope ({n_rot} of {hd}) is not supported "
-                         "by ggzip's own calibration; use --imatrix")
-    # linear rope scaling divides positions by the factor (gemma3's sliding-window
-    # layers keep rope_freq_scale_train_swa = 1); other scalings (yarn) are left
-    # out, an approximation for statistics over short chunks
-    pos_scale = 1.0 / float(kv.get(f"{arch}.rope.scaling.factor", 1.0) or 1.0) \
-        if kv.get(f"{arch}.rope.scaling.type") == "linear" else 1.0
-    swa = _gemma3_swa_layers(kv, L, arch) if gemma else [False] * L
-    n_swa = int(kv.get(f"{arch}.attention.sliding_window", 0) or 0) if gemma else 0
-    # llama.cpp: 1/sqrt(head dim), but n_embd / n_head for Gemma-3-27B (62 layers)
-    q_scale = 1.0 / np.sqrt(D / n_head if gemma and L == 62 else hd)
-    ids = np.asarray(ids, np.int64)
-    chunks = [ids[i:i + n_ctx] for i in range(0, len(ids), n_ctx)]
-    chunks = [c for c in chunks if len(c) >= 8]
-    if not chunks:
-        raise GGZipError(f"{model.path}: calibration text too short ({len(ids)} tokens)")
-
-    def inv_freq(b):
-        inv = b ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
-        if "rope_freqs.weight" in model.tensors:
-            inv = inv / model.float32("rope_freqs.weight").astype(np.float64)
-        return inv
-    inv_global = inv_freq(base)
-    inv_swa = inv_freq(float(kv.get(f"{arch}.rope.freq_base_swa", GEMMA3_SWA_BASE))) if gemma else None
-    embd = model.float32("token_embd.weight")
-    xs = [embd[c].astype(np.float32) for c in chunks]
-    del embd
-    if gemma:
-        xs = [x * np.float32(np.sqrt(D)) for x in xs]
-    act = _gelu_tanh if gemma else _silu
+    G = _Graph(model)
+    if want == "logits" and not G.causal:
+        raise GGZipError(f"{model.path}: {G.arch} is an encoder: no next-token logits")
+    chunks = G.chunks(ids, n_ctx)
+    xs = G.embed(chunks)
     sums: dict[str, np.ndarray] = {}
     count = sum(len(c) for c in chunks)
-
-    def rms(v, g):
-        return (v / np.sqrt(np.mean(v * v, axis=-1, keepdims=True) + eps)) * g
 
     def acc(names, v):
         """E[x^2] (and with cov, E[x x^T]) of the input v shared by the weights names."""
@@ -308,90 +428,26 @@ def _run(model, ids, n_ctx, progress, want, probe=None, cov=None):
                 for name in names:
                     cov[name] = vv
 
-    def see(il, what, v):
-        if probe is not None:
-            probe.see(il, what, v)
-
-    for il in range(L):
-        p = f"blk.{il}."
-        W = {n[len(p):]: model.float32(n) for n in model.tensors if n.startswith(p)}
-        gqa = n_head // n_kv
-        inv = inv_swa if swa[il] else inv_global
+    for il in range(G.L):
+        W = G.weights(il)
+        see = None if probe is None else (lambda what, v, il=il: probe.see(il, what, v))
         for ci, x in enumerate(xs):
-            T = x.shape[0]
-            ang = np.arange(T)[:, None] * (pos_scale if not swa[il] else 1.0) * inv[None, :]
-            cos = np.cos(ang).astype(np.float32)[:, None, :]
-            sin = np.sin(ang).astype(np.float32)[:, None, :]
-            h = rms(x, W["attn_norm.weight"])
-            acc([p + n + ".weight" for n in ("attn_q", "attn_k", "attn_v")], h)
-            see(il, "attn_q", h)
-
-            def proj(n, heads):
-                y = h @ W[n + ".weight"].T
-                if n + ".bias" in W:
-                    y = y + W[n + ".bias"]
-                y = y.reshape(T, heads, -1)
-                if n + "_norm.weight" in W:       # qwen3, gemma3: per-head RMSNorm of Q and K
-                    y = rms(y, W[n + "_norm.weight"])
-                return y
-            q = _rope(proj("attn_q", n_head), cos, sin, mode)
-            k = _rope(proj("attn_k", n_kv), cos, sin, mode)
-            v = proj("attn_v", n_kv)
-            k = np.repeat(k, gqa, axis=1)
-            v = np.repeat(v, gqa, axis=1)
-            a = np.einsum("thd,shd->hts", q, k) * np.float32(q_scale)
-            if causal:
-                mask = np.triu(np.ones((T, T), bool), 1)
-                if swa[il]:     # llama.cpp masks key p0 for query p1 when p1 - p0 >= n_swa
-                    mask |= np.tril(np.ones((T, T), bool), -n_swa)
-            else:           # symmetric window: masked when |p1 - p0| > n_swa / 2
-                mask = np.zeros((T, T), bool)
-                if swa[il]:
-                    half = n_swa // 2
-                    ones = np.ones((T, T), bool)
-                    mask = np.triu(ones, half + 1) | np.tril(ones, -half - 1)
-            a[:, mask] = -np.inf
-            a = np.exp(a - a.max(axis=-1, keepdims=True))
-            a /= a.sum(axis=-1, keepdims=True)
-            o = np.einsum("hts,shd->thd", a, v).reshape(T, -1)
-            acc([p + "attn_output.weight"], o)
-            see(il, "attn_output", o)
-            o = o @ W["attn_output.weight"].T
-            if gemma:
-                o = rms(o, W["post_attention_norm.weight"])
-            x = x + o
-            h = rms(x, W["ffn_norm.weight"])
-            acc([p + "ffn_gate.weight", p + "ffn_up.weight"], h)
-            g = act(h @ W["ffn_gate.weight"].T)
-            u = h @ W["ffn_up.weight"].T
-            see(il, "ffn_act", g)
-            see(il, "ffn_up", u)
-            m = g * u
-            acc([p + "ffn_down.weight"], m)
-            f = m @ W["ffn_down.weight"].T
-            if gemma:
-                f = rms(f, W["post_ffw_norm.weight"])
-            xs[ci] = x + f
+            xs[ci] = G.layer(il, W, x, acc, see)
         if probe is not None:
             probe.layer_done(il)
         if progress is not None:
-            progress(il + 1, L)
+            progress(il + 1, G.L)
     out = None
-    head_name = "output.weight" if "output.weight" in model.tensors else "token_embd.weight"
-    if (cov is not None and causal) or want:
+    if (cov is not None and G.causal) or want:
         g = model.float32("output_norm.weight")
-        hs = [rms(x, g) for x in xs]        # the output head's input
-        if cov is not None and causal:      # an encoder has no head
+        hs = [G.rms(x, g) for x in xs]        # the output head's input
+        if cov is not None and G.causal:      # an encoder has no head
             for h in hs:
-                acc([head_name], h)
+                acc([G.head_name], h)
     if want == "hidden":
         out = np.concatenate(hs)
     elif want == "logits":
-        head = model.float32(head_name)
-        out = np.concatenate([h @ head.T for h in hs])
-        cap = float(kv.get(f"{arch}.final_logit_softcapping", 0.0) or 0.0) if gemma else 0.0
-        if cap:
-            out = np.tanh(out / cap) * cap
+        out = np.concatenate([G.logits(h) for h in hs])
     if cov is not None:
         for a in {id(a): a for a in cov.values()}.values():
             a /= count

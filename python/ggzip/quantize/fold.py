@@ -79,6 +79,7 @@ class RescalePlan:
     divide: dict[str, np.ndarray] = field(default_factory=dict)  # rows (2-D) or values (1-D) / s
     stat: dict[str, np.ndarray] = field(default_factory=dict)    # E[x^2] per input column, original coords
     notes: list[str] = field(default_factory=list)
+    rows: dict[str, np.ndarray] = field(default_factory=dict)    # relative row steps (fisher.row_factors)
     folded: dict[str, bool] = field(default_factory=dict)        # FOLD_KEYS name -> done
 
     def fold_flags(self, source_kv: dict | None = None) -> dict[str, bool]:
@@ -103,9 +104,14 @@ class RescalePlan:
     def row_factor(self, name: str) -> np.ndarray | None:
         """Relative step of each row: a row divided by s_i is worth s_i times
         more per unit of its own error, so it gets step / s_i (its symbols stay
-        those of the unscaled row)."""
+        those of the unscaled row); times the row's output-sensitivity factor
+        (rows, from --fisher) where there is one."""
         s = self.divide.get(name)
-        return None if s is None else (1.0 / s)
+        f = None if s is None else (1.0 / s)
+        r = self.rows.get(name)
+        if r is not None:
+            f = r if f is None else (f * r).astype(np.float32)
+        return f
 
     def rescaled_stat(self, name: str) -> np.ndarray | None:
         """E[x'^2] of the rescaled input x' = x / s of a 2-D weight."""
