@@ -138,9 +138,12 @@ VARIANTS = {
     # feedback too (lane after lane); this is plain rounding to the same grid's
     # step, frames without the flag (rdo rounds too, so "all" does)
     "rounding": {"trellis": False},
+    # row steps by output sensitivity (quantize/fisher.py), alone and with feedback
+    "fisher": {"fisher": True, "calib_text": CALIB_TEXT},
+    "feedback+fisher": {"feedback": True, "fisher": True, "calib_text": CALIB_TEXT},
 }
 # the variants EmbeddingGemma gets too (uniform rates, as its target asks)
-EMBED_VARIANTS = {"rounding", "feedback"}
+EMBED_VARIANTS = {"rounding", "feedback", "fisher", "feedback+fisher"}
 REF_TYPE = "IQ4_XS"  # issue 16: at REF_BYTES x its bytes, ggzip's KLD no worse than its
 REF_BYTES = 0.75
 SNR_CAP = 99.0       # a tensor coded without loss
@@ -1087,7 +1090,7 @@ def verdicts(res, embedding, bench) -> list[str]:
     if not embedding:
         return issue16_lines(res) + [v for c in causal_curves(res) if c != "gz"
                                      for v in target1_lines(res, False, c)]
-    extra = [f"uniform rates, {c.split('-')[0].replace('gz+', '--')}: " + v
+    extra = [f"uniform rates, {c[:-len('-imat')].replace('gz+', '--').replace('+', ' --')}: " + v
              for c in sorted({p["kind"] for p in res if p["kind"].startswith("gz+") and valid(p)})
              for v in verdict(res, embedding, c)]
     if not any(p["kind"] == "gzs-imat" for p in res):

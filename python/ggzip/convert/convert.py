@@ -350,9 +350,9 @@ def _stats_from_text(src: GGUFModel, text: Path, progress: bool, threads: int | 
         bar.refresh()
     cal.tokens = len(ids)
     if want_rows:
-        from ..quantize.fisher import PROBES, row_fisher
+        from ..quantize.fisher import PROBES
         bar.set_description("output sensitivity (forward + backward)")
-        cal.rows = row_fisher(src, ids, progress=step)
+        cal.rows = _row_fisher(src, ids, step)
         cal.rows_source = f"output Fisher on {text.name} ({len(ids)} tokens, {PROBES} probes)"
         if not (want_stats and cal.stats is None) and not any(sparsity) and not want_cov:
             bar.close()
@@ -366,6 +366,24 @@ def _stats_from_text(src: GGUFModel, text: Path, progress: bool, threads: int | 
         cal.stats = numpy_stats
         cal.source = f"ggzip numpy forward pass on {text.name} ({len(ids)} tokens)"
     return cal
+
+
+_ROWS_MEMO: dict = {}     # (file identity, token ids) -> row weights, for rate sweeps
+
+
+def _row_fisher(src: GGUFModel, ids, progress) -> dict:
+    """quantize.fisher.row_fisher of SRC on ids, remembered for the last input
+    and text: converting one model at several rates in one process (bench_rd)
+    runs the backward pass once."""
+    import hashlib
+    from ..quantize.fisher import row_fisher
+    st = src.path.stat()
+    key = (str(src.path.resolve()), st.st_size, st.st_mtime_ns,
+           hashlib.sha256(np.asarray(ids, np.int64).tobytes()).hexdigest())
+    if key not in _ROWS_MEMO:
+        _ROWS_MEMO.clear()
+        _ROWS_MEMO[key] = row_fisher(src, ids, progress=progress)
+    return _ROWS_MEMO[key]
 
 
 def _copy_kv(writer, inp: GGUFModel) -> None:
