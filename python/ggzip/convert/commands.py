@@ -159,8 +159,10 @@ def register(sub) -> None:
                         "each block matrix by its squared output gradients (the sampled Fisher "
                         "of the next-token distribution, or of an encoder's pooled embedding); "
                         "rows that matter more get finer steps at the same size. About 8%% lower "
-                        "KL divergence on SmolLM2, 16%% on Gemma-3-270M at 3.9 bpw; adds one "
-                        "forward and backward pass (about a minute for a 300M model)")
+                        "KL divergence on SmolLM2, 16%% on Gemma-3-270M at 3.9 bpw on text like "
+                        "the calibration text, but higher on another domain unless combined "
+                        "with --feedback; adds one forward and backward pass (about a minute "
+                        "for a 300M model)")
     p.add_argument("--rdo", type=float, default=0.0, metavar="K",
                    help="rate-distortion optimised rounding: each weight takes, of its two "
                         "neighbouring grid points, the one minimising error + K x its code "
