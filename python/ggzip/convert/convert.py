@@ -335,8 +335,10 @@ def _stats_from_text(src: GGUFModel, text: Path, progress: bool, threads: int | 
         with tempfile.TemporaryDirectory(prefix="ggzip-imatrix-") as d:
             im = imatrix_from_text(src.path, text, Path(d) / "imatrix.gguf", threads)
             cal.stats, cal.source = load_imatrix(im), f"llama-imatrix on {text.name}"
-        if not any(sparsity) and not want_cov and not want_rows:
-            return cal
+    # the numpy forward pass: for thresholds, covariances, or statistics llama-imatrix did not give
+    forward = any(sparsity) or want_cov or (want_stats and cal.stats is None)
+    if not forward and not want_rows:
+        return cal
     from ..quantize.calibrate import tokenize
     from ..quantize.sparsity import calibrate
     ids = tokenize(src, body)
@@ -354,7 +356,7 @@ def _stats_from_text(src: GGUFModel, text: Path, progress: bool, threads: int | 
         bar.set_description("output sensitivity (forward + backward)")
         cal.rows = _row_fisher(src, ids, step)
         cal.rows_source = f"output Fisher on {text.name} ({len(ids)} tokens, {PROBES} probes)"
-        if not (want_stats and cal.stats is None) and not any(sparsity) and not want_cov:
+        if not forward:
             bar.close()
             return cal
         bar.set_description("sparsity calibration" if any(sparsity) else "calibrate")

@@ -271,6 +271,7 @@ class _Graph:
             if gemma else None
         self.act = _gelu_tanh if gemma else _silu
         self.head_name = "output.weight" if "output.weight" in model.tensors else "token_embd.weight"
+        self._head = None
 
     def hp(self, key, default=None):
         v = self.kv.get(f"{self.arch}.{key}", default)
@@ -383,7 +384,7 @@ class _Graph:
             if self.gemma else 0.0
 
     def head(self) -> np.ndarray:
-        if getattr(self, "_head", None) is None:
+        if self._head is None:
             self._head = self.model.float32(self.head_name)
         return self._head
 

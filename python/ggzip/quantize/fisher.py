@@ -42,8 +42,9 @@ against 0.98481; a Fisher of whole sentences (each its own chunk, pooled
 whole): 0.98534; with --feedback, 16 probes instead of 4: 0.98593 against 0.98624,
 and the power 0.35: 0.98558; equal-slope rates across the block matrices from
 each one's g-weighted error (a rate split, predicted +1.46 dB): 0.98403, at half
-the spread 0.98597 (against 0.98548 with --fisher alone).  The diagonal Fisher itself is close to rank one, g_i times the
-column marginal (log residual std 0.12-0.44), so rows and columns separate.
+the spread 0.98597 (against 0.98548 with --fisher alone).  The diagonal Fisher
+itself is close to rank one, g_i times the column marginal (log residual std
+0.12-0.44), so rows and columns separate.
 """
 from __future__ import annotations
 
@@ -77,10 +78,11 @@ def _act_back(gemma: bool, x):
     return s * (1 + x * (1 - s))
 
 
-def _output_grad(G: _Graph, x, rng, probes: int, pool: int = 1):
+def _output_grad(G: _Graph, x, rng, probes: int, pool: int, g_out, dense):
     """(probes, T, D) gradient of the sampled loss with respect to the residual
-    stream x leaving the last layer."""
-    g_out = G.model.float32("output_norm.weight")
+    stream x leaving the last layer.  g_out: output_norm's weight; dense: an
+    encoder's projections after pooling (dense_2, dense_3), read once by the
+    caller."""
     hs = G.rms(x, g_out)
     T, D = hs.shape
     if G.causal:
@@ -116,8 +118,6 @@ def _output_grad(G: _Graph, x, rng, probes: int, pool: int = 1):
         z = np.zeros((nw, D), np.float32)
         np.add.at(z, w, hs)
         z /= cnt
-        dense = [G.model.float32(n) for n in ("dense_2.weight", "dense_3.weight")
-                 if n in G.model.tensors]
         for M in dense:
             z = z @ M.T
         n = np.linalg.norm(z, axis=1, keepdims=True)
@@ -201,7 +201,10 @@ def row_fisher(model, ids, n_ctx: int = 512, probes: int = PROBES, seed: int = 0
         xs = [G.layer(il, W, x) for x in xs]
         if progress is not None:
             progress(il + 1, 2 * G.L)
-    ds = [_output_grad(G, x, rng, probes, pool) for x in xs]
+    g_out = model.float32("output_norm.weight")
+    dense = [] if G.causal else [model.float32(n) for n in ("dense_2.weight", "dense_3.weight")
+                                 if n in model.tensors]
+    ds = [_output_grad(G, x, rng, probes, pool, g_out, dense) for x in xs]
     del xs
     fisher: dict[str, np.ndarray] = {}
 
