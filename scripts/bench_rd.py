@@ -126,8 +126,9 @@ CAUSAL_RATES = ["3.5", "3.9", "4.5", "5", "6"]
 EMBED_RATES = ["3.5", "3.9", "5", "6", "7"]
 # convert's levers, layered on the imatrix curve (extra keyword arguments of
 # ggzip.convert.convert()); skipped while convert() does not accept them
-# ("all" is the levers convert has; rate allocation by sensitivity was tried and
-# removed from convert, see git 761f6e4)
+# ("all" is feedback with rdo; an earlier rate allocation, white noise on the
+# outputs, was tried and removed, git 761f6e4: "allocate" is today's, which
+# quantizes each tensor kind alone and measures the output)
 VARIANTS = {
     "feedback": {"feedback": True, "calib_text": CALIB_TEXT},
     "rdo": {"rdo": 1.0},             # the weight on the rate: 1 = the high-rate trade
@@ -141,9 +142,14 @@ VARIANTS = {
     # row steps by output sensitivity (quantize/fisher.py), alone and with feedback
     "fisher": {"fisher": True, "calib_text": CALIB_TEXT},
     "feedback+fisher": {"feedback": True, "fisher": True, "calib_text": CALIB_TEXT},
+    # rates across tensor kinds by each one's measured output distortion (quantize/allocate.py)
+    "allocate": {"allocate": True, "calib_text": CALIB_TEXT},
+    "feedback+fisher+allocate": {"feedback": True, "fisher": True, "allocate": True,
+                                 "calib_text": CALIB_TEXT},
 }
 # the variants EmbeddingGemma gets too (uniform rates, as its target asks)
-EMBED_VARIANTS = {"rounding", "feedback", "fisher", "feedback+fisher"}
+EMBED_VARIANTS = {"rounding", "feedback", "fisher", "feedback+fisher", "allocate",
+                  "feedback+fisher+allocate"}
 REF_TYPE = "IQ4_XS"  # issue 16: at REF_BYTES x its bytes, ggzip's KLD no worse than its
 REF_BYTES = 0.75
 SNR_CAP = 99.0       # a tensor coded without loss
@@ -1090,7 +1096,9 @@ def verdicts(res, embedding, bench) -> list[str]:
     if not embedding:
         return issue16_lines(res) + [v for c in causal_curves(res) if c != "gz"
                                      for v in target1_lines(res, False, c)]
-    extra = [f"uniform rates, {c[:-len('-imat')].replace('gz+', '--').replace('+', ' --')}: " + v
+    # --allocate moves bits between tensor kinds; the token embedding keeps the mean rate
+    extra = [("--embd-share 1" if "allocate" in c else "uniform rates") +
+             f", {c[:-len('-imat')].replace('gz+', '--').replace('+', ' --')}: " + v
              for c in sorted({p["kind"] for p in res if p["kind"].startswith("gz+") and valid(p)})
              for v in verdict(res, embedding, c)]
     if not any(p["kind"] == "gzs-imat" for p in res):

@@ -129,6 +129,7 @@ class ConvertReport:
     sparsity: float = 0.0         # P of the FFN activation-sparsity thresholds (0: none)
     attn_sparsity: float = 0.0    # P of the attn_q / attn_output thresholds (0: none)
     rows_source: str = ""         # where the row weights came from (--fisher), "" for none
+    allocation: str = ""          # --allocate: bits each tensor group moved, "" for none
 
     def totals(self) -> dict:
         q = [t for t in self.tensors if t.stats is not None]
@@ -165,6 +166,8 @@ class ConvertReport:
                 f"(stats: {self.stats_source}, alpha {self.alpha:g})\n" +
                 (f"  row steps by output sensitivity: {self.rows_source}\n"
                  if self.rows_source else "") +
+                (f"  rates by output sensitivity (bits from the mean): {self.allocation}\n"
+                 if self.allocation else "") +
                 f"  {src}\n" + self._sparsity_line() +
                 f"  {self.float_bytes / 1e6:.0f} MB of float in {self.seconds:.1f} s = "
                 f"{t['mb_per_s']:.0f} MB/s\n"
@@ -433,7 +436,8 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
             embd_share: float | None = None, no_fold=(), chunk_size: int = 0,
             sparsity: float = 0.0, attn_sparsity: float = 0.0,
             feedback: bool = False, rdo: float = 0.0, trellis: bool | None = None,
-            random_tokens: int = RANDOM_TOKENS, fisher: bool = False) -> ConvertReport:
+            random_tokens: int = RANDOM_TOKENS, fisher: bool = False,
+            allocate: bool = False) -> ConvertReport:
     """Convert IN to a ggzip GGUF at OUT (Q8_0 tensors rANS-coded), or with
     plain=True to an ordinary Q8_0 GGUF; see the module docstring.  alpha None:
     ALPHA_IMATRIX with an imatrix, ALPHA_PROXY without.  keep_float: write the
@@ -456,6 +460,11 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
     by the squared output gradients of a numpy backward pass over calib_text
     (quantize/fisher.py: the sampled Fisher of the next-token distribution, or
     of the pooled embedding's direction for an encoder).
+    allocate: with target_bpw, each group of tensors (one kind across the
+    layers, or a tensor outside them) at its own rate by the output distortion
+    it causes alone, measured by ggzip's numpy forward pass on calib_text (or
+    on random_tokens random tokens), the same bytes in all (quantize/allocate.py);
+    the token embedding and tensors a bpw_for pattern names keep their rates.
     rdo: rate-distortion optimised rounding with this weight on the rate (0:
     off, 1: the high-rate trade; feedback.quantize_feedback).
     random_tokens: without imatrix and calib_text, the statistics of this many
@@ -477,6 +486,7 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
     _check_sparsity(sparsity, attn_sparsity, calib_text, keep_float)
     _check_feedback(feedback, calib_text, prune, keep_float)
     _check_fisher(fisher, calib_text, keep_float)
+    _check_allocate(allocate, target_bpw, keep_float)
     if not 0.0 <= rdo <= 10.0:
         raise GGZipError(f"--rdo {rdo}: must be in [0, 10]")
     if trellis and rdo:
@@ -491,10 +501,10 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
         trellis = target_bpw is not None and not (rdo or plain or keep_float)
     t0 = time.perf_counter()
     src = GGUFModel(inp)
-    if fisher:
+    for flag, on in (("--fisher", fisher), ("--allocate", allocate)):
         from ..quantize.calibrate import CALIB_ARCHS
-        if src.arch not in CALIB_ARCHS:
-            raise GGZipError(f"{inp}: --fisher runs ggzip's numpy graph, which knows "
+        if on and src.arch not in CALIB_ARCHS:
+            raise GGZipError(f"{inp}: {flag} runs ggzip's numpy graph, which knows "
                              f"{', '.join(sorted(CALIB_ARCHS))}, not {src.arch!r}")
     shapes = {n: src.shape(n) for n in src.tensors}
     transposed = _sparse_transposed(src, shapes, sparsity, attn_sparsity)
@@ -516,13 +526,16 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
         plan.rows = {n: row_factors(g) for n, g in cal.rows.items()}
     thresholds = _threshold_tensors(src, shapes, probe, plan)
     kinds = _output_kinds(src, shapes, keep_float)
+    if allocate:
+        rates = _allocate_rates(src, kinds, transposed, plan, rates, calib_text, random_tokens,
+                                theta, progress)
 
     dequantized = sorted({src.type_name(n) for n, k in kinds.items()
                           if k != "copy" and src.type_name(n) not in FLOAT_TYPES})
     report = ConvertReport(inp=inp, out=out, arch=src.arch, stats_source=stats_source,
                            dequantized_from=dequantized, alpha=alpha, plain=plain,
                            sparsity=sparsity, attn_sparsity=attn_sparsity,
-                           rows_source=cal.rows_source,
+                           rows_source=cal.rows_source, allocation=rates.allocation,
                            float_bytes=sum(int(np.prod(shapes[n])) * 4 for n in kinds))
 
     import gguf
@@ -597,6 +610,78 @@ def _check_fisher(fisher: bool, calib_text, keep_float: bool) -> None:
                          "gradients of ggzip's numpy pass over that text")
     if keep_float:
         raise GGZipError("--fisher cannot go with --keep-float: nothing is quantized")
+
+
+def _check_allocate(allocate: bool, target_bpw, keep_float: bool) -> None:
+    if allocate and target_bpw is None:
+        raise GGZipError("--allocate needs --target-bpw: it moves bits between tensors "
+                         "at the same total")
+    if allocate and keep_float:
+        raise GGZipError("--allocate cannot go with --keep-float: nothing is quantized")
+
+
+def _allocate_rates(src: GGUFModel, kinds: dict, transposed, plan, rates: _Rates, calib_text,
+                    random_tokens: int, theta: float, progress: bool) -> _Rates:
+    """rates with the tensors at target_bpw (not the token embedding, not those
+    a bpw_for pattern names, not the transposed sparse ones) regrouped by
+    quantize.allocate: each group quantized alone (plain rounding, no feedback)
+    and its output distortion measured on the calibration text's tokens, or on
+    random tokens without one."""
+    import gguf
+    from tqdm import tqdm
+    from ..quantize import allocate as A
+    from ..quantize.calibrate import ENCODER_ARCHS, random_text, tokenize
+    pool = [n for n, k in kinds.items()
+            if k == "Q8_0" and n != EMBD_NAME and n not in transposed
+            and not any(_name_matches(n, pat) for pat in rates.bpw_for)]
+    groups: dict[str, list[str]] = {}
+    for n in pool:
+        groups.setdefault(A.group_of(n), []).append(n)
+    if len(groups) < 2:
+        return rates
+    if calib_text is not None:
+        try:
+            body = Path(calib_text).read_text(encoding="utf-8", errors="replace")
+        except OSError as e:
+            raise GGZipError(f"{calib_text}: cannot read calibration text: {e.strerror}") from None
+        where = Path(calib_text).name
+    elif src.arch in ENCODER_ARCHS:
+        # measured: EmbeddingGemma's dense_2 / dense_3 look harmless on a soup of
+        # random tokens (-0.3 bits) and are its most sensitive tensors on text
+        raise GGZipError(f"{src.path}: --allocate on an encoder ({src.arch}) needs --calib-text: "
+                         "pooled random tokens do not show which tensors its sentence vectors "
+                         "depend on")
+    elif src.kv.get("tokenizer.ggml.tokens"):
+        body, where = random_text(src.kv, random_tokens or RANDOM_TOKENS), "random tokens"
+    else:
+        raise GGZipError(f"{src.path}: --allocate needs --calib-text (the model has no "
+                         "vocabulary to draw random tokens from)")
+    ids = tokenize(src, body)
+
+    def perturbed(name):
+        a = plan.apply(name, src.float32(name))
+        blocks, _ = quantize_tensor(name, a, row_factor=plan.row_factor(name),
+                                    col_stat=plan.rescaled_stat(name),
+                                    target_bpw=rates.of(name)[0], step=None, theta=theta,
+                                    source=str(src.path))
+        q = gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType.Q8_0).reshape(a.shape)
+        return plan.unapply(name, q)
+    bar = tqdm(total=1, desc="rate allocation (output sensitivity)", file=sys.stderr,
+               leave=False, disable=None if progress else True)
+
+    def step(done, total):
+        bar.total, bar.n = total, done
+        bar.refresh()
+    d = A.output_distortion(src, ids, groups, perturbed, progress=step)
+    bar.close()
+    n = {g: sum(int(np.prod(src.shape(x))) for x in names) for g, names in groups.items()}
+    r0 = {g: rates.of(names[0])[0] for g, names in groups.items()}
+    r = A.allocate(n, d, r0)
+    per = {x: r[g] for g, names in groups.items() for x in names}
+    moved = ", ".join(f"{g.removesuffix('.weight')} {r[g] - r0[g]:+.2f}" for g in sorted(r, key=r.get))
+    return _Rates(rates.target_bpw, rates.step, {**rates.bpw_for, **per},
+                  f"{rates.note}; allocated by output sensitivity on {where} "
+                  f"({len(ids)} tokens): {moved}", allocation=moved)
 
 
 def _feedback_factor(cal: _Calibration, plan, name: str) -> Factors | None:
@@ -691,6 +776,7 @@ class _Rates:
     step: float | None
     bpw_for: dict[str, float]
     note: str                     # what Keys.CONVERT_RATE records
+    allocation: str = ""          # --allocate: each group's bits from the mean, for the summary
 
     def of(self, name: str) -> tuple[float | None, float | None]:
         """(target bits per weight, step) of one tensor: exactly one is None."""

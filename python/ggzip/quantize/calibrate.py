@@ -41,6 +41,7 @@ from ..errors import GGZipError
 CALIB_ARCHS = {"llama": "norm", "qwen2": "neox", "qwen3": "neox",   # arch -> rope mode
                "gemma3": "neox", "gemma-embedding": "neox"}
 GEMMA_ARCHS = ("gemma3", "gemma-embedding")
+ENCODER_ARCHS = ("gemma-embedding",)     # no next-token head: a pooled sentence vector
 GEMMA3_SWA_PATTERN = 6      # llama.cpp's default: layers il % 6 < 5 use the sliding window
 GEMMA3_SWA_BASE = 10000.0   # llama.cpp's default rope.freq_base_swa
 
@@ -244,7 +245,7 @@ class _Graph:
         self.model, self.arch, self.mode = model, arch, CALIB_ARCHS[arch]
         kv = self.kv = model.kv
         self.gemma = gemma = arch in GEMMA_ARCHS
-        self.causal = arch != "gemma-embedding"
+        self.causal = arch not in ENCODER_ARCHS
         hp = self.hp
         self.L = L = int(hp("block_count"))
         self.n_head = int(hp("attention.head_count"))
@@ -352,11 +353,12 @@ class _Graph:
         v = proj("attn_v", self.n_kv)
         k = np.repeat(k, gqa, axis=1)
         v = np.repeat(v, gqa, axis=1)
-        a = np.einsum("thd,shd->hts", q, k) * self.q_scale
+        # batched matmuls (BLAS), not einsum: the attention is most of a layer's time
+        a = np.matmul(q.transpose(1, 0, 2), k.transpose(1, 2, 0)) * self.q_scale
         a[:, self.mask(il, T)] = -np.inf
         a = np.exp(a - a.max(axis=-1, keepdims=True))
         a /= a.sum(axis=-1, keepdims=True)
-        o = np.einsum("hts,shd->thd", a, v).reshape(T, -1)
+        o = np.matmul(a, v.transpose(1, 0, 2)).transpose(1, 0, 2).reshape(T, -1)
         acc([p + "attn_output.weight"], o)
         see("attn_output", o)
         oy = o @ W["attn_output.weight"].T

@@ -101,6 +101,14 @@ class RescalePlan:
             w = w / s
         return w
 
+    def unapply(self, name: str, w: np.ndarray) -> np.ndarray:
+        """The inverse of apply for a whole 2-D tensor: back to the model's coordinates."""
+        if name in self.divide:
+            w = w * self.divide[name].astype(np.float32)[:, None]
+        if name in self.cols:
+            w = w / self.cols[name][None, :].astype(np.float32)
+        return w
+
     def row_factor(self, name: str) -> np.ndarray | None:
         """Relative step of each row: a row divided by s_i is worth s_i times
         more per unit of its own error, so it gets step / s_i (its symbols stay
