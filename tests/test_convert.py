@@ -696,6 +696,50 @@ def test_fisher_row_steps_lower_output_error(smol, smol_path, calib, tmp_path):
     assert kls["fisher"] < 0.95 * kls["plain"], kls
 
 
+def test_allocate_moves_bits_to_sensitive_kinds_at_the_same_size(smol, smol_path, calib, tmp_path):
+    """convert --allocate: each kind of block matrix quantized alone, its effect on
+    the next-token distribution measured over tests/data/declaration.txt, and
+    equal-slope rates.  The file keeps its 4 bits/weight, attn_v (whose errors
+    reach the output most) gets more bits than attn_q, the file and the summary
+    say what moved, and held-out text (EVAL) is predicted closer to the float
+    model (measured: KL 0.105 -> 0.098)."""
+    from pathlib import Path
+    from ggzip.constants import Keys
+    m, w = smol
+    _, _, imat = calib
+    ids = token_ids(m, EVAL)
+    ref = llama_forward(m.kv, w, ids)
+    text = Path(__file__).parent / "data" / "declaration.txt"
+    kls = {}
+    for name, kw in (("plain", {}), ("allocate", dict(allocate=True, calib_text=text))):
+        out = tmp_path / f"{name}.gguf"
+        rep = convert(smol_path, out, target_bpw=4.0, imatrix=imat, progress=False, **kw)
+        assert abs(rep.totals()["bpw"] - 4.0) < 0.03
+        kls[name] = _kl(ref, llama_forward(m.kv, _load_q8(out), ids))
+    kind_bpw = {}
+    for t in rep.tensors:
+        if t.stats is not None and t.name.startswith("blk."):
+            kind_bpw.setdefault(t.name.split(".")[2], []).append(t.stats.bpw)
+    assert np.mean(kind_bpw["attn_v"]) > np.mean(kind_bpw["attn_q"]) + 0.5, kind_bpw
+    assert "allocated by output sensitivity on declaration.txt" in GGUFModel(out).kv[Keys.CONVERT_RATE]
+    assert "rates by output sensitivity" in rep.summary() and "attn_v +" in rep.allocation
+    assert kls["allocate"] < 0.97 * kls["plain"], kls
+
+
+def test_allocate_needs_a_rate_and_an_encoder_needs_text(smol_path, tmp_path):
+    from tinymodels import write_tiny
+    with pytest.raises(GGZipError, match="--allocate needs --target-bpw"):
+        convert(smol_path, tmp_path / "x.gguf", allocate=True, progress=False)
+    with pytest.raises(GGZipError, match="--allocate cannot go with --keep-float"):
+        convert(smol_path, tmp_path / "x.gguf", target_bpw=4.0, allocate=True, keep_float=True,
+                progress=False)
+    enc = tmp_path / "enc.gguf"
+    write_tiny("gemma-embedding", enc)
+    with pytest.raises(GGZipError, match="on an encoder .* needs --calib-text"):
+        convert(enc, tmp_path / "x.gguf", target_bpw=4.0, allocate=True, progress=False)
+    assert not (tmp_path / "x.gguf").exists()
+
+
 def _row_steps(path, name) -> np.ndarray:
     """The f16 step of each row's first block of a Q8_0 tensor of a ggzip file."""
     from ggzip.container import decompress_file

@@ -501,11 +501,17 @@ def _convert(inp: str | Path, out: str | Path, *, alpha: float | None = None, pr
         trellis = target_bpw is not None and not (rdo or plain or keep_float)
     t0 = time.perf_counter()
     src = GGUFModel(inp)
+    from ..quantize.calibrate import CALIB_ARCHS, ENCODER_ARCHS
     for flag, on in (("--fisher", fisher), ("--allocate", allocate)):
-        from ..quantize.calibrate import CALIB_ARCHS
         if on and src.arch not in CALIB_ARCHS:
             raise GGZipError(f"{inp}: {flag} runs ggzip's numpy graph, which knows "
                              f"{', '.join(sorted(CALIB_ARCHS))}, not {src.arch!r}")
+    if allocate and calib_text is None and src.arch in ENCODER_ARCHS:
+        # measured: EmbeddingGemma's dense_2 / dense_3 look harmless on a soup of
+        # random tokens (-0.3 bits) and are its most sensitive tensors on text
+        raise GGZipError(f"{inp}: --allocate on an encoder ({src.arch}) needs --calib-text: "
+                         "pooled random tokens do not show which tensors its sentence vectors "
+                         "depend on")
     shapes = {n: src.shape(n) for n in src.tensors}
     transposed = _sparse_transposed(src, shapes, sparsity, attn_sparsity)
     rates = _choose_rates(src, target_bpw, step, dict(bpw_for or {}), embd_share)
@@ -630,7 +636,7 @@ def _allocate_rates(src: GGUFModel, kinds: dict, transposed, plan, rates: _Rates
     import gguf
     from tqdm import tqdm
     from ..quantize import allocate as A
-    from ..quantize.calibrate import ENCODER_ARCHS, random_text, tokenize
+    from ..quantize.calibrate import random_text, tokenize
     pool = [n for n, k in kinds.items()
             if k == "Q8_0" and n != EMBD_NAME and n not in transposed
             and not any(_name_matches(n, pat) for pat in rates.bpw_for)]
@@ -645,12 +651,6 @@ def _allocate_rates(src: GGUFModel, kinds: dict, transposed, plan, rates: _Rates
         except OSError as e:
             raise GGZipError(f"{calib_text}: cannot read calibration text: {e.strerror}") from None
         where = Path(calib_text).name
-    elif src.arch in ENCODER_ARCHS:
-        # measured: EmbeddingGemma's dense_2 / dense_3 look harmless on a soup of
-        # random tokens (-0.3 bits) and are its most sensitive tensors on text
-        raise GGZipError(f"{src.path}: --allocate on an encoder ({src.arch}) needs --calib-text: "
-                         "pooled random tokens do not show which tensors its sentence vectors "
-                         "depend on")
     elif src.kv.get("tokenizer.ggml.tokens"):
         body, where = random_text(src.kv, random_tokens or RANDOM_TOKENS), "random tokens"
     else:
