@@ -100,5 +100,5 @@ def test_output_distortion_measures_each_group(arch, tmp_path):
     for g in groups:
         assert d1[g] > 1e-8, (g, d1)
         assert 3.0 < d2[g] / d1[g] < 5.0, (g, d1[g], d2[g])
-    with pytest.raises(ValueError, match="token embedding"):
+    with pytest.raises(ValueError, match="token_embd.weight"):
         A.output_distortion(m, ids, {"token_embd.weight": ["token_embd.weight"]}, m.float32)

@@ -638,12 +638,14 @@ def _allocate_rates(src: GGUFModel, kinds: dict, transposed, plan, rates: _Rates
     from ..quantize import allocate as A
     from ..quantize.calibrate import random_text, tokenize
     pool = [n for n, k in kinds.items()
-            if k == "Q8_0" and n != EMBD_NAME and n not in transposed
+            if k == "Q8_0" and A.measurable(n) and n not in transposed
             and not any(_name_matches(n, pat) for pat in rates.bpw_for)]
     groups: dict[str, list[str]] = {}
     for n in pool:
         groups.setdefault(A.group_of(n), []).append(n)
     if len(groups) < 2:
+        print(f"ggzip convert: --allocate: {len(groups)} group of tensors left at the target "
+              "rate (the others have rates of their own): nothing to allocate", file=sys.stderr)
         return rates
     if calib_text is not None:
         try:

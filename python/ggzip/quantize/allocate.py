@@ -35,6 +35,14 @@ CLAMP = 2.0              # bits a group may move from its rate either way
 RATE_MIN, RATE_MAX = 1.5, 7.0
 
 
+AFTER_BLOCKS = ("output.weight", "dense_2.weight", "dense_3.weight")   # measurable heads
+
+
+def measurable(name: str) -> bool:
+    """Tensors output_distortion can perturb: block weights and the heads after the blocks."""
+    return name.startswith("blk.") or name in AFTER_BLOCKS
+
+
 def group_of(name: str) -> str:
     """blk.N.KIND.weight -> KIND.weight; other tensors are a group each."""
     m = re.match(r"blk\.\d+\.(.+)$", name)
@@ -52,8 +60,9 @@ def output_distortion(model, ids, groups: dict[str, list[str]], perturbed, n_ctx
     G = _Graph(model)
     chunks = G.chunks(ids, n_ctx)
     member = {n: g for g, names in groups.items() for n in names}
-    if "token_embd.weight" in member:
-        raise ValueError("the token embedding is not a group output_distortion measures")
+    if not all(measurable(n) for n in member):
+        raise ValueError("output_distortion measures block weights and the heads after them, "
+                         f"not {sorted(n for n in member if not measurable(n))}")
     block = [g for g, names in groups.items() if any(n.startswith("blk.") for n in names)]
     ref = G.embed(chunks)
     streams = {g: [x.copy() for x in ref] for g in block}
