@@ -660,8 +660,8 @@ def _allocate_rates(src: GGUFModel, kinds: dict, transposed, plan, rates: _Rates
                          "vocabulary to draw random tokens from)")
     ids = tokenize(src, body)
 
-    def perturbed(name):
-        a = plan.apply(name, src.float32(name))
+    def perturbed(name, w):
+        a = plan.apply(name, w)
         blocks, _ = quantize_tensor(name, a, row_factor=plan.row_factor(name),
                                     col_stat=plan.rescaled_stat(name),
                                     target_bpw=rates.of(name)[0], step=None, theta=theta,

@@ -52,7 +52,8 @@ def group_of(name: str) -> str:
 def output_distortion(model, ids, groups: dict[str, list[str]], perturbed, n_ctx: int = 512,
                       progress=None) -> dict[str, float]:
     """{group: output distortion when only its tensors are replaced by
-    perturbed(name) (the dequantized tensor, in the model's coordinates)}, on
+    perturbed(name, w) (w: the float tensor, already read; returns it quantized and
+    dequantized, in the model's coordinates)}, on
     the token ids.  Groups may hold block tensors and the tensors read after
     the blocks (output.weight, dense_2 / dense_3); the token embedding is not
     measured.  All streams run layer by layer together: each layer's weights
@@ -73,7 +74,7 @@ def output_distortion(model, ids, groups: dict[str, list[str]], perturbed, n_ctx
         for short in W:
             g = member.get(p + short)
             if g is not None:
-                mine.setdefault(g, {})[short] = perturbed(p + short)
+                mine.setdefault(g, {})[short] = perturbed(p + short, W[short])
         for g, xs in streams.items():
             Wg = {**W, **mine.get(g, {})}
             streams[g] = [G.layer(il, Wg, x) for x in xs]
@@ -93,7 +94,7 @@ def output_distortion(model, ids, groups: dict[str, list[str]], perturbed, n_ctx
                 h = np.concatenate([G.rms(x, g_out) for x in streams[g]])[pick]
                 lp = _log_softmax(G.logits(h))
             else:            # the head itself (an untied output.weight)
-                z = ref_h @ perturbed(G.head_name).T
+                z = ref_h @ perturbed(G.head_name, G.head()).T
                 if G.softcap:
                     z = np.tanh(z / G.softcap) * G.softcap
                 lp = _log_softmax(z)
@@ -108,7 +109,7 @@ def output_distortion(model, ids, groups: dict[str, list[str]], perturbed, n_ctx
                             [full[n] for n in dense])
             else:
                 e = _pooled(np.concatenate(h_ref),
-                            [perturbed(n) if n in groups[g] else full[n] for n in dense])
+                            [perturbed(n, full[n]) if n in groups[g] else full[n] for n in dense])
             out[g] = float(np.mean(1.0 - np.sum(e * e_ref, axis=1)))
     if progress is not None:
         progress(G.L + 1, G.L + 1)
